@@ -1,0 +1,178 @@
+//! Command-line flags shared by the server binaries, and the rule every binary follows for
+//! bad input: one line on stderr, a non-zero exit, never a panic.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use clap::builder::TypedValueParser;
+use clap::{Args, Parser, ValueEnum};
+
+use crate::config::{self, ServerConfig};
+use crate::protocol::{self, Framing, Mode, ProtocolConfig};
+
+/// `--framing`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FramingArg {
+    /// A message is a line ending in \n (robust).
+    Line,
+    /// Each read is a message (fragile: TCP is a byte stream).
+    Raw,
+}
+
+/// `--mode`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Reply `Hello, <message>!`.
+    Hello,
+    /// Reply with the message unchanged.
+    Echo,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(mode: ModeArg) -> Mode {
+        match mode {
+            ModeArg::Hello => Mode::Hello,
+            ModeArg::Echo => Mode::Echo,
+        }
+    }
+}
+
+/// Flags every server takes.
+#[derive(Args, Clone, Debug)]
+pub struct ServerArgs {
+    /// TCP address to listen on; port 0 picks a free port.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9999", value_parser = parse_addr)]
+    pub listen: SocketAddr,
+
+    /// UDP address [default: the --listen address, so TCP and UDP share the port number].
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr, conflicts_with = "no_udp")]
+    pub udp: Option<SocketAddr>,
+
+    /// Serve TCP only.
+    #[arg(long)]
+    pub no_udp: bool,
+
+    /// How TCP input is cut into messages.
+    #[arg(long, value_enum, default_value_t = FramingArg::Line)]
+    pub framing: FramingArg,
+
+    /// What a reply says.
+    #[arg(long, value_enum, default_value_t = ModeArg::Hello)]
+    pub mode: ModeArg,
+
+    /// Sent on every new TCP connection; an empty string sends none.
+    #[arg(long, value_name = "TEXT", default_value = "Welcome!")]
+    pub greeting: String,
+
+    /// Longest accepted line in bytes; a longer one gets `ERR line too long` and a close.
+    #[arg(long, value_name = "BYTES", default_value_t = protocol::DEFAULT_MAX_LINE,
+          value_parser = clap::value_parser!(u32).range(1..).map(|v| v as usize))]
+    pub max_line: usize,
+
+    /// Connections beyond this get `ERR server busy` and are closed.
+    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u32).range(1..).map(|v| v as usize))]
+    pub max_connections: usize,
+
+    /// Close a connection that sends nothing for this many seconds; 0 disables.
+    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_IDLE_TIMEOUT.as_secs())]
+    pub idle_timeout: u64,
+
+    /// Independent single-threaded loops sharing the port via SO_REUSEPORT.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..1025).map(|v| v as usize))]
+    pub threads: usize,
+
+    /// Listen backlog (the kernel caps it at net.core.somaxconn).
+    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_BACKLOG,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub backlog: i32,
+
+    /// Seconds that replies owed at SIGINT/SIGTERM may take to drain; a second signal
+    /// stops at once.
+    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_SHUTDOWN_GRACE.as_secs_f64())]
+    pub shutdown_grace: f64,
+}
+
+impl ServerArgs {
+    /// The server configuration these flags describe.
+    pub fn to_config(&self) -> Result<ServerConfig, String> {
+        if !(self.shutdown_grace.is_finite() && self.shutdown_grace >= 0.0) {
+            return Err(format!(
+                "invalid value '{}' for '--shutdown-grace': must be a number of seconds >= 0",
+                self.shutdown_grace
+            ));
+        }
+        let udp = match (self.no_udp, self.udp) {
+            (true, _) => None,
+            (false, Some(udp)) => Some(udp),
+            (false, None) => Some(self.listen),
+        };
+        Ok(ServerConfig {
+            listen: self.listen,
+            udp,
+            protocol: ProtocolConfig {
+                framing: match self.framing {
+                    FramingArg::Line => Framing::Line,
+                    FramingArg::Raw => Framing::Raw,
+                },
+                mode: self.mode.into(),
+                greeting: self.greeting.clone().into_bytes(),
+                max_line: self.max_line,
+            },
+            max_connections: self.max_connections,
+            idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),
+            threads: self.threads,
+            backlog: self.backlog,
+            shutdown_grace: Duration::from_secs_f64(self.shutdown_grace),
+            handle_signals: true,
+        })
+    }
+}
+
+/// Accepts `IP:PORT` or `HOST:PORT` (resolved once, first address).
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    s.to_socket_addrs()
+        .map_err(|e| format!("not an address (IP:PORT or HOST:PORT): {e}"))?
+        .next()
+        .ok_or_else(|| "the name resolved to no address".to_string())
+}
+
+/// Parses the command line; on a bad flag prints one line on stderr and exits with 2.
+/// `--help` and `--version` print as usual and exit 0.
+pub fn parse_or_exit<T: Parser>() -> T {
+    match T::try_parse() {
+        Ok(args) => args,
+        Err(e) => match e.kind() {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                e.exit()
+            }
+            _ => fail(first_line(&e.render().to_string())),
+        },
+    }
+}
+
+/// Prints `error: <message>` on one line to stderr and exits with status 2.
+pub fn fail(message: impl std::fmt::Display) -> ! {
+    let message = message.to_string();
+    let message = message.trim_start_matches("error: ");
+    eprintln!("error: {}", first_line(message));
+    std::process::exit(2)
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+}
+
+/// Sets up `env_logger` with `info` as the default level, logging to stderr.
+pub fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+}

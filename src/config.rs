@@ -1,0 +1,114 @@
+//! Server settings shared by the reactor and the thread-per-connection baseline, with the
+//! defaults SPEC.md gives. Plain data: parsing flags is `cli.rs`'s job.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::protocol::ProtocolConfig;
+
+/// Default for `--max-connections`: 10,000 connections fit the default 20,000-descriptor
+/// limit with room for the listener, the UDP socket and the poll itself.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// Default for `--idle-timeout`: five minutes, long enough for any interactive client.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Default for `--backlog`. std and mio use 128, which overflows (and costs the client a
+/// one-second SYN retransmit) when thousands of clients connect at once; the kernel caps
+/// the value at `net.core.somaxconn` anyway.
+pub const DEFAULT_BACKLOG: i32 = 4096;
+
+/// Default for `--shutdown-grace`: how long replies owed at SIGINT/SIGTERM may take to be
+/// delivered before the server closes everything anyway.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Everything a server needs to start.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// TCP address; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// UDP address, `None` to serve TCP only. Port 0 here with a fixed TCP port, or both at
+    /// port 0, makes UDP share the port number TCP was given.
+    pub udp: Option<SocketAddr>,
+    pub protocol: ProtocolConfig,
+    /// Connections beyond this are told `ERR server busy` and closed.
+    pub max_connections: usize,
+    /// Close a connection that sends nothing for this long; `None` never does.
+    pub idle_timeout: Option<Duration>,
+    /// Independent single-threaded loops sharing the port via SO_REUSEPORT.
+    pub threads: usize,
+    /// Listen backlog.
+    pub backlog: i32,
+    /// How long shutdown waits for owed replies to drain.
+    pub shutdown_grace: Duration,
+    /// Install SIGINT/SIGTERM handlers in the loop (the binaries do; embedders and tests
+    /// usually stop the server through its handle instead).
+    pub handle_signals: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        let listen: SocketAddr = ([127, 0, 0, 1], 9999).into();
+        ServerConfig {
+            listen,
+            udp: Some(listen),
+            protocol: ProtocolConfig::default(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            threads: 1,
+            backlog: DEFAULT_BACKLOG,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            handle_signals: false,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// A config for tests and embedding: loopback, port 0 for TCP and UDP, no signals.
+    pub fn ephemeral() -> ServerConfig {
+        let listen: SocketAddr = ([127, 0, 0, 1], 0).into();
+        ServerConfig {
+            listen,
+            udp: Some(listen),
+            ..ServerConfig::default()
+        }
+    }
+}
+
+/// What a server did, logged as the one-line summary at shutdown.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// TCP connections accepted and served (busy refusals not included).
+    pub connections: u64,
+    /// TCP connections refused with `ERR server busy`.
+    pub refused: u64,
+    /// Messages answered, TCP and UDP.
+    pub messages: u64,
+    /// Bytes read from clients, TCP and UDP.
+    pub bytes_in: u64,
+    /// Bytes written to clients, TCP and UDP.
+    pub bytes_out: u64,
+    /// UDP replies dropped because they could not be sent.
+    pub udp_dropped: u64,
+}
+
+impl Stats {
+    pub fn add(&mut self, other: &Stats) {
+        self.connections += other.connections;
+        self.refused += other.refused;
+        self.messages += other.messages;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+        self.udp_dropped += other.udp_dropped;
+    }
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "served {} connections ({} refused busy), {} messages, {} bytes in, {} bytes out, {} udp replies dropped",
+            self.connections, self.refused, self.messages, self.bytes_in, self.bytes_out, self.udp_dropped
+        )
+    }
+}

@@ -1,0 +1,152 @@
+//! Socket setup shared by every binary: listeners with a real backlog, SO_REUSEPORT for
+//! `--threads`, UDP sharing the TCP port number, the startup line, and the descriptor limit.
+//! Nothing here runs per message.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Binds a TCP listener with `backlog`, SO_REUSEADDR (restart without waiting out
+/// TIME_WAIT) and, when `reuse_port`, SO_REUSEPORT so several loops can share the address.
+pub fn tcp_listener(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
+}
+
+/// Binds a UDP socket, with SO_REUSEPORT when `reuse_port`.
+pub fn udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// The sockets a server serves on, bound before any loop starts so the addresses can be
+/// reported (and port 0 resolved) first.
+pub struct Bound {
+    pub tcp: TcpListener,
+    pub udp: Option<UdpSocket>,
+}
+
+/// How many times to retry when TCP got a free port from the kernel but that port number is
+/// already taken for UDP by someone else.
+const SHARED_PORT_ATTEMPTS: usize = 16;
+
+/// Binds the TCP listener and, if asked, the UDP socket. A UDP address with port 0 takes the
+/// port number TCP was given, so the two share it as SPEC.md promises.
+pub fn bind(
+    listen: SocketAddr,
+    udp: Option<SocketAddr>,
+    backlog: i32,
+    reuse_port: bool,
+) -> io::Result<Bound> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let tcp = tcp_listener(listen, backlog, reuse_port)
+            .map_err(|e| with_context(e, "tcp", listen))?;
+        let Some(mut udp_addr) = udp else {
+            return Ok(Bound { tcp, udp: None });
+        };
+        let share_port = udp_addr.port() == 0;
+        if share_port {
+            udp_addr.set_port(tcp.local_addr()?.port());
+        }
+        match udp_socket(udp_addr, reuse_port) {
+            Ok(socket) => {
+                return Ok(Bound {
+                    tcp,
+                    udp: Some(socket),
+                })
+            }
+            // The kernel chose the TCP port; another program may hold that number for UDP.
+            // Try another port rather than fail a request that only said "any port".
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrInUse
+                    && share_port
+                    && listen.port() == 0
+                    && attempt < SHARED_PORT_ATTEMPTS => {}
+            Err(e) => return Err(with_context(e, "udp", udp_addr)),
+        }
+    }
+}
+
+fn with_context(e: io::Error, what: &str, addr: SocketAddr) -> io::Error {
+    io::Error::new(e.kind(), format!("cannot bind {what} {addr}: {e}"))
+}
+
+/// The one line a server prints on stdout once its sockets are bound.
+pub fn startup_line(tcp: SocketAddr, udp: Option<SocketAddr>) -> String {
+    match udp {
+        Some(udp) => format!("listening tcp={tcp} udp={udp}"),
+        None => format!("listening tcp={tcp} udp=off"),
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit, so a server (or the load generator) can
+/// hold as many sockets as the machine allows. Returns the (soft, hard) limits now in force.
+pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read or write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    Ok((limit.rlim_cur, limit.rlim_max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_and_udp_share_a_port_chosen_by_the_kernel() {
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let bound = bind(any, Some(any), 128, false).unwrap();
+        let tcp = bound.tcp.local_addr().unwrap();
+        let udp = bound.udp.unwrap().local_addr().unwrap();
+        assert_ne!(tcp.port(), 0);
+        assert_eq!(tcp, udp);
+    }
+
+    #[test]
+    fn a_taken_address_is_an_error_naming_it() {
+        let held = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        let err = bind(addr, None, 128, false).err().expect("bind must fail");
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    }
+
+    #[test]
+    fn startup_line_format() {
+        let a: SocketAddr = ([127, 0, 0, 1], 9).into();
+        assert_eq!(
+            startup_line(a, Some(a)),
+            "listening tcp=127.0.0.1:9 udp=127.0.0.1:9"
+        );
+        assert_eq!(startup_line(a, None), "listening tcp=127.0.0.1:9 udp=off");
+    }
+}

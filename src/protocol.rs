@@ -1,0 +1,499 @@
+//! The protocol, with no sockets and no clock: bytes in, reply bytes out, and whether the
+//! connection should close.
+//!
+//! This module owns framing (how a byte stream is cut into messages), reply building, the
+//! `exit` command and the `--max-line` limit. Both servers share it, so the reactor and the
+//! thread-per-connection baseline cannot disagree about the protocol. It must never touch a
+//! socket, a clock or a log: every test of it drives it with byte slices.
+//!
+//! "Incomplete" is not an error here: a line that has not seen its `\n` yet waits in
+//! [`Session`] for the next read, however TCP happened to split or batch the bytes.
+
+use std::sync::Arc;
+
+/// The reply to a message that does not fit in `--max-line`.
+pub const LINE_TOO_LONG: &[u8] = b"ERR line too long\n";
+
+/// Sent to a client accepted while the server is at `--max-connections`.
+pub const SERVER_BUSY: &[u8] = b"ERR server busy\n";
+
+/// Default for `--max-line`: a 64 KiB line is far beyond any interactive use, and the limit
+/// caps the input one connection can make the server hold.
+pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
+
+/// How TCP input is cut into messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// A message is a line ending in `\n` (one `\r` before it is dropped). Robust: a read
+    /// boundary means nothing.
+    Line,
+    /// Each successful read is one message. Fragile by design (TCP is a byte stream, so one
+    /// message may arrive in two reads, or two in one); kept for clients that send a message
+    /// without a newline and wait for its answer.
+    Raw,
+}
+
+/// A custom reply builder: gets the message, appends the reply body (no framing newline).
+pub type ReplyFn = dyn Fn(&[u8], &mut Vec<u8>) + Send + Sync;
+
+/// What a reply says.
+#[derive(Clone)]
+pub enum Mode {
+    /// `Hello, <message>!`
+    Hello,
+    /// The message unchanged.
+    Echo,
+    /// Anything an embedding program wants; see `examples/embed.rs`.
+    Custom(Arc<ReplyFn>),
+}
+
+impl std::fmt::Debug for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mode::Hello => f.write_str("Hello"),
+            Mode::Echo => f.write_str("Echo"),
+            Mode::Custom(_) => f.write_str("Custom"),
+        }
+    }
+}
+
+impl Mode {
+    /// Appends the reply body for `message` to `out`, without any framing newline.
+    pub fn reply(&self, message: &[u8], out: &mut Vec<u8>) {
+        match self {
+            Mode::Hello => {
+                out.extend_from_slice(b"Hello, ");
+                out.extend_from_slice(message);
+                out.push(b'!');
+            }
+            Mode::Echo => out.extend_from_slice(message),
+            Mode::Custom(f) => f(message, out),
+        }
+    }
+}
+
+/// Everything about the protocol that a flag can change. Shared by every connection.
+#[derive(Clone, Debug)]
+pub struct ProtocolConfig {
+    pub framing: Framing,
+    pub mode: Mode,
+    /// Sent on every new TCP connection; empty means none.
+    pub greeting: Vec<u8>,
+    /// Longest accepted line, counting every byte before the `\n` (a `\r` included).
+    pub max_line: usize,
+}
+
+impl Default for ProtocolConfig {
+    fn default() -> Self {
+        ProtocolConfig {
+            framing: Framing::Line,
+            mode: Mode::Hello,
+            greeting: b"Welcome!".to_vec(),
+            max_line: DEFAULT_MAX_LINE,
+        }
+    }
+}
+
+impl ProtocolConfig {
+    /// Appends what a new TCP connection is sent first (nothing if the greeting is empty).
+    pub fn greeting(&self, out: &mut Vec<u8>) {
+        if self.greeting.is_empty() {
+            return;
+        }
+        out.extend_from_slice(&self.greeting);
+        if self.framing == Framing::Line {
+            out.push(b'\n');
+        }
+    }
+
+    /// The most bytes one read should hand to [`Session::on_input`] in raw framing, where a
+    /// read is a message and so must respect `--max-line` by construction.
+    pub fn read_limit(&self, buffer_len: usize) -> usize {
+        match self.framing {
+            Framing::Line => buffer_len,
+            Framing::Raw => buffer_len.min(self.max_line.max(1)),
+        }
+    }
+}
+
+/// Appends the reply to one UDP datagram: in hello mode one trailing `\n` of the payload is
+/// dropped; in echo mode the payload comes back unchanged. An empty datagram is a message too.
+pub fn udp_reply(mode: &Mode, payload: &[u8], out: &mut Vec<u8>) {
+    match mode {
+        Mode::Echo => out.extend_from_slice(payload),
+        _ => mode.reply(payload.strip_suffix(b"\n").unwrap_or(payload), out),
+    }
+}
+
+/// What the caller should do after handing input to a [`Session`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep reading.
+    Continue,
+    /// Send what is owed, then close: `exit` was seen, a line was too long, or input ended.
+    /// Later input is ignored.
+    Close,
+}
+
+/// The protocol state of one TCP connection: the bytes of a line that has not ended yet.
+///
+/// It holds at most `max_line` bytes, and no allocation at all between lines, so an idle
+/// connection costs nothing here.
+#[derive(Debug, Default)]
+pub struct Session {
+    partial: Vec<u8>,
+    closed: bool,
+    messages: u64,
+}
+
+impl Session {
+    pub fn new() -> Session {
+        Session::default()
+    }
+
+    /// Bytes of an unfinished line held for the next read.
+    pub fn buffered(&self) -> usize {
+        self.partial.len()
+    }
+
+    /// Messages answered so far (`exit` is not counted: it gets no reply).
+    pub fn messages(&self) -> u64 {
+        self.messages
+    }
+
+    /// True once [`Flow::Close`] has been returned: input is no longer processed.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Processes bytes that arrived (in any chunking), appending every reply owed to `out`.
+    pub fn on_input(&mut self, config: &ProtocolConfig, input: &[u8], out: &mut Vec<u8>) -> Flow {
+        if self.closed {
+            return Flow::Close;
+        }
+        let flow = match config.framing {
+            Framing::Line => self.on_line_input(config, input, out),
+            Framing::Raw => self.on_raw_message(config, input, out),
+        };
+        if flow == Flow::Close {
+            self.close();
+        }
+        flow
+    }
+
+    /// The peer half-closed: answer a final unterminated line, if any, then close.
+    pub fn on_eof(&mut self, config: &ProtocolConfig, out: &mut Vec<u8>) -> Flow {
+        if !self.closed && !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.on_line(config, &line, out);
+        }
+        self.close();
+        Flow::Close
+    }
+
+    fn close(&mut self) {
+        self.closed = true;
+        // Release the allocation: nothing will be appended to it again.
+        self.partial = Vec::new();
+    }
+
+    fn on_line_input(&mut self, config: &ProtocolConfig, input: &[u8], out: &mut Vec<u8>) -> Flow {
+        let mut rest = input;
+        // Finish a line begun in an earlier read. Only its tail is copied; lines that arrive
+        // whole are answered straight from `input` with no copy at all.
+        if !self.partial.is_empty() {
+            match rest.iter().position(|&b| b == b'\n') {
+                None => return self.hold(config, rest, out),
+                Some(end) => {
+                    if self.partial.len() + end > config.max_line {
+                        out.extend_from_slice(LINE_TOO_LONG);
+                        return Flow::Close;
+                    }
+                    let mut line = std::mem::take(&mut self.partial);
+                    line.extend_from_slice(&rest[..end]);
+                    rest = &rest[end + 1..];
+                    if self.on_line(config, &line, out) == Flow::Close {
+                        return Flow::Close;
+                    }
+                }
+            }
+        }
+        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            if end > config.max_line {
+                out.extend_from_slice(LINE_TOO_LONG);
+                return Flow::Close;
+            }
+            if self.on_line(config, &rest[..end], out) == Flow::Close {
+                return Flow::Close;
+            }
+            rest = &rest[end + 1..];
+        }
+        self.hold(config, rest, out)
+    }
+
+    /// Keeps the start of an unfinished line, or refuses it once it cannot fit.
+    fn hold(&mut self, config: &ProtocolConfig, tail: &[u8], out: &mut Vec<u8>) -> Flow {
+        if self.partial.len() + tail.len() > config.max_line {
+            out.extend_from_slice(LINE_TOO_LONG);
+            return Flow::Close;
+        }
+        self.partial.extend_from_slice(tail);
+        Flow::Continue
+    }
+
+    /// One complete line (without its `\n`): `exit` closes, anything else gets its reply.
+    fn on_line(&mut self, config: &ProtocolConfig, line: &[u8], out: &mut Vec<u8>) -> Flow {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line == b"exit" {
+            return Flow::Close;
+        }
+        config.mode.reply(line, out);
+        out.push(b'\n');
+        self.messages += 1;
+        Flow::Continue
+    }
+
+    /// Raw framing: the whole read is the message. In echo mode the bytes come back exactly
+    /// as read, which makes raw + echo a plain echo server.
+    fn on_raw_message(&mut self, config: &ProtocolConfig, input: &[u8], out: &mut Vec<u8>) -> Flow {
+        let message = input
+            .strip_suffix(b"\r\n")
+            .or_else(|| input.strip_suffix(b"\n"))
+            .unwrap_or(input);
+        if message == b"exit" {
+            return Flow::Close;
+        }
+        match config.mode {
+            Mode::Echo => out.extend_from_slice(input),
+            _ => config.mode.reply(message, out),
+        }
+        self.messages += 1;
+        Flow::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn config(framing: Framing, mode: Mode, max_line: usize) -> ProtocolConfig {
+        ProtocolConfig {
+            framing,
+            mode,
+            greeting: b"Welcome!".to_vec(),
+            max_line,
+        }
+    }
+
+    /// Feeds `chunks` one by one, then EOF if asked; returns the output and the first Close.
+    fn run(config: &ProtocolConfig, chunks: &[&[u8]], eof: bool) -> (Vec<u8>, bool) {
+        let mut session = Session::new();
+        let mut out = Vec::new();
+        let mut closed = false;
+        for chunk in chunks {
+            if session.on_input(config, chunk, &mut out) == Flow::Close {
+                closed = true;
+            }
+            assert!(session.buffered() <= config.max_line);
+        }
+        if eof {
+            closed |= session.on_eof(config, &mut out) == Flow::Close;
+        }
+        (out, closed)
+    }
+
+    fn line_hello() -> ProtocolConfig {
+        config(Framing::Line, Mode::Hello, DEFAULT_MAX_LINE)
+    }
+
+    #[test]
+    fn greeting_in_line_framing_ends_with_newline() {
+        let mut out = Vec::new();
+        line_hello().greeting(&mut out);
+        assert_eq!(out, b"Welcome!\n");
+    }
+
+    #[test]
+    fn greeting_in_raw_framing_has_no_newline_and_empty_greeting_sends_nothing() {
+        let mut raw = config(Framing::Raw, Mode::Hello, 10);
+        let mut out = Vec::new();
+        raw.greeting(&mut out);
+        assert_eq!(out, b"Welcome!");
+        raw.greeting.clear();
+        out.clear();
+        raw.greeting(&mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn each_line_gets_one_reply_and_cr_is_dropped() {
+        let (out, closed) = run(&line_hello(), &[b"alice\nbob\r\n\n"], false);
+        assert_eq!(out, b"Hello, alice!\nHello, bob!\nHello, !\n");
+        assert!(!closed);
+    }
+
+    #[test]
+    fn only_one_cr_is_dropped() {
+        let (out, _) = run(&line_hello(), &[b"a\r\r\n"], false);
+        assert_eq!(out, b"Hello, a\r!\n");
+    }
+
+    #[test]
+    fn a_line_split_byte_by_byte_gets_one_reply() {
+        let input = b"split across reads\n";
+        let chunks: Vec<&[u8]> = input.chunks(1).collect();
+        let (out, _) = run(&line_hello(), &chunks, false);
+        assert_eq!(out, b"Hello, split across reads!\n");
+    }
+
+    #[test]
+    fn invalid_utf8_is_returned_unchanged() {
+        let (out, _) = run(&line_hello(), &[b"\xff\xfe\x00\n"], false);
+        assert_eq!(out, b"Hello, \xff\xfe\x00!\n");
+    }
+
+    #[test]
+    fn echo_mode_returns_the_line() {
+        let echo = config(Framing::Line, Mode::Echo, 100);
+        let (out, _) = run(&echo, &[b"abc\r\ndef\n"], false);
+        assert_eq!(out, b"abc\ndef\n");
+    }
+
+    #[test]
+    fn exit_answers_what_came_before_and_ignores_the_rest() {
+        let (out, closed) = run(&line_hello(), &[b"a\nexit\r\nb\n", b"c\n"], false);
+        assert_eq!(out, b"Hello, a!\n");
+        assert!(closed);
+    }
+
+    #[test]
+    fn eof_answers_a_final_unterminated_line() {
+        let (out, closed) = run(&line_hello(), &[b"a\nlast"], true);
+        assert_eq!(out, b"Hello, a!\nHello, last!\n");
+        assert!(closed);
+        let (out, _) = run(&line_hello(), &[b"a\n"], true);
+        assert_eq!(out, b"Hello, a!\n", "no reply for an empty final line");
+        let (out, _) = run(&line_hello(), &[b"exit"], true);
+        assert_eq!(
+            out, b"",
+            "an unterminated exit still closes without a reply"
+        );
+    }
+
+    #[test]
+    fn a_line_of_max_line_bytes_is_accepted_and_one_more_is_refused() {
+        let cfg = config(Framing::Line, Mode::Echo, 4);
+        let (out, closed) = run(&cfg, &[b"abcd\n"], false);
+        assert_eq!((out.as_slice(), closed), (&b"abcd\n"[..], false));
+        let (out, closed) = run(&cfg, &[b"ok\nabcde\nnever\n"], false);
+        assert_eq!(out, b"ok\nERR line too long\n");
+        assert!(closed);
+    }
+
+    #[test]
+    fn a_long_line_is_refused_before_its_newline_arrives() {
+        let cfg = config(Framing::Line, Mode::Echo, 4);
+        let (out, closed) = run(&cfg, &[b"ab", b"cde"], false);
+        assert_eq!(out, LINE_TOO_LONG);
+        assert!(closed);
+        let (out, closed) = run(&cfg, &[b"ab", b"cd", b"e\n"], false);
+        assert_eq!(out, LINE_TOO_LONG);
+        assert!(closed);
+    }
+
+    #[test]
+    fn raw_framing_treats_each_read_as_a_message() {
+        let raw = config(Framing::Raw, Mode::Hello, 100);
+        let (out, closed) = run(&raw, &[b"bob", b"alice\r\n", b"exit\n", b"late"], false);
+        assert_eq!(out, b"Hello, bob!Hello, alice!");
+        assert!(closed);
+    }
+
+    #[test]
+    fn raw_echo_is_byte_for_byte() {
+        let raw = config(Framing::Raw, Mode::Echo, 100);
+        let (out, _) = run(&raw, &[b"a\r\n", b"b"], false);
+        assert_eq!(out, b"a\r\nb");
+    }
+
+    #[test]
+    fn raw_read_limit_respects_max_line() {
+        let raw = config(Framing::Raw, Mode::Echo, 100);
+        assert_eq!(raw.read_limit(65536), 100);
+        assert_eq!(line_hello().read_limit(65536), 65536);
+    }
+
+    #[test]
+    fn udp_replies() {
+        let mut out = Vec::new();
+        udp_reply(&Mode::Hello, b"bob\n", &mut out);
+        assert_eq!(out, b"Hello, bob!");
+        out.clear();
+        udp_reply(&Mode::Hello, b"", &mut out);
+        assert_eq!(out, b"Hello, !");
+        out.clear();
+        udp_reply(&Mode::Echo, b"bob\n", &mut out);
+        assert_eq!(out, b"bob\n");
+    }
+
+    #[test]
+    fn custom_mode_builds_its_own_reply() {
+        let upper = Mode::Custom(Arc::new(|m: &[u8], out: &mut Vec<u8>| {
+            out.extend(m.iter().map(u8::to_ascii_uppercase))
+        }));
+        let (out, _) = run(&config(Framing::Line, upper, 100), &[b"abc\n"], false);
+        assert_eq!(out, b"ABC\n");
+    }
+
+    /// Splits `input` at the given cut points (taken modulo its length).
+    fn chunked(input: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        for cut in cuts.into_iter().chain([input.len()]) {
+            chunks.push(input[start..cut].to_vec());
+            start = cut;
+        }
+        chunks
+    }
+
+    proptest! {
+        /// However the bytes are split, the replies are those of the whole input at once, and
+        /// the session never holds more than `max_line` bytes.
+        #[test]
+        fn chunking_never_changes_the_replies(
+            input in proptest::collection::vec(
+                prop_oneof![Just(b'\n'), Just(b'\r'), any::<u8>(), Just(b'e')], 0..400),
+            cuts in proptest::collection::vec(any::<usize>(), 0..20),
+            max_line in 1usize..40,
+            eof in any::<bool>(),
+            echo in any::<bool>(),
+        ) {
+            let mode = if echo { Mode::Echo } else { Mode::Hello };
+            let cfg = config(Framing::Line, mode, max_line);
+            let (whole, whole_closed) = run(&cfg, &[&input], eof);
+            let chunks = chunked(&input, &cuts);
+            let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+            let (split, split_closed) = run(&cfg, &refs, eof);
+            prop_assert_eq!(whole, split);
+            prop_assert_eq!(whole_closed, split_closed);
+        }
+
+        /// Hello replies can be parsed back into exactly the lines that were sent.
+        #[test]
+        fn every_line_gets_exactly_one_reply_in_order(
+            lines in proptest::collection::vec("[a-z ]{0,12}", 0..30),
+            cuts in proptest::collection::vec(any::<usize>(), 0..10),
+        ) {
+            let lines: Vec<String> = lines.into_iter().filter(|l| l != "exit").collect();
+            let input: Vec<u8> = lines.iter().flat_map(|l| format!("{l}\n").into_bytes()).collect();
+            let chunks = chunked(&input, &cuts);
+            let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+            let (out, _) = run(&line_hello(), &refs, false);
+            let expected: String = lines.iter().map(|l| format!("Hello, {l}!\n")).collect();
+            prop_assert_eq!(String::from_utf8(out).unwrap(), expected);
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! A server started on its own thread: its bound addresses, a way to stop it, and its
+//! result. Both servers hand one back from `spawn`, so tests and embedders treat them alike.
+
+use std::io;
+use std::net::SocketAddr;
+use std::thread::JoinHandle;
+
+use crate::config::Stats;
+
+/// A running server. Dropping it does not stop the server; call [`Running::shutdown`].
+pub struct Running {
+    /// The TCP address actually bound (port 0 resolved).
+    pub tcp: SocketAddr,
+    /// The UDP address actually bound, if UDP is served.
+    pub udp: Option<SocketAddr>,
+    stop: Box<dyn Fn() + Send + Sync>,
+    thread: JoinHandle<io::Result<Stats>>,
+}
+
+impl Running {
+    pub fn new(
+        tcp: SocketAddr,
+        udp: Option<SocketAddr>,
+        stop: Box<dyn Fn() + Send + Sync>,
+        thread: JoinHandle<io::Result<Stats>>,
+    ) -> Running {
+        Running {
+            tcp,
+            udp,
+            stop,
+            thread,
+        }
+    }
+
+    /// Asks the server to shut down gracefully (as SIGTERM would) without waiting.
+    pub fn stop(&self) {
+        (self.stop)()
+    }
+
+    /// Waits for the server to finish and returns what it did.
+    pub fn join(self) -> io::Result<Stats> {
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("server thread panicked")))
+    }
+
+    /// Stops the server and waits for it.
+    pub fn shutdown(self) -> io::Result<Stats> {
+        self.stop();
+        self.join()
+    }
+}
