@@ -4,18 +4,21 @@
 //!
 //! Reading order:
 //! 1. [`protocol`]: the protocol with no I/O at all: framing, replies, `exit`, `--max-line`.
-//! 2. `connection`: one TCP connection as an explicit state machine around a socket.
-//! 3. `reactor`: the poll loop: tokens, the slab of connections, accept, timers, shutdown.
-//! 4. `udp`: the datagram endpoint served by the same loop.
+//! 2. [`connection`]: one TCP connection as an explicit state machine around a socket.
+//! 3. [`reactor`]: the poll loop: tokens, the slab of connections, accept, timers, shutdown.
+//! 4. [`udp`]: the datagram endpoint served by the same loop.
 //! 5. `threaded`: the baseline, blocking I/O and one thread per connection, same protocol.
 //!
 //! [`config`], [`net`], [`cli`] and [`running`] are the plumbing the binaries share.
 
 pub mod cli;
 pub mod config;
+pub mod connection;
 pub mod net;
 pub mod protocol;
+pub mod reactor;
 pub mod running;
+pub mod udp;
 
 pub use config::{ServerConfig, Stats};
 pub use running::Running;

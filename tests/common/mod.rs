@@ -1,0 +1,377 @@
+//! Test support shared by the integration tests: a blocking line client with generous
+//! timeouts (they only stop a broken test from hanging; nothing waits on them), and the
+//! protocol suite every server must pass, instantiated per server with `protocol_suite!`.
+#![allow(dead_code)]
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use evloop::protocol::{Framing, Mode};
+use evloop::{Running, ServerConfig};
+
+/// How a test starts a server: `evloop::reactor::spawn` or `evloop::threaded::spawn`.
+pub type Spawn = fn(ServerConfig) -> io::Result<Running>;
+
+/// A guard against a hung test, not a synchronisation: every read below waits for data.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A blocking TCP client that reads whole lines.
+pub struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        }
+    }
+
+    /// Connects and reads the default greeting.
+    pub fn greeted(addr: SocketAddr) -> Client {
+        let mut client = Client::connect(addr);
+        assert_eq!(client.line(), b"Welcome!\n");
+        client
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).expect("send");
+    }
+
+    /// Reads one line, newline included; panics at EOF.
+    pub fn line(&mut self) -> Vec<u8> {
+        let mut line = Vec::new();
+        self.reader.read_until(b'\n', &mut line).expect("read line");
+        assert!(
+            line.ends_with(b"\n"),
+            "EOF inside a line: {:?}",
+            String::from_utf8_lossy(&line)
+        );
+        line
+    }
+
+    /// Reads exactly `n` bytes.
+    pub fn exactly(&mut self, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        self.reader.read_exact(&mut buf).expect("read");
+        buf
+    }
+
+    /// Reads until EOF; a reset fails the test, since it can destroy replies.
+    pub fn rest(&mut self) -> Vec<u8> {
+        let mut rest = Vec::new();
+        self.reader
+            .read_to_end(&mut rest)
+            .expect("read to a clean EOF");
+        rest
+    }
+
+    pub fn half_close(&mut self) {
+        self.writer.shutdown(Shutdown::Write).unwrap();
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.writer
+    }
+}
+
+/// A UDP client bound to loopback.
+pub fn udp_client() -> UdpSocket {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    socket
+}
+
+pub fn udp_roundtrip(socket: &UdpSocket, to: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    socket.send_to(payload, to).unwrap();
+    let mut buf = vec![0; 65536];
+    let (n, from) = socket.recv_from(&mut buf).expect("udp reply");
+    assert_eq!(from, to);
+    buf.truncate(n);
+    buf
+}
+
+pub fn start(spawn: Spawn, configure: impl FnOnce(&mut ServerConfig)) -> Running {
+    let mut config = ServerConfig::ephemeral();
+    configure(&mut config);
+    spawn(config).expect("start server")
+}
+
+/// Each test of the suite takes the server's spawn function.
+pub mod suite {
+    use super::*;
+
+    pub fn greeting_then_one_reply_per_line(spawn: Spawn) {
+        let server = start(spawn, |_| {});
+        let mut c = Client::greeted(server.tcp);
+        c.send(b"alice\n");
+        assert_eq!(c.line(), b"Hello, alice!\n");
+        c.send(b"bob\r\n\n");
+        assert_eq!(c.line(), b"Hello, bob!\n");
+        assert_eq!(c.line(), b"Hello, !\n");
+        server.shutdown().unwrap();
+    }
+
+    pub fn empty_greeting_sends_nothing(spawn: Spawn) {
+        let server = start(spawn, |c| c.protocol.greeting.clear());
+        let mut c = Client::connect(server.tcp);
+        c.send(b"x\n");
+        assert_eq!(c.line(), b"Hello, x!\n");
+        server.shutdown().unwrap();
+    }
+
+    pub fn bytes_are_bytes(spawn: Spawn) {
+        let server = start(spawn, |_| {});
+        let mut c = Client::greeted(server.tcp);
+        c.send(b"\xff\xfe\x00caf\xc3\xa9\r\r\n");
+        assert_eq!(c.line(), b"Hello, \xff\xfe\x00caf\xc3\xa9\r!\n");
+        server.shutdown().unwrap();
+    }
+
+    pub fn echo_mode(spawn: Spawn) {
+        let server = start(spawn, |c| c.protocol.mode = Mode::Echo);
+        let mut c = Client::greeted(server.tcp);
+        c.send(b"same\r\nagain\n");
+        assert_eq!(c.line(), b"same\n");
+        assert_eq!(c.line(), b"again\n");
+        server.shutdown().unwrap();
+    }
+
+    pub fn a_line_sent_one_byte_at_a_time(spawn: Spawn) {
+        let server = start(spawn, |_| {});
+        let mut c = Client::greeted(server.tcp);
+        for byte in b"one byte at a time\n" {
+            c.send(&[*byte]);
+        }
+        assert_eq!(c.line(), b"Hello, one byte at a time!\n");
+        server.shutdown().unwrap();
+    }
+
+    pub fn a_thousand_lines_in_one_write(spawn: Spawn) {
+        let server = start(spawn, |_| {});
+        let mut c = Client::greeted(server.tcp);
+        let batch: Vec<u8> = (0..1000)
+            .flat_map(|i| format!("line {i}\n").into_bytes())
+            .collect();
+        c.send(&batch);
+        for i in 0..1000 {
+            assert_eq!(c.line(), format!("Hello, line {i}!\n").as_bytes());
+        }
+        server.shutdown().unwrap();
+    }
+
+    pub fn exit_sends_what_is_owed_then_closes_cleanly(spawn: Spawn) {
+        let server = start(spawn, |_| {});
+        let mut c = Client::greeted(server.tcp);
+        // Lines after `exit`, and a lot of them, must not turn the close into a reset that
+        // destroys the replies the client has not read yet.
+        let mut input = b"a\nb\nexit\n".to_vec();
+        input.extend(std::iter::repeat_n(b"ignored\n".as_slice(), 20_000).flatten());
+        c.send(&input);
+        assert_eq!(c.rest(), b"Hello, a!\nHello, b!\n");
+        server.shutdown().unwrap();
+    }
+
+    pub fn half_close_answers_the_final_line(spawn: Spawn) {
+        let server = start(spawn, |_| {});
+        let mut c = Client::greeted(server.tcp);
+        c.send(b"first\nlast without newline");
+        c.half_close();
+        assert_eq!(c.rest(), b"Hello, first!\nHello, last without newline!\n");
+        server.shutdown().unwrap();
+    }
+
+    pub fn a_line_too_long_is_refused_and_closed(spawn: Spawn) {
+        let server = start(spawn, |c| c.protocol.max_line = 16);
+        let mut c = Client::greeted(server.tcp);
+        c.send(b"exactly sixteen!\n");
+        assert_eq!(c.line(), b"Hello, exactly sixteen!!\n");
+        // No newline ever comes: the server must refuse once the 17th byte arrives.
+        c.send(b"seventeen bytes..");
+        assert_eq!(c.rest(), b"ERR line too long\n");
+        server.shutdown().unwrap();
+    }
+
+    pub fn raw_framing_answers_messages_without_newlines(spawn: Spawn) {
+        let server = start(spawn, |c| c.protocol.framing = Framing::Raw);
+        let mut c = Client::connect(server.tcp);
+        assert_eq!(c.exactly(8), b"Welcome!");
+        c.send(b"bob");
+        assert_eq!(c.exactly(11), b"Hello, bob!");
+        c.send(b"alice\r\n");
+        assert_eq!(c.exactly(13), b"Hello, alice!");
+        c.send(b"exit\n");
+        assert_eq!(c.rest(), b"");
+        server.shutdown().unwrap();
+    }
+
+    pub fn raw_echo_is_a_plain_echo_server(spawn: Spawn) {
+        let server = start(spawn, |c| {
+            c.protocol.framing = Framing::Raw;
+            c.protocol.mode = Mode::Echo;
+            c.protocol.greeting.clear();
+        });
+        let mut c = Client::connect(server.tcp);
+        c.send(b"as is\r\n");
+        assert_eq!(c.exactly(7), b"as is\r\n");
+        server.shutdown().unwrap();
+    }
+
+    pub fn udp_hello_and_empty_datagram(spawn: Spawn) {
+        let server = start(spawn, |_| {});
+        let udp = server.udp.expect("udp is on by default");
+        assert_eq!(
+            udp.port(),
+            server.tcp.port(),
+            "TCP and UDP share the port number"
+        );
+        let socket = udp_client();
+        assert_eq!(udp_roundtrip(&socket, udp, b"bob\n"), b"Hello, bob!");
+        assert_eq!(
+            udp_roundtrip(&socket, udp, b"no newline"),
+            b"Hello, no newline!"
+        );
+        assert_eq!(udp_roundtrip(&socket, udp, b""), b"Hello, !");
+        server.shutdown().unwrap();
+    }
+
+    pub fn udp_echo_returns_the_payload(spawn: Spawn) {
+        let server = start(spawn, |c| c.protocol.mode = Mode::Echo);
+        let socket = udp_client();
+        let udp = server.udp.unwrap();
+        assert_eq!(udp_roundtrip(&socket, udp, b"as is\n"), b"as is\n");
+        let big = vec![b'x'; 60_000];
+        assert_eq!(udp_roundtrip(&socket, udp, &big), big);
+        server.shutdown().unwrap();
+    }
+
+    pub fn no_udp_serves_tcp_only(spawn: Spawn) {
+        let server = start(spawn, |c| c.udp = None);
+        assert!(server.udp.is_none());
+        let mut c = Client::greeted(server.tcp);
+        c.send(b"x\n");
+        assert_eq!(c.line(), b"Hello, x!\n");
+        server.shutdown().unwrap();
+    }
+
+    pub fn max_connections_refuses_then_recovers(spawn: Spawn) {
+        let server = start(spawn, |c| c.max_connections = 2);
+        let mut first = Client::greeted(server.tcp);
+        let _second = Client::greeted(server.tcp);
+        let mut third = Client::connect(server.tcp);
+        assert_eq!(third.rest(), b"ERR server busy\n");
+        first.send(b"still served\n");
+        assert_eq!(first.line(), b"Hello, still served!\n");
+        first.send(b"exit\n");
+        assert_eq!(first.rest(), b"");
+        drop(first);
+        // The server frees the slot when it sees our close, just after we make it: retry
+        // until admitted, with a deadline only to fail rather than hang.
+        let deadline = std::time::Instant::now() + IO_TIMEOUT;
+        loop {
+            let mut c = Client::connect(server.tcp);
+            if c.line() == b"Welcome!\n" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never admitted again");
+        }
+        let stats = server.shutdown().unwrap();
+        assert!(stats.refused >= 1);
+    }
+
+    pub fn stop_delivers_and_counts(spawn: Spawn) {
+        let server = start(spawn, |_| {});
+        let mut c = Client::greeted(server.tcp);
+        c.send(b"a\nb\n");
+        assert_eq!(c.line(), b"Hello, a!\n");
+        assert_eq!(c.line(), b"Hello, b!\n");
+        let udp = udp_client();
+        udp_roundtrip(&udp, server.udp.unwrap(), b"u");
+        server.stop();
+        // The server closes the connection at shutdown with a clean EOF.
+        assert_eq!(c.rest(), b"");
+        let stats = server.join().unwrap();
+        assert_eq!(stats.connections, 1);
+        assert_eq!(stats.messages, 3);
+    }
+
+    /// `clients` connections open at once, each doing `rounds` lockstep round trips.
+    pub fn many_concurrent_clients(spawn: Spawn, clients: usize, rounds: usize) {
+        evloop::net::raise_fd_limit().unwrap();
+        let server = start(spawn, |_| {});
+        let workers = 50;
+        let per_worker = clients / workers;
+        let all_open = std::sync::Barrier::new(workers);
+        std::thread::scope(|scope| {
+            for w in 0..workers {
+                let all_open = &all_open;
+                let addr = server.tcp;
+                std::thread::Builder::new()
+                    .stack_size(256 * 1024)
+                    .spawn_scoped(scope, move || {
+                        let mut conns: Vec<Client> =
+                            (0..per_worker).map(|_| Client::greeted(addr)).collect();
+                        // Every connection of every worker is open before any round trip.
+                        all_open.wait();
+                        for round in 0..rounds {
+                            for (i, c) in conns.iter_mut().enumerate() {
+                                c.send(format!("w{w} c{i} r{round}\n").as_bytes());
+                            }
+                            for (i, c) in conns.iter_mut().enumerate() {
+                                let expected = format!("Hello, w{w} c{i} r{round}!\n");
+                                assert_eq!(c.line(), expected.as_bytes());
+                            }
+                        }
+                    })
+                    .unwrap();
+            }
+        });
+        let stats = server.shutdown().unwrap();
+        assert_eq!(stats.connections, (per_worker * workers) as u64);
+        assert_eq!(stats.messages, (per_worker * workers * rounds) as u64);
+    }
+}
+
+/// Instantiates the protocol suite as `#[test]`s for one server.
+#[macro_export]
+macro_rules! protocol_suite {
+    ($spawn:path) => {
+        $crate::protocol_suite!(@tests $spawn;
+            greeting_then_one_reply_per_line,
+            empty_greeting_sends_nothing,
+            bytes_are_bytes,
+            echo_mode,
+            a_line_sent_one_byte_at_a_time,
+            a_thousand_lines_in_one_write,
+            exit_sends_what_is_owed_then_closes_cleanly,
+            half_close_answers_the_final_line,
+            a_line_too_long_is_refused_and_closed,
+            raw_framing_answers_messages_without_newlines,
+            raw_echo_is_a_plain_echo_server,
+            udp_hello_and_empty_datagram,
+            udp_echo_returns_the_payload,
+            no_udp_serves_tcp_only,
+            max_connections_refuses_then_recovers,
+            stop_delivers_and_counts,
+        );
+
+        #[test]
+        fn a_thousand_concurrent_clients() {
+            common::suite::many_concurrent_clients($spawn, 1000, 5);
+        }
+    };
+    (@tests $spawn:path; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                common::suite::$name($spawn);
+            }
+        )*
+    };
+}
