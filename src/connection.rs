@@ -613,7 +613,10 @@ mod tests {
         conn.on_readable(&mut h.scratch(), false);
         assert_eq!(conn.stream.written, b"Welcome!\nHello, a!\n");
         assert_eq!(conn.state(), State::Lingering);
-        assert!(conn.stream.shut_down.get(), "write side shut down before lingering");
+        assert!(
+            conn.stream.shut_down.get(),
+            "write side shut down before lingering"
+        );
         assert!(readable(conn.interest()));
         conn.stream.reads.push_back(Ok(b"more\n".to_vec()));
         conn.stream.reads.push_back(Ok(Vec::new()));
