@@ -23,6 +23,7 @@ fn threads_share_the_port_and_all_serve() {
     }
     let udp = udp_client();
     assert_eq!(udp_roundtrip(&udp, server.udp.unwrap(), b"u"), b"Hello, u!");
+    drop(clients);
     let stats = server.shutdown().unwrap();
     assert_eq!(stats.connections, 20);
     assert_eq!(stats.messages, 21);
@@ -125,6 +126,7 @@ fn sigterm_delivers_owed_replies_and_exits_zero() {
     assert_eq!(c.line(), b"Hello, before!\n");
     server.signal(libc::SIGTERM);
     assert_eq!(c.rest(), b"", "closed with a clean EOF");
+    drop(c);
     let (code, stderr) = server.wait();
     assert_eq!(code, Some(0), "{stderr}");
     assert!(

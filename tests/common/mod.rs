@@ -115,6 +115,7 @@ pub mod suite {
         c.send(b"bob\r\n\n");
         assert_eq!(c.line(), b"Hello, bob!\n");
         assert_eq!(c.line(), b"Hello, !\n");
+        drop(c); // closing first spares the server its linger wait
         server.shutdown().unwrap();
     }
 
@@ -123,6 +124,7 @@ pub mod suite {
         let mut c = Client::connect(server.tcp);
         c.send(b"x\n");
         assert_eq!(c.line(), b"Hello, x!\n");
+        drop(c); // closing first spares the server its linger wait
         server.shutdown().unwrap();
     }
 
@@ -131,6 +133,7 @@ pub mod suite {
         let mut c = Client::greeted(server.tcp);
         c.send(b"\xff\xfe\x00caf\xc3\xa9\r\r\n");
         assert_eq!(c.line(), b"Hello, \xff\xfe\x00caf\xc3\xa9\r!\n");
+        drop(c); // closing first spares the server its linger wait
         server.shutdown().unwrap();
     }
 
@@ -140,6 +143,7 @@ pub mod suite {
         c.send(b"same\r\nagain\n");
         assert_eq!(c.line(), b"same\n");
         assert_eq!(c.line(), b"again\n");
+        drop(c); // closing first spares the server its linger wait
         server.shutdown().unwrap();
     }
 
@@ -150,6 +154,7 @@ pub mod suite {
             c.send(&[*byte]);
         }
         assert_eq!(c.line(), b"Hello, one byte at a time!\n");
+        drop(c); // closing first spares the server its linger wait
         server.shutdown().unwrap();
     }
 
@@ -163,6 +168,7 @@ pub mod suite {
         for i in 0..1000 {
             assert_eq!(c.line(), format!("Hello, line {i}!\n").as_bytes());
         }
+        drop(c); // closing first spares the server its linger wait
         server.shutdown().unwrap();
     }
 
@@ -175,6 +181,7 @@ pub mod suite {
         input.extend(std::iter::repeat_n(b"ignored\n".as_slice(), 20_000).flatten());
         c.send(&input);
         assert_eq!(c.rest(), b"Hello, a!\nHello, b!\n");
+        drop(c); // closing first spares the server its linger wait
         server.shutdown().unwrap();
     }
 
@@ -184,6 +191,7 @@ pub mod suite {
         c.send(b"first\nlast without newline");
         c.half_close();
         assert_eq!(c.rest(), b"Hello, first!\nHello, last without newline!\n");
+        drop(c); // closing first spares the server its linger wait
         server.shutdown().unwrap();
     }
 
@@ -195,6 +203,7 @@ pub mod suite {
         // No newline ever comes: the server must refuse once the 17th byte arrives.
         c.send(b"seventeen bytes..");
         assert_eq!(c.rest(), b"ERR line too long\n");
+        drop(c); // closing first spares the server its linger wait
         server.shutdown().unwrap();
     }
 
@@ -208,6 +217,7 @@ pub mod suite {
         assert_eq!(c.exactly(13), b"Hello, alice!");
         c.send(b"exit\n");
         assert_eq!(c.rest(), b"");
+        drop(c); // closing first spares the server its linger wait
         server.shutdown().unwrap();
     }
 
@@ -220,6 +230,7 @@ pub mod suite {
         let mut c = Client::connect(server.tcp);
         c.send(b"as is\r\n");
         assert_eq!(c.exactly(7), b"as is\r\n");
+        drop(c); // closing first spares the server its linger wait
         server.shutdown().unwrap();
     }
 
@@ -257,13 +268,14 @@ pub mod suite {
         let mut c = Client::greeted(server.tcp);
         c.send(b"x\n");
         assert_eq!(c.line(), b"Hello, x!\n");
+        drop(c); // closing first spares the server its linger wait
         server.shutdown().unwrap();
     }
 
     pub fn max_connections_refuses_then_recovers(spawn: Spawn) {
         let server = start(spawn, |c| c.max_connections = 2);
         let mut first = Client::greeted(server.tcp);
-        let _second = Client::greeted(server.tcp);
+        let second = Client::greeted(server.tcp);
         let mut third = Client::connect(server.tcp);
         assert_eq!(third.rest(), b"ERR server busy\n");
         first.send(b"still served\n");
@@ -281,6 +293,7 @@ pub mod suite {
             }
             assert!(std::time::Instant::now() < deadline, "never admitted again");
         }
+        drop((second, third));
         let stats = server.shutdown().unwrap();
         assert!(stats.refused >= 1);
     }
@@ -296,6 +309,7 @@ pub mod suite {
         server.stop();
         // The server closes the connection at shutdown with a clean EOF.
         assert_eq!(c.rest(), b"");
+        drop(c);
         let stats = server.join().unwrap();
         assert_eq!(stats.connections, 1);
         assert_eq!(stats.messages, 3);
@@ -328,6 +342,7 @@ pub mod suite {
                                 assert_eq!(c.line(), expected.as_bytes());
                             }
                         }
+                        drop(conns);
                     })
                     .unwrap();
             }
