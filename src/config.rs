@@ -78,7 +78,7 @@ impl ServerConfig {
 /// What a server did, logged as the one-line summary at shutdown.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// TCP connections accepted and served (busy refusals not included).
+    /// TCP connections accepted (busy refusals not included).
     pub connections: u64,
     /// TCP connections refused with `ERR server busy`.
     pub refused: u64,

@@ -33,9 +33,6 @@ pub const OUTPUT_LOW_WATER: usize = 64 * 1024;
 /// client cannot starve a thousand others.
 pub const READ_BUDGET: usize = 256 * 1024;
 
-/// While lingering, the most bytes of unwanted input discarded before closing anyway.
-pub const LINGER_DISCARD_LIMIT: usize = 1024 * 1024;
-
 /// Where a connection is in its life. Every transition is in [`State::on`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
@@ -71,8 +68,8 @@ pub enum Event {
     InputEnded,
     /// The peer half-closed (a read returned 0).
     PeerEof,
-    /// Stop waiting: the lingering deadline passed, the peer sent too much while lingering,
-    /// or the server cannot wait any longer (shutdown grace over, stuck idle connection).
+    /// Stop waiting: the lingering deadline passed, or the server cannot wait any longer
+    /// (shutdown grace over, an idle connection whose peer stopped reading).
     GiveUp,
     /// An I/O error (reset, broken pipe): nothing more can be delivered.
     Failed,
@@ -155,8 +152,6 @@ pub struct Connection<S> {
     /// loop's scratch buffer and only the leftover of a partial write is copied here.
     pending_output: Vec<u8>,
     unsent_from: usize,
-    /// Unwanted input thrown away while lingering.
-    discarded: usize,
 }
 
 impl<S: Stream> Connection<S> {
@@ -168,7 +163,6 @@ impl<S: Stream> Connection<S> {
             session: Session::new(),
             pending_output: Vec::new(),
             unsent_from: 0,
-            discarded: 0,
         };
         if !greeting.is_empty() {
             conn.state = State::Greeting;
@@ -391,21 +385,19 @@ impl<S: Stream> Connection<S> {
         written
     }
 
-    /// Lingering: read and drop input until EOF, WouldBlock or the discard limit.
+    /// Lingering: read and drop input until EOF or WouldBlock. Only time bounds this (the
+    /// reactor's linger deadline), not bytes: giving up early would reset the connection
+    /// and could destroy replies the peer has not read yet. The read budget still applies,
+    /// so a peer that keeps sending cannot hold the loop.
     fn discard_input(&mut self, scratch: &mut Scratch<'_>) -> Progress {
-        loop {
+        let mut budget = READ_BUDGET;
+        while budget > 0 {
             match self.stream.read(scratch.read_buf) {
                 Ok(0) => {
                     self.transition(Event::PeerEof);
                     return Progress::Wait;
                 }
-                Ok(n) => {
-                    self.discarded += n;
-                    if self.discarded > LINGER_DISCARD_LIMIT {
-                        self.transition(Event::GiveUp);
-                        return Progress::Wait;
-                    }
-                }
+                Ok(n) => budget = budget.saturating_sub(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Progress::Wait,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -414,6 +406,7 @@ impl<S: Stream> Connection<S> {
                 }
             }
         }
+        Progress::ReadAgain
     }
 
     fn fail(&mut self, what: &str, e: io::Error) {

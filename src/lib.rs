@@ -9,12 +9,14 @@
 //! 4. [`udp`]: the datagram endpoint served by the same loop.
 //! 5. `threaded`: the baseline, blocking I/O and one thread per connection, same protocol.
 //!
-//! [`config`], [`net`], [`cli`] and [`running`] are the plumbing the binaries share.
+//! [`config`], [`net`], [`cli`] and [`running`] are the plumbing the binaries share;
+//! [`procfs`] measures a server process for the tests and benches.
 
 pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod net;
+pub mod procfs;
 pub mod protocol;
 pub mod reactor;
 pub mod running;

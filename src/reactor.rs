@@ -15,7 +15,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -117,6 +117,7 @@ pub struct Server {
     tcp: SocketAddr,
     udp: Option<SocketAddr>,
     stop: StopHandle,
+    open_connections: Arc<AtomicUsize>,
 }
 
 impl Server {
@@ -132,10 +133,14 @@ impl Server {
             bound.push(net::bind(tcp, udp, config.backlog, true)?);
         }
         let requested = Arc::new(AtomicBool::new(false));
+        let open_connections = Arc::new(AtomicUsize::new(0));
         let config = Arc::new(config);
         let loops = bound
             .into_iter()
-            .map(|b| EventLoop::new(b, Arc::clone(&config), Arc::clone(&requested)))
+            .map(|b| {
+                let (config, requested) = (Arc::clone(&config), Arc::clone(&requested));
+                EventLoop::new(b, config, requested, Arc::clone(&open_connections))
+            })
             .collect::<io::Result<Vec<_>>>()?;
         let wakers = loops.iter().map(|l| Arc::clone(&l.waker)).collect();
         Ok(Server {
@@ -143,6 +148,7 @@ impl Server {
             tcp,
             udp,
             stop: StopHandle { requested, wakers },
+            open_connections,
         })
     }
 
@@ -154,6 +160,11 @@ impl Server {
     /// The UDP address actually bound, if UDP is served.
     pub fn udp_addr(&self) -> Option<SocketAddr> {
         self.udp
+    }
+
+    /// Open TCP connections right now, across every loop.
+    pub fn open_connections(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.open_connections)
     }
 
     /// A handle that stops this server from another thread.
@@ -191,15 +202,12 @@ pub fn spawn(config: ServerConfig) -> io::Result<Running> {
     let server = Server::bind(config)?;
     let (tcp, udp) = (server.tcp_addr(), server.udp_addr());
     let handle = server.stop_handle();
+    let open = server.open_connections();
     let thread = std::thread::Builder::new()
         .name("reactor".into())
         .spawn(move || server.run())?;
-    Ok(Running::new(
-        tcp,
-        udp,
-        Box::new(move || handle.stop()),
-        thread,
-    ))
+    let stop = Box::new(move || handle.stop());
+    Ok(Running::new(tcp, udp, stop, open, thread))
 }
 
 /// One single-threaded loop with its own poll, slab, listener and UDP socket.
@@ -221,6 +229,11 @@ struct EventLoop {
     /// Connections closed during this turn, removed from the slab after the event batch.
     closed: Vec<Token>,
     accept_paused_until: Option<Instant>,
+    /// Set when accept fails for want of resources, until the backlog is drained again:
+    /// one warning per episode, however many retries it takes.
+    accept_starved: bool,
+    /// Open connections across every loop of the server, for [`Running::open_connections`].
+    open_connections: Arc<AtomicUsize>,
     shutdown_deadline: Option<Instant>,
     signals_seen: usize,
     greeting: Vec<u8>,
@@ -235,6 +248,7 @@ impl EventLoop {
         bound: net::Bound,
         config: Arc<ServerConfig>,
         stop_requested: Arc<AtomicBool>,
+        open_connections: Arc<AtomicUsize>,
     ) -> io::Result<EventLoop> {
         let poll = Poll::new()?;
         let registry = poll.registry();
@@ -281,6 +295,8 @@ impl EventLoop {
             ready: Vec::new(),
             closed: Vec::new(),
             accept_paused_until: None,
+            accept_starved: false,
+            open_connections,
             shutdown_deadline: None,
             signals_seen: 0,
             greeting,
@@ -364,18 +380,28 @@ impl EventLoop {
             };
             match listener.accept() {
                 Ok((stream, peer)) => self.admit(stream, peer),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.accept_starved {
+                        self.accept_starved = false;
+                        log::info!("accepting again ({} open)", self.connections.len());
+                    }
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // The peer gave up before we got to it; the next one may be fine.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(e) => {
                     // EMFILE/ENFILE (or ENOBUFS, ENOMEM): the connection stays queued and
-                    // retrying at once would spin, so pause. Logged once per pause.
-                    log::warn!(
-                        "accept failed ({e}); pausing accepts for {ACCEPT_BACKOFF:?} \
-                         or until a connection closes ({} open)",
-                        self.connections.len()
-                    );
+                    // retrying at once would spin, so pause. Logged once per episode, not
+                    // once per retry.
+                    if !self.accept_starved {
+                        self.accept_starved = true;
+                        log::warn!(
+                            "accept failed: {e}; retrying every {ACCEPT_BACKOFF:?} and \
+                             whenever a connection closes ({} open)",
+                            self.connections.len()
+                        );
+                    }
                     self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
                     return;
                 }
@@ -398,6 +424,7 @@ impl EventLoop {
         if let Err(e) = stream.set_nodelay(true) {
             log::debug!("set_nodelay for {peer}: {e}");
         }
+        self.stats.connections += 1;
         let conn = Connection::accept(stream, &self.greeting, &mut self.stats);
         let Some(wanted) = conn.interest() else {
             log::debug!("{peer} failed before its greeting was written");
@@ -424,7 +451,7 @@ impl EventLoop {
             return;
         }
         entry.insert(slot);
-        self.stats.connections += 1;
+        self.open_connections.fetch_add(1, Ordering::Relaxed);
         if let Some(idle) = self.config.idle_timeout {
             self.timers
                 .push(Reverse((self.now + idle, TimerKind::Idle, token.0, serial)));
@@ -611,6 +638,7 @@ impl EventLoop {
                 // epoll set: no deregister call needed.
                 let slot = self.connections.remove(token.0);
                 self.stats.messages += slot.conn.messages();
+                self.open_connections.fetch_sub(1, Ordering::Relaxed);
                 log::debug!("closed {token:?}");
             }
         }
@@ -622,7 +650,6 @@ impl EventLoop {
 
     fn resume_accepting(&mut self) {
         self.accept_paused_until = None;
-        log::info!("accepting again ({} open)", self.connections.len());
         self.ready.push(Ready::Listener);
     }
 

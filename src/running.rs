@@ -3,6 +3,8 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::config::Stats;
@@ -14,6 +16,7 @@ pub struct Running {
     /// The UDP address actually bound, if UDP is served.
     pub udp: Option<SocketAddr>,
     stop: Box<dyn Fn() + Send + Sync>,
+    open_connections: Arc<AtomicUsize>,
     thread: JoinHandle<io::Result<Stats>>,
 }
 
@@ -22,14 +25,21 @@ impl Running {
         tcp: SocketAddr,
         udp: Option<SocketAddr>,
         stop: Box<dyn Fn() + Send + Sync>,
+        open_connections: Arc<AtomicUsize>,
         thread: JoinHandle<io::Result<Stats>>,
     ) -> Running {
         Running {
             tcp,
             udp,
             stop,
+            open_connections,
             thread,
         }
+    }
+
+    /// TCP connections the server holds open right now (for the reactor: its slab length).
+    pub fn open_connections(&self) -> usize {
+        self.open_connections.load(Ordering::Relaxed)
     }
 
     /// Asks the server to shut down gracefully (as SIGTERM would) without waiting.

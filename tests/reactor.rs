@@ -3,14 +3,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
+use std::process::Command;
 
-use common::{udp_client, udp_roundtrip, Client};
+use common::{udp_client, udp_roundtrip, Binary, Client};
 use evloop::reactor;
 
 protocol_suite!(evloop::reactor::spawn);
+
+const REACTOR: &str = env!("CARGO_BIN_EXE_reactor");
 
 #[test]
 fn threads_share_the_port_and_all_serve() {
@@ -29,74 +30,9 @@ fn threads_share_the_port_and_all_serve() {
     assert_eq!(stats.messages, 21);
 }
 
-/// The real binary, started on a free port; killed on drop if a test fails midway.
-struct Binary {
-    child: Child,
-    tcp: SocketAddr,
-    udp: Option<SocketAddr>,
-    first_line: String,
-}
-
-impl Binary {
-    fn start(args: &[&str]) -> Binary {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_reactor"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start reactor binary");
-        let mut first_line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first_line)
-            .unwrap();
-        let mut tcp = None;
-        let mut udp = None;
-        for field in first_line.split_whitespace().skip(1) {
-            match field.split_once('=') {
-                Some(("tcp", a)) => tcp = Some(a.parse().expect("tcp address")),
-                Some(("udp", "off")) => {}
-                Some(("udp", a)) => udp = Some(a.parse().expect("udp address")),
-                _ => panic!("unexpected startup line {first_line:?}"),
-            }
-        }
-        Binary {
-            child,
-            tcp: tcp.expect("tcp= in startup line"),
-            udp,
-            first_line,
-        }
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: kill only sends a signal to our own child.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
-    }
-
-    /// Waits for exit; returns the status code and everything logged on stderr.
-    fn wait(mut self) -> (Option<i32>, String) {
-        let status = self.child.wait().unwrap();
-        let mut stderr = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
-        (status.code(), stderr)
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn binary_prints_the_startup_line_and_serves_tcp_and_udp() {
-    let server = Binary::start(&[]);
+    let server = Binary::start(REACTOR, &[]);
     assert!(server.first_line.starts_with("listening tcp=127.0.0.1:"));
     assert!(server.first_line.ends_with('\n'));
     let udp = server.udp.expect("udp on by default");
@@ -109,7 +45,7 @@ fn binary_prints_the_startup_line_and_serves_tcp_and_udp() {
 
 #[test]
 fn binary_startup_line_says_udp_off() {
-    let server = Binary::start(&["--no-udp"]);
+    let server = Binary::start(REACTOR, &["--no-udp"]);
     assert!(
         server.first_line.trim_end().ends_with("udp=off"),
         "{}",
@@ -120,7 +56,7 @@ fn binary_startup_line_says_udp_off() {
 
 #[test]
 fn sigterm_delivers_owed_replies_and_exits_zero() {
-    let server = Binary::start(&[]);
+    let server = Binary::start(REACTOR, &[]);
     let mut c = Client::greeted(server.tcp);
     c.send(b"before\n");
     assert_eq!(c.line(), b"Hello, before!\n");
@@ -138,21 +74,14 @@ fn sigterm_delivers_owed_replies_and_exits_zero() {
 
 #[test]
 fn sigint_exits_zero_too() {
-    let server = Binary::start(&["--no-udp"]);
+    let server = Binary::start(REACTOR, &["--no-udp"]);
     server.signal(libc::SIGINT);
     let (code, stderr) = server.wait();
     assert_eq!(code, Some(0), "{stderr}");
 }
 
 fn run_binary(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_reactor"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::run(env!("CARGO_BIN_EXE_reactor"), args)
 }
 
 #[test]

@@ -5,6 +5,8 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use evloop::protocol::{Framing, Mode};
@@ -101,6 +103,105 @@ pub fn start(spawn: Spawn, configure: impl FnOnce(&mut ServerConfig)) -> Running
     let mut config = ServerConfig::ephemeral();
     configure(&mut config);
     spawn(config).expect("start server")
+}
+
+/// The real binary, started on a free port; killed on drop if a test fails midway.
+pub struct Binary {
+    pub child: Child,
+    pub tcp: SocketAddr,
+    pub udp: Option<SocketAddr>,
+    pub first_line: String,
+}
+
+impl Binary {
+    pub fn start(exe: &str, args: &[&str]) -> Binary {
+        Binary::start_with(exe, args, None)
+    }
+
+    /// Starts `exe`, optionally with RLIMIT_NOFILE set to `fd_limit` (soft and hard).
+    pub fn start_with(exe: &str, args: &[&str], fd_limit: Option<u64>) -> Binary {
+        let mut command = Command::new(exe);
+        command
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(limit) = fd_limit {
+            let rlimit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            // SAFETY: between fork and exec only setrlimit runs, which is async-signal-safe.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = command.spawn().expect("start server binary");
+        let mut first_line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first_line)
+            .unwrap();
+        let mut tcp = None;
+        let mut udp = None;
+        for field in first_line.split_whitespace().skip(1) {
+            match field.split_once('=') {
+                Some(("tcp", a)) => tcp = Some(a.parse().expect("tcp address")),
+                Some(("udp", "off")) => {}
+                Some(("udp", a)) => udp = Some(a.parse().expect("udp address")),
+                _ => panic!("unexpected startup line {first_line:?}"),
+            }
+        }
+        Binary {
+            child,
+            tcp: tcp.expect("tcp= in startup line"),
+            udp,
+            first_line,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill only sends a signal to our own child.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+    }
+
+    /// Waits for exit; returns the status code and everything logged on stderr.
+    pub fn wait(mut self) -> (Option<i32>, String) {
+        let status = self.child.wait().unwrap();
+        let mut stderr = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        (status.code(), stderr)
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a binary to completion; returns its exit code and stderr.
+pub fn run(exe: &str, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(exe).args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Each test of the suite takes the server's spawn function.

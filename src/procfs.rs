@@ -1,0 +1,87 @@
+//! Reads what a process costs from Linux's `/proc`: CPU time, resident memory, open
+//! descriptors and threads. The benches and the fault tests measure servers with it; the
+//! servers themselves never call it.
+
+use std::fs;
+use std::io;
+use std::time::Duration;
+
+/// User plus system CPU time the process has used.
+pub fn cpu_time(pid: u32) -> io::Result<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may contain spaces; the fields after its closing
+    // parenthesis are plain numbers, utime and stime being the 12th and 13th of them.
+    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| -> io::Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("unexpected /proc/{pid}/stat")))
+    };
+    let total = ticks(11)? + ticks(12)?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_nanos(total * 1_000_000_000 / per_second))
+}
+
+/// A `kB` field of `/proc/PID/status`, such as `VmRSS` or `VmHWM`, in bytes; or a count
+/// such as `Threads`.
+pub fn status_field(pid: u32, name: &str) -> io::Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .ok_or_else(|| io::Error::other(format!("no {name} in /proc/{pid}/status")))?;
+    let mut parts = line.split_whitespace();
+    let value: u64 = parts
+        .next()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("bad {name} in /proc/{pid}/status")))?;
+    Ok(if parts.next() == Some("kB") {
+        value * 1024
+    } else {
+        value
+    })
+}
+
+/// Resident memory now, in bytes.
+pub fn rss(pid: u32) -> io::Result<u64> {
+    status_field(pid, "VmRSS")
+}
+
+/// Peak resident memory, in bytes.
+pub fn peak_rss(pid: u32) -> io::Result<u64> {
+    status_field(pid, "VmHWM")
+}
+
+/// Threads in the process.
+pub fn threads(pid: u32) -> io::Result<u64> {
+    status_field(pid, "Threads")
+}
+
+/// Open file descriptors.
+pub fn open_fds(pid: u32) -> io::Result<usize> {
+    Ok(fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process() {
+        let me = std::process::id();
+        assert!(rss(me).unwrap() > 0);
+        assert!(peak_rss(me).unwrap() >= rss(me).unwrap() / 2);
+        assert!(threads(me).unwrap() >= 1);
+        assert!(open_fds(me).unwrap() >= 3);
+        let before = cpu_time(me).unwrap();
+        let mut x = 0u64;
+        for i in 0..50_000_000u64 {
+            x = x.wrapping_add(i * i);
+        }
+        std::hint::black_box(x);
+        assert!(cpu_time(me).unwrap() > before);
+    }
+}
