@@ -17,10 +17,9 @@ struct Cli {
 fn main() {
     cli::init_logging();
     let args: Cli = cli::parse_or_exit();
-    match net::raise_fd_limit() {
-        Ok((soft, hard)) => log::info!("descriptor limit {soft} (hard {hard})"),
-        Err(e) => log::warn!("cannot read the descriptor limit: {e}"),
-    }
+    // Raised before binding, reported after: a server that cannot start says so in one
+    // line and nothing else.
+    let fd_limit = net::raise_fd_limit();
     let config = args.server.to_config().unwrap_or_else(|e| cli::fail(e));
     let server = threaded::Server::bind(config).unwrap_or_else(|e| cli::fail(e));
 
@@ -35,6 +34,10 @@ fn main() {
         cli::fail(format!("cannot write the startup line: {e}"));
     }
     drop(stdout);
+    match fd_limit {
+        Ok((soft, hard)) => log::info!("descriptor limit {soft} (hard {hard})"),
+        Err(e) => log::warn!("cannot read the descriptor limit: {e}"),
+    }
 
     if let Err(e) = server.run() {
         cli::fail(e);
