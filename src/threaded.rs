@@ -39,6 +39,10 @@ const CONNECTION_STACK_SIZE: usize = 64 * 1024;
 /// call while keeping a connection's memory at a fraction of its stack reservation.
 const READ_BUFFER_SIZE: usize = 16 * 1024;
 
+/// Capacity the reply buffer keeps between reads: a full read of ordinary requests fits,
+/// and an outsized burst is given back to the allocator once it has been written.
+const OUTPUT_KEEP_CAPACITY: usize = 2 * READ_BUFFER_SIZE;
+
 /// A UDP datagram can carry at most 65,507 bytes of payload over IPv4 (65,527 over IPv6);
 /// a 65,535-byte buffer never truncates one.
 const MAX_DATAGRAM: usize = 65_535;
@@ -162,8 +166,9 @@ impl StopHandle {
         }
         // A thread blocked in accept() cannot be cancelled, but on Linux shutting down the
         // read side of a listening socket stops it listening and makes accept() fail with
-        // EINVAL at once; the accept loop sees `stopping` and leaves. (Connecting to
-        // ourselves would also work, but needs a reachable address and a free descriptor.)
+        // EINVAL at once; the accept loop sees `stopping` and leaves. Clients still in the
+        // backlog are reset, as closing the listener would do. (Connecting to ourselves
+        // would also work, but needs a reachable address and a free descriptor.)
         // SAFETY: shutdown() takes no pointers, and the descriptor stays open as long as
         // `shared` does, which we hold.
         unsafe {
@@ -189,13 +194,6 @@ impl Server {
     /// Binds the TCP listener (with `config.backlog`) and, unless disabled, the UDP socket,
     /// and registers the signal handlers if `config.handle_signals`.
     pub fn bind(config: ServerConfig) -> io::Result<Server> {
-        if config.threads > 1 {
-            warn!(
-                "--threads {} is a reactor feature; the threaded server always runs one \
-                 accept loop and ignores it",
-                config.threads
-            );
-        }
         let bound = net::bind(config.listen, config.udp, config.backlog, false)?;
         let tcp_addr = bound.tcp.local_addr()?;
         let udp_addr = match &bound.udp {
@@ -249,6 +247,13 @@ impl Server {
     /// With `handle_signals`, a second signal during the stop exits the process at once with
     /// status 128 + the signal number, as a shell reports a process killed by that signal.
     pub fn run(mut self) -> io::Result<Stats> {
+        if self.config.threads > 1 {
+            warn!(
+                "--threads {} is a reactor feature; the threaded server always runs one \
+                 accept loop and ignores it",
+                self.config.threads
+            );
+        }
         let signal_watch = match self.signals.take() {
             Some(signals) => Some(watch_signals(signals, self.stop_handle())?),
             None => None,
@@ -507,6 +512,9 @@ impl<'a> Connection<'a> {
         self.stream.write_all(&self.pending_output)?;
         self.bytes_out += self.pending_output.len() as u64;
         self.pending_output.clear();
+        // One read of empty lines owes up to nine times its size in replies; do not keep
+        // that peak allocated for the rest of a long-lived connection.
+        self.pending_output.shrink_to(OUTPUT_KEEP_CAPACITY);
         Ok(())
     }
 }
