@@ -1,5 +1,5 @@
 //! The baseline: blocking `std::net` I/O with one OS thread per TCP connection, one thread
-//! for UDP, and the same [`protocol`](crate::protocol) code as the reactor.
+//! for UDP, and the same [`crate::protocol`] code as the reactor.
 //!
 //! This module owns the accept loop, the per-connection threads, the UDP thread, the
 //! registry of live connections that graceful shutdown walks, and the signal thread. It must
