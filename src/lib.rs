@@ -7,7 +7,7 @@
 //! 2. [`connection`]: one TCP connection as an explicit state machine around a socket.
 //! 3. [`reactor`]: the poll loop: tokens, the slab of connections, accept, timers, shutdown.
 //! 4. [`udp`]: the datagram endpoint served by the same loop.
-//! 5. `threaded`: the baseline, blocking I/O and one thread per connection, same protocol.
+//! 5. [`threaded`]: the baseline, blocking I/O and one thread per connection, same protocol.
 //!
 //! [`config`], [`net`], [`cli`] and [`running`] are the plumbing the binaries share;
 //! [`procfs`] measures a server process for the tests and benches.
@@ -20,6 +20,7 @@ pub mod procfs;
 pub mod protocol;
 pub mod reactor;
 pub mod running;
+pub mod threaded;
 pub mod udp;
 
 pub use config::{ServerConfig, Stats};

@@ -207,6 +207,7 @@ pub fn spawn(config: ServerConfig) -> io::Result<Running> {
         .name("reactor".into())
         .spawn(move || server.run())?;
     let stop = Box::new(move || handle.stop());
+    let open = Box::new(move || open.load(Ordering::Relaxed));
     Ok(Running::new(tcp, udp, stop, open, thread))
 }
 

@@ -3,8 +3,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::config::Stats;
@@ -16,7 +14,7 @@ pub struct Running {
     /// The UDP address actually bound, if UDP is served.
     pub udp: Option<SocketAddr>,
     stop: Box<dyn Fn() + Send + Sync>,
-    open_connections: Arc<AtomicUsize>,
+    open_connections: Box<dyn Fn() -> usize + Send + Sync>,
     thread: JoinHandle<io::Result<Stats>>,
 }
 
@@ -25,7 +23,7 @@ impl Running {
         tcp: SocketAddr,
         udp: Option<SocketAddr>,
         stop: Box<dyn Fn() + Send + Sync>,
-        open_connections: Arc<AtomicUsize>,
+        open_connections: Box<dyn Fn() -> usize + Send + Sync>,
         thread: JoinHandle<io::Result<Stats>>,
     ) -> Running {
         Running {
@@ -39,7 +37,7 @@ impl Running {
 
     /// TCP connections the server holds open right now (for the reactor: its slab length).
     pub fn open_connections(&self) -> usize {
-        self.open_connections.load(Ordering::Relaxed)
+        (self.open_connections)()
     }
 
     /// Asks the server to shut down gracefully (as SIGTERM would) without waiting.

@@ -1,4 +1,45 @@
+//! `threaded`: the thread-per-connection baseline server. See `evloop::threaded`.
+
+use std::io::Write;
+
+use clap::Parser;
+use evloop::{cli, net, threaded};
+
+/// The baseline for `cargo bench`: blocking std::net I/O with one OS thread per TCP
+/// connection and one for UDP, speaking the same protocol as `reactor`.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(flatten)]
+    server: cli::ServerArgs,
+}
+
 fn main() {
-    eprintln!("threaded: not built yet");
-    std::process::exit(1);
+    cli::init_logging();
+    let args: Cli = cli::parse_or_exit();
+    // Raised before binding, reported after: a server that cannot start says so in one
+    // line and nothing else.
+    let fd_limit = net::raise_fd_limit();
+    let config = args.server.to_config().unwrap_or_else(|e| cli::fail(e));
+    let server = threaded::Server::bind(config).unwrap_or_else(|e| cli::fail(e));
+
+    let mut stdout = std::io::stdout().lock();
+    let printed = writeln!(
+        stdout,
+        "{}",
+        net::startup_line(server.tcp_addr(), server.udp_addr())
+    )
+    .and_then(|()| stdout.flush());
+    if let Err(e) = printed {
+        cli::fail(format!("cannot write the startup line: {e}"));
+    }
+    drop(stdout);
+    match fd_limit {
+        Ok((soft, hard)) => log::info!("descriptor limit {soft} (hard {hard})"),
+        Err(e) => log::warn!("cannot read the descriptor limit: {e}"),
+    }
+
+    if let Err(e) = server.run() {
+        cli::fail(e);
+    }
 }

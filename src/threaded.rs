@@ -1,0 +1,669 @@
+//! The baseline: blocking `std::net` I/O with one OS thread per TCP connection, one thread
+//! for UDP, and the same [`crate::protocol`] code as the reactor.
+//!
+//! This module owns the accept loop, the per-connection threads, the UDP thread, the
+//! registry of live connections that graceful shutdown walks, and the signal thread. It must
+//! not frame, parse or build replies itself (that is `protocol.rs`), nor parse flags or set
+//! up sockets (`cli.rs`, `net.rs`): it is the honest "obvious way" a careful engineer writes
+//! this server, so that `cargo bench` compares two designs rather than two protocols.
+//!
+//! Each thread blocks in `read`, `write` or `accept`. Blocking calls cannot be cancelled, so
+//! stopping works by making the kernel wake them: `shutdown(SHUT_RD)` on a socket makes a
+//! blocked read or accept return at once on Linux (see [`StopHandle`] and [`Server::run`]).
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::config::{ServerConfig, Stats};
+use crate::net;
+use crate::protocol::{self, Flow, ProtocolConfig, Session};
+use crate::running::Running;
+
+/// Stack size of a connection thread. The default (2 MiB, or `RUST_MIN_STACK`) is address
+/// space reserved per connection; with 10,000 connections that is 20 GiB of mappings for
+/// threads whose deepest frames are a `read`, a `write` and a log call. Buffers live on the
+/// heap, so 64 KiB leaves ample headroom.
+const CONNECTION_STACK_SIZE: usize = 64 * 1024;
+
+/// Bytes one `read` may return. 16 KiB takes a burst of pipelined requests in one system
+/// call while keeping a connection's memory at a fraction of its stack reservation.
+const READ_BUFFER_SIZE: usize = 16 * 1024;
+
+/// Capacity the reply buffer keeps between reads: a full read of ordinary requests fits,
+/// and an outsized burst is given back to the allocator once it has been written.
+const OUTPUT_KEEP_CAPACITY: usize = 2 * READ_BUFFER_SIZE;
+
+/// A UDP datagram can carry at most 65,507 bytes of payload over IPv4 (65,527 over IPv6);
+/// a 65,535-byte buffer never truncates one.
+const MAX_DATAGRAM: usize = 65_535;
+
+/// How long a closing connection keeps reading (and discarding) after its last reply. If
+/// the socket were closed with unread input still queued, Linux would send RST instead of
+/// FIN, and an RST can make the client lose replies it has not read yet. One second lets a
+/// client that sent more after `exit` finish and see our FIN, without pinning a thread long.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+
+/// Most bytes discarded while lingering: a client still streaming at full speed is not
+/// going to be polite, and is not worth a thread.
+const LINGER_MAX_BYTES: usize = 256 * 1024;
+
+/// Pause after an `accept` error such as EMFILE before retrying. The pending connection
+/// stays in the kernel's queue, so retrying at once would spin on the same error.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The UDP thread's read timeout: a backstop that bounds how long it can miss a stop if the
+/// wake-up datagram [`StopHandle::stop`] sends is lost (it never is on loopback, but UDP
+/// promises nothing).
+const UDP_STOP_CHECK: Duration = Duration::from_secs(1);
+
+/// After the shutdown grace, connections still busy are cut off; this is how long to wait
+/// for their threads to notice, so their counts still make it into the summary.
+const CUT_OFF_WAIT: Duration = Duration::from_millis(500);
+
+/// A server with its sockets bound, not yet serving. [`Server::run`] serves on the calling
+/// thread; [`spawn`] does both on a thread of its own.
+pub struct Server {
+    config: ServerConfig,
+    shared: Arc<Shared>,
+    udp: Option<UdpSocket>,
+    tcp_addr: SocketAddr,
+    udp_addr: Option<SocketAddr>,
+    /// Registered at bind time, not in `run`, so a SIGTERM that arrives right after the
+    /// startup line is printed is already a graceful stop rather than the default kill.
+    signals: Option<Signals>,
+}
+
+/// Stops a [`Server`] gracefully from any thread, any number of times, before or during
+/// [`Server::run`]. Cheap to clone.
+#[derive(Clone)]
+pub struct StopHandle {
+    shared: Arc<Shared>,
+}
+
+/// State the accept loop, the connection threads, the UDP thread and [`StopHandle`] share.
+struct Shared {
+    stopping: AtomicBool,
+    /// Held here rather than by `run` so that [`StopHandle::stop`] can never shut down a
+    /// descriptor number that has been closed and reused for something else.
+    listener: TcpListener,
+    /// Where to send the datagram that wakes the UDP thread.
+    udp_wake: Option<SocketAddr>,
+    /// Every connection whose thread is running, so shutdown can wake them. It is also the
+    /// count `--max-connections` checks.
+    connections: Mutex<HashMap<u64, Arc<TcpStream>>>,
+    /// Signalled whenever `connections` becomes empty.
+    all_closed: Condvar,
+    totals: Totals,
+}
+
+/// What finished connections and the UDP thread did; the accept loop adds its own counts.
+#[derive(Default)]
+struct Totals {
+    messages: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    udp_dropped: AtomicU64,
+}
+
+impl Totals {
+    fn add(&self, messages: u64, bytes_in: u64, bytes_out: u64) {
+        self.messages.fetch_add(messages, Ordering::Relaxed);
+        self.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+    }
+}
+
+impl Shared {
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// The registry lock. A thread that panicked while holding it cannot have left the map
+    /// half-updated (every critical section is one insert, remove or walk), so poisoning is
+    /// ignored rather than spread to every other connection.
+    fn connections(&self) -> MutexGuard<'_, HashMap<u64, Arc<TcpStream>>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits until no connection thread is left, or `timeout` passes; returns how many are
+    /// still running.
+    fn wait_for_connections(&self, timeout: Duration) -> usize {
+        let guard = self.connections();
+        let (guard, _) = self
+            .all_closed
+            .wait_timeout_while(guard, timeout, |live| !live.is_empty())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        guard.len()
+    }
+
+    /// Shuts down `how` on every live connection.
+    fn shutdown_connections(&self, how: Shutdown) {
+        for stream in self.connections().values() {
+            // ENOTCONN if the peer already went away: nothing left to wake.
+            let _ = stream.shutdown(how);
+        }
+    }
+}
+
+impl StopHandle {
+    /// Begins a graceful stop: no new connections, replies already owed are delivered, then
+    /// [`Server::run`] returns. Does not wait for that; later calls do nothing.
+    pub fn stop(&self) {
+        if self.shared.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // A thread blocked in accept() cannot be cancelled, but on Linux shutting down the
+        // read side of a listening socket stops it listening and makes accept() fail with
+        // EINVAL at once; the accept loop sees `stopping` and leaves. Clients still in the
+        // backlog are reset, as closing the listener would do. (Connecting to ourselves
+        // would also work, but needs a reachable address and a free descriptor.)
+        // SAFETY: shutdown() takes no pointers, and the descriptor stays open as long as
+        // `shared` does, which we hold.
+        unsafe {
+            libc::shutdown(self.shared.listener.as_raw_fd(), libc::SHUT_RD);
+        }
+        // The UDP thread blocks in recv_from(); one datagram from ourselves wakes it and it
+        // then sees `stopping`. Its read timeout covers the case where this send fails.
+        if let Some(addr) = self.shared.udp_wake {
+            let local: SocketAddr = match addr {
+                SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+                SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+            };
+            if let Err(e) = UdpSocket::bind(local).and_then(|s| s.send_to(&[], addr)) {
+                debug!(
+                    "could not wake the UDP thread ({e}); it will notice within {UDP_STOP_CHECK:?}"
+                );
+            }
+        }
+    }
+}
+
+impl Server {
+    /// Binds the TCP listener (with `config.backlog`) and, unless disabled, the UDP socket,
+    /// and registers the signal handlers if `config.handle_signals`.
+    pub fn bind(config: ServerConfig) -> io::Result<Server> {
+        let bound = net::bind(config.listen, config.udp, config.backlog, false)?;
+        let tcp_addr = bound.tcp.local_addr()?;
+        let udp_addr = match &bound.udp {
+            Some(udp) => Some(udp.local_addr()?),
+            None => None,
+        };
+        let signals = if config.handle_signals {
+            Some(Signals::new([SIGINT, SIGTERM])?)
+        } else {
+            None
+        };
+        let shared = Arc::new(Shared {
+            stopping: AtomicBool::new(false),
+            listener: bound.tcp,
+            udp_wake: udp_addr.map(reachable),
+            connections: Mutex::new(HashMap::new()),
+            all_closed: Condvar::new(),
+            totals: Totals::default(),
+        });
+        Ok(Server {
+            config,
+            shared,
+            udp: bound.udp,
+            tcp_addr,
+            udp_addr,
+            signals,
+        })
+    }
+
+    /// The TCP address actually bound (port 0 resolved).
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.tcp_addr
+    }
+
+    /// The UDP address actually bound, or `None` when UDP is off.
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        self.udp_addr
+    }
+
+    /// A handle that stops this server gracefully; take it before calling [`Server::run`].
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Serves until stopped (by a [`StopHandle`] or, with `handle_signals`, by SIGINT or
+    /// SIGTERM), then delivers replies already owed for up to `shutdown_grace`, closes every
+    /// connection, logs a one-line summary and returns it.
+    ///
+    /// With `handle_signals`, a second signal during the stop exits the process at once with
+    /// status 128 + the signal number, as a shell reports a process killed by that signal.
+    pub fn run(mut self) -> io::Result<Stats> {
+        if self.config.threads > 1 {
+            warn!(
+                "--threads {} is a reactor feature; the threaded server always runs one \
+                 accept loop and ignores it",
+                self.config.threads
+            );
+        }
+        let signal_watch = match self.signals.take() {
+            Some(signals) => Some(watch_signals(signals, self.stop_handle())?),
+            None => None,
+        };
+        let udp_thread = match self.udp.take() {
+            Some(socket) => {
+                let shared = Arc::clone(&self.shared);
+                let mode = self.config.protocol.mode.clone();
+                let spawned = thread::Builder::new()
+                    .name("udp".into())
+                    .spawn(move || serve_udp(&socket, &mode, &shared));
+                match spawned {
+                    Ok(thread) => Some(thread),
+                    Err(e) => {
+                        self.stop_handle().stop();
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!("cannot start the UDP thread: {e}"),
+                        ));
+                    }
+                }
+            }
+            None => None,
+        };
+
+        let (connections, refused) = self.accept_loop();
+
+        // Stopping. Threads blocked in read() wake with EOF once their read side is shut
+        // down; data already queued is still returned first, so every complete line that
+        // arrived gets its reply. Shutting down only the read side leaves the write side
+        // open for those replies.
+        self.shared.shutdown_connections(Shutdown::Read);
+        let grace = self.config.shutdown_grace;
+        let left = self.shared.wait_for_connections(grace);
+        if left > 0 {
+            // Still writing to clients that do not read. Shutting down both sides makes
+            // their blocked write() fail, so the threads end and nothing is left behind.
+            warn!("{left} connections still busy after the {grace:?} shutdown grace; cutting them off");
+            self.shared.shutdown_connections(Shutdown::Both);
+            self.shared.wait_for_connections(CUT_OFF_WAIT);
+        }
+        if let Some(thread) = udp_thread {
+            if thread.join().is_err() {
+                error!("the UDP thread panicked");
+            }
+        }
+        if let Some((handle, thread)) = signal_watch {
+            handle.close();
+            let _ = thread.join();
+        }
+
+        let totals = &self.shared.totals;
+        let stats = Stats {
+            connections,
+            refused,
+            messages: totals.messages.load(Ordering::Relaxed),
+            bytes_in: totals.bytes_in.load(Ordering::Relaxed),
+            bytes_out: totals.bytes_out.load(Ordering::Relaxed),
+            udp_dropped: totals.udp_dropped.load(Ordering::Relaxed),
+        };
+        info!("{stats}");
+        Ok(stats)
+    }
+
+    /// Accepts until stopped, starting a thread per connection. Returns the connections
+    /// served and refused.
+    fn accept_loop(&self) -> (u64, u64) {
+        let mut next_id: u64 = 0;
+        let (mut served, mut refused) = (0, 0);
+        while !self.shared.is_stopping() {
+            let (stream, peer) = match self.shared.listener.accept() {
+                Ok(accepted) => accepted,
+                Err(_) if self.shared.is_stopping() => break,
+                // The client gave up before we got to it, or a signal interrupted us.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue
+                }
+                // EMFILE, ENFILE, ENOBUFS, ENOMEM: out of a resource that a closing
+                // connection will give back. Serving the connections we have beats exiting.
+                Err(e) => {
+                    warn!("accept failed: {e}; retrying in {ACCEPT_ERROR_BACKOFF:?}");
+                    thread::sleep(ACCEPT_ERROR_BACKOFF);
+                    continue;
+                }
+            };
+            next_id += 1;
+            if self.start_connection(next_id, stream, peer) {
+                served += 1;
+            } else {
+                refused += 1;
+            }
+        }
+        (served, refused)
+    }
+
+    /// Registers the connection and starts its thread; false if it was refused instead.
+    fn start_connection(&self, id: u64, stream: TcpStream, peer: SocketAddr) -> bool {
+        let stream = Arc::new(stream);
+        {
+            let mut live = self.shared.connections();
+            if live.len() >= self.config.max_connections {
+                drop(live);
+                debug!(
+                    "refusing {peer}: at --max-connections {}",
+                    self.config.max_connections
+                );
+                refuse(&stream);
+                return false;
+            }
+            live.insert(id, Arc::clone(&stream));
+        }
+        let shared = Arc::clone(&self.shared);
+        let protocol = self.config.protocol.clone();
+        let idle_timeout = self.config.idle_timeout;
+        let thread_stream = Arc::clone(&stream);
+        let spawned = thread::Builder::new()
+            .name(format!("conn-{id}"))
+            .stack_size(CONNECTION_STACK_SIZE)
+            .spawn(move || {
+                let _registration = Registration {
+                    shared: &shared,
+                    id,
+                };
+                let mut connection = Connection::new(&thread_stream, &protocol);
+                if let Err(e) = connection.serve(idle_timeout, &shared.stopping) {
+                    debug!("{peer}: {e}");
+                }
+                let lingered = close_politely(&thread_stream, &mut connection.read_buffer);
+                shared.totals.add(
+                    connection.session.messages(),
+                    connection.bytes_in + lingered,
+                    connection.bytes_out,
+                );
+                debug!("{peer}: closed");
+            });
+        match spawned {
+            Ok(_detached) => {
+                debug!("{peer}: connected");
+                true
+            }
+            // Out of memory or threads (RLIMIT_NPROC, kernel.threads-max): this client is
+            // turned away, the ones already served are not disturbed.
+            Err(e) => {
+                warn!("cannot start a thread for {peer}: {e}; refusing it");
+                self.shared.connections().remove(&id);
+                refuse(&stream);
+                false
+            }
+        }
+    }
+}
+
+/// Removes a connection from the registry when its thread ends, however it ends.
+struct Registration<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        let mut live = self.shared.connections();
+        live.remove(&self.id);
+        if live.is_empty() {
+            self.shared.all_closed.notify_all();
+        }
+    }
+}
+
+/// One TCP connection, served by its own thread with blocking calls.
+struct Connection<'a> {
+    stream: &'a TcpStream,
+    protocol: &'a ProtocolConfig,
+    session: Session,
+    read_buffer: Vec<u8>,
+    /// Replies produced by the last read, written before the next one.
+    pending_output: Vec<u8>,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl<'a> Connection<'a> {
+    fn new(stream: &'a TcpStream, protocol: &'a ProtocolConfig) -> Connection<'a> {
+        Connection {
+            stream,
+            protocol,
+            session: Session::new(),
+            read_buffer: vec![0; READ_BUFFER_SIZE],
+            pending_output: Vec::new(),
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+
+    /// Greets, then answers until the protocol says close, the peer goes away or idles out,
+    /// or the server stops. An error ends this connection only.
+    fn serve(&mut self, idle_timeout: Option<Duration>, stopping: &AtomicBool) -> io::Result<()> {
+        // Each write is a whole batch of replies; Nagle's algorithm would only hold the next
+        // batch back until the previous one is acknowledged, which with delayed ACKs on the
+        // client costs up to 40 ms per pipelined round trip.
+        self.stream.set_nodelay(true)?;
+        // The same timeout on writes: a client that stops reading makes no more progress
+        // than one that stops sending, and must not hold a thread forever.
+        self.stream.set_read_timeout(idle_timeout)?;
+        self.stream.set_write_timeout(idle_timeout)?;
+
+        self.protocol.greeting(&mut self.pending_output);
+        self.flush()?;
+        loop {
+            let limit = self.protocol.read_limit(self.read_buffer.len());
+            let flow = match self.stream.read(&mut self.read_buffer[..limit]) {
+                Ok(0) => {
+                    // Our own shutdown(SHUT_RD) at server stop also reads as EOF. Then the
+                    // client has not finished its last line, so it is owed no reply for it.
+                    if stopping.load(Ordering::Acquire) {
+                        return Ok(());
+                    }
+                    self.session.on_eof(self.protocol, &mut self.pending_output)
+                }
+                Ok(n) => {
+                    self.bytes_in += n as u64;
+                    self.session.on_input(
+                        self.protocol,
+                        &self.read_buffer[..n],
+                        &mut self.pending_output,
+                    )
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // A read timeout reports EAGAIN, which std calls WouldBlock.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
+                }
+                Err(e) => return Err(e),
+            };
+            self.flush()?;
+            if flow == Flow::Close {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Writes every pending reply; `write_all` already retries `Interrupted`.
+    fn flush(&mut self) -> io::Result<()> {
+        if self.pending_output.is_empty() {
+            return Ok(());
+        }
+        self.stream.write_all(&self.pending_output)?;
+        self.bytes_out += self.pending_output.len() as u64;
+        self.pending_output.clear();
+        // One read of empty lines owes up to nine times its size in replies; do not keep
+        // that peak allocated for the rest of a long-lived connection.
+        self.pending_output.shrink_to(OUTPUT_KEEP_CAPACITY);
+        Ok(())
+    }
+}
+
+/// Sends FIN, then reads and discards for up to [`LINGER_TIME`] so the close does not turn
+/// into an RST (see [`LINGER_TIME`]). Returns the bytes discarded.
+fn close_politely(stream: &TcpStream, buffer: &mut [u8]) -> u64 {
+    if stream.shutdown(Shutdown::Write).is_err() {
+        // Not connected any more: there is nobody left to be polite to.
+        return 0;
+    }
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut discarded = 0;
+    while discarded < LINGER_MAX_BYTES {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        match (&*stream).read(buffer) {
+            Ok(0) => break,
+            Ok(n) => discarded += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    discarded as u64
+}
+
+/// Tells a client the server is full and closes. Runs on the accept thread, so it must not
+/// block: the socket is made non-blocking, and a fresh connection's empty send buffer always
+/// has room for the 16-byte message.
+fn refuse(stream: &TcpStream) {
+    let _ = stream.set_nonblocking(true);
+    let _ = (&*stream).write(protocol::SERVER_BUSY);
+    let _ = stream.shutdown(Shutdown::Write);
+    // Discard what the client already sent so the close sends FIN, not an RST that could
+    // destroy the message before the client reads it. Bounded by what is queued right now.
+    let mut scratch = [0; 1024];
+    for _ in 0..64 {
+        match (&*stream).read(&mut scratch) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+}
+
+/// Answers datagrams until the server stops. A reply that cannot be sent is counted and
+/// logged; nothing a peer sends ends this thread.
+fn serve_udp(socket: &UdpSocket, mode: &protocol::Mode, shared: &Shared) {
+    if let Err(e) = socket.set_read_timeout(Some(UDP_STOP_CHECK)) {
+        warn!("udp: cannot set a read timeout ({e}); stopping relies on the wake-up datagram");
+    }
+    let mut datagram = vec![0; MAX_DATAGRAM];
+    let mut reply = Vec::new();
+    let (mut messages, mut bytes_in, mut bytes_out, mut dropped) = (0u64, 0u64, 0u64, 0u64);
+    while !shared.is_stopping() {
+        let (n, peer) = match socket.recv_from(&mut datagram) {
+            Ok(received) => received,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted
+                        | io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(e) => {
+                // Linux can report an ICMP error from an earlier send here; the socket is
+                // still fine.
+                debug!("udp: receive failed: {e}");
+                continue;
+            }
+        };
+        // The datagram that wakes us at stop must not be answered.
+        if shared.is_stopping() {
+            break;
+        }
+        bytes_in += n as u64;
+        reply.clear();
+        protocol::udp_reply(mode, &datagram[..n], &mut reply);
+        messages += 1;
+        match socket.send_to(&reply, peer) {
+            Ok(sent) => bytes_out += sent as u64,
+            Err(e) => {
+                dropped += 1;
+                debug!("udp: reply to {peer} dropped: {e}");
+            }
+        }
+    }
+    shared.totals.add(messages, bytes_in, bytes_out);
+    shared
+        .totals
+        .udp_dropped
+        .fetch_add(dropped, Ordering::Relaxed);
+}
+
+/// Starts the thread that turns SIGINT/SIGTERM into a graceful stop, and a second signal
+/// into an immediate exit. Returns what closes it again.
+fn watch_signals(
+    mut signals: Signals,
+    stop: StopHandle,
+) -> io::Result<(signal_hook::iterator::Handle, JoinHandle<()>)> {
+    let handle = signals.handle();
+    let thread = thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for signal in signals.forever() {
+                seen += 1;
+                if seen == 1 {
+                    info!("signal {signal}: stopping; a second signal exits at once");
+                    stop.stop();
+                } else {
+                    warn!("signal {signal} again: exiting without waiting for connections");
+                    std::process::exit(128 + signal);
+                }
+            }
+        })?;
+    Ok((handle, thread))
+}
+
+/// An address the wake-up datagram can be sent to: a socket bound to the unspecified
+/// address is reachable on loopback.
+fn reachable(mut addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        match addr {
+            SocketAddr::V4(_) => addr.set_ip(Ipv4Addr::LOCALHOST.into()),
+            SocketAddr::V6(_) => addr.set_ip(Ipv6Addr::LOCALHOST.into()),
+        }
+    }
+    addr
+}
+
+/// Binds now (so the addresses are known when this returns), then serves on a new thread.
+pub fn spawn(config: ServerConfig) -> io::Result<Running> {
+    let server = Server::bind(config)?;
+    let (tcp, udp) = (server.tcp_addr(), server.udp_addr());
+    let stop = server.stop_handle();
+    let shared = Arc::clone(&server.shared);
+    let thread = thread::Builder::new()
+        .name("threaded".into())
+        .spawn(move || server.run())?;
+    Ok(Running::new(
+        tcp,
+        udp,
+        Box::new(move || stop.stop()),
+        Box::new(move || shared.connections().len()),
+        thread,
+    ))
+}
