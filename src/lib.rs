@@ -8,11 +8,14 @@
 //! 3. `reactor`: the poll loop: tokens, the slab of connections, accept, timers, shutdown.
 //! 4. `udp`: the datagram endpoint served by the same loop.
 //! 5. `threaded`: the baseline, blocking I/O and one thread per connection, same protocol.
+//! 6. [`loadgen`]: the client side: one poll loop driving many clients, checking every
+//!    reply and measuring latency.
 //!
 //! [`config`], [`net`], [`cli`] and [`running`] are the plumbing the binaries share.
 
 pub mod cli;
 pub mod config;
+pub mod loadgen;
 pub mod net;
 pub mod protocol;
 pub mod running;
