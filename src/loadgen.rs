@@ -47,6 +47,13 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(20);
 /// checked (and the partial reply kept) before the next client reads.
 const READ_BUFFER: usize = 64 * 1024;
 
+/// The largest latency the histogram tells apart, in microseconds: an hour, far beyond any
+/// sensible `--timeout`. Larger values are recorded as this.
+const LATENCY_CEILING_US: u64 = 3_600_000_000;
+
+/// Significant digits the histogram keeps: 0.1% resolution at any latency, in ~200 KB.
+const LATENCY_SIGFIG: u8 = 3;
+
 /// Events taken per `poll` call.
 const EVENTS_CAPACITY: usize = 1024;
 
@@ -362,9 +369,11 @@ struct Tally {
 
 impl Tally {
     fn new() -> io::Result<Tally> {
-        // Three significant digits: 0.1% resolution at any latency. The histogram grows as
-        // needed, so no upper bound has to be guessed.
-        let latency = Histogram::new(3).map_err(|e| io::Error::other(e.to_string()))?;
+        // Fixed bounds rather than an auto-resizing histogram: hdrhistogram's
+        // `saturating_record` never resizes, and clamps anything above the bounds it was
+        // created with (for `Histogram::new`, about 2 ms) to a meaningless value.
+        let latency = Histogram::new_with_bounds(1, LATENCY_CEILING_US, LATENCY_SIGFIG)
+            .map_err(|e| io::Error::other(e.to_string()))?;
         Ok(Tally {
             messages: 0,
             mismatches: 0,
@@ -384,6 +393,14 @@ impl Tally {
 
     fn errors(&self) -> u64 {
         self.mismatches + self.timeouts + self.connection_errors
+    }
+
+    fn record_latency(&mut self, request: InFlight, answered_at: Instant) {
+        let micros = answered_at
+            .saturating_duration_since(request.sent_at)
+            .as_micros();
+        self.latency
+            .saturating_record(u64::try_from(micros).unwrap_or(u64::MAX));
     }
 }
 
@@ -513,10 +530,7 @@ impl Shared<'_> {
     fn answered(&mut self, request: InFlight, now: Instant) {
         self.outstanding -= 1;
         self.tally.messages += 1;
-        let micros = now.saturating_duration_since(request.sent_at).as_micros();
-        self.tally
-            .latency
-            .saturating_record(u64::try_from(micros).unwrap_or(u64::MAX));
+        self.tally.record_latency(request, now);
     }
 }
 
@@ -1131,6 +1145,21 @@ mod tests {
             },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn latencies_keep_their_value_from_microseconds_to_minutes() {
+        let mut tally = Tally::new().unwrap();
+        let sent_at = Instant::now();
+        for micros in [3, 2_500, 150_000, 90_000_000] {
+            let request = InFlight { seq: 0, sent_at };
+            tally.record_latency(request, sent_at + Duration::from_micros(micros));
+            let recorded = tally.latency.max();
+            assert!(
+                tally.latency.equivalent(recorded, micros),
+                "{micros} µs recorded as {recorded}"
+            );
         }
     }
 

@@ -131,6 +131,24 @@ fn a_correct_server_gives_every_message_and_no_errors() {
 }
 
 #[test]
+fn latency_is_measured_in_microseconds_from_request_to_reply() {
+    // A server that takes 5 ms over every reply: the delay is what is measured here, not
+    // a way to wait for something.
+    let addr = tcp_server(
+        b"Welcome!\n",
+        Arc::new(|_, line| {
+            thread::sleep(Duration::from_millis(5));
+            Ok(Some(hello(line)))
+        }),
+    );
+    let report = run(&options(addr, 2, 20));
+    assert_eq!(report.errors(), 0, "{report}");
+    assert!(report.latency_us(0.5) >= 5_000, "{report}");
+    assert!(report.latency.min() >= 5_000, "{report}");
+    assert!(report.latency.max() < 5_000_000, "{report}");
+}
+
+#[test]
 fn pipelined_echo_without_greeting_and_long_messages() {
     let addr = tcp_server(b"", Arc::new(|_, line| Ok(Some([line, b"\n"].concat()))));
     let report = run(&Options {
