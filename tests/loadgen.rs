@@ -177,6 +177,20 @@ fn a_duration_run_stops_on_time() {
 }
 
 #[test]
+fn hundreds_of_connections_to_a_default_backlog_all_get_set_up() {
+    // std's listener has a backlog of 128; loadgen sets clients up in batches that fit.
+    // Overflowing it would cost some clients a SYN-ACK retransmit, one second or more,
+    // which this timeout turns into errors.
+    let report = run(&Options {
+        timeout: Duration::from_millis(700),
+        ..options(hello_server(), 400, 2000)
+    });
+    assert_eq!(report.errors(), 0, "{report}");
+    assert_eq!(report.connected, 400);
+    assert_eq!(report.messages, 2000);
+}
+
+#[test]
 fn a_corrupted_reply_is_a_mismatch_not_a_message() {
     // The tenth reply on every connection has one byte changed.
     let addr = tcp_server(
