@@ -507,6 +507,8 @@ struct InFlight {
 /// State every client shares, passed to each one as it handles an event.
 struct Shared<'a> {
     options: &'a Options,
+    /// For clients that change their interest as they go.
+    registry: Registry,
     script: Script,
     read_buffer: Vec<u8>,
     tally: Tally,
@@ -577,24 +579,12 @@ impl Client {
         }
     }
 
-    /// Opens client `token` (a non-blocking connect for TCP) and registers it for both
-    /// readable and writable readiness, once: with edge-triggered readiness an unused
-    /// writable interest costs nothing, as an event comes only when a full send buffer
-    /// drains.
+    /// Opens client `token` (for TCP, starts a non-blocking connect) and registers it.
     fn open(options: &Options, token: Token, registry: &Registry) -> io::Result<Client> {
-        let interest = Interest::READABLE | Interest::WRITABLE;
-        match options.transport {
-            Transport::Tcp => {
-                let mut tcp = TcpClient::connect(options.addr, Instant::now())?;
-                registry.register(&mut tcp.stream, token, interest)?;
-                Ok(Client::Tcp(tcp))
-            }
-            Transport::Udp => {
-                let mut udp = UdpClient::connect(options.addr)?;
-                registry.register(&mut udp.socket, token, interest)?;
-                Ok(Client::Udp(udp))
-            }
-        }
+        Ok(match options.transport {
+            Transport::Tcp => Client::Tcp(TcpClient::open(options.addr, token, registry)?),
+            Transport::Udp => Client::Udp(UdpClient::open(options.addr, token, registry)?),
+        })
     }
 
     fn is_setting_up(&self) -> bool {
@@ -631,6 +621,10 @@ enum Phase {
 }
 
 /// One TCP connection.
+///
+/// It is registered for readable and writable readiness once, and never reregistered:
+/// Linux reports a TCP socket writable again only after a write found its send buffer
+/// full, so the writable interest costs nothing until the one moment it is needed.
 struct TcpClient {
     stream: TcpStream,
     phase: Phase,
@@ -647,17 +641,23 @@ struct TcpClient {
 }
 
 impl TcpClient {
-    fn connect(addr: SocketAddr, now: Instant) -> io::Result<TcpClient> {
-        Ok(TcpClient {
+    fn open(addr: SocketAddr, token: Token, registry: &Registry) -> io::Result<TcpClient> {
+        let mut tcp = TcpClient {
             stream: TcpStream::connect(addr)?,
             phase: Phase::Connecting,
-            phase_since: now,
+            phase_since: Instant::now(),
             in_flight: VecDeque::new(),
             next_seq: 0,
             input: Vec::new(),
             output: Vec::new(),
             written: 0,
-        })
+        };
+        registry.register(
+            &mut tcp.stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        Ok(tcp)
     }
 
     fn on_event(&mut self, id: usize, shared: &mut Shared, now: Instant) -> Result<(), Failure> {
@@ -815,14 +815,22 @@ impl TcpClient {
 
 /// One connected UDP socket. Datagrams can be lost, so each request in flight times out
 /// on its own, is counted, and frees its place in the pipeline for the next request.
+///
+/// It is registered for readable readiness only. The kernel reports a UDP socket writable
+/// again each time the buffer of a datagram it sent is freed, which in a lockstep run is
+/// one extra wakeup (and one wasted `recv`) per request; so writable interest is added
+/// only while a send is blocked, and dropped once sends go through again.
 struct UdpClient {
     socket: UdpSocket,
+    token: Token,
     in_flight: VecDeque<InFlight>,
     next_seq: u64,
+    /// Registered for writable readiness too, because a send would have blocked.
+    awaiting_writable: bool,
 }
 
 impl UdpClient {
-    fn connect(addr: SocketAddr) -> io::Result<UdpClient> {
+    fn open(addr: SocketAddr, token: Token, registry: &Registry) -> io::Result<UdpClient> {
         let any: SocketAddr = if addr.is_ipv4() {
             ([0, 0, 0, 0], 0).into()
         } else {
@@ -832,11 +840,15 @@ impl UdpClient {
         // Connected: the kernel drops datagrams from anyone else, and a closed port comes
         // back as ECONNREFUSED instead of silence.
         socket.connect(addr)?;
-        Ok(UdpClient {
+        let mut udp = UdpClient {
             socket,
+            token,
             in_flight: VecDeque::new(),
             next_seq: 0,
-        })
+            awaiting_writable: false,
+        };
+        registry.register(&mut udp.socket, token, Interest::READABLE)?;
+        Ok(udp)
     }
 
     fn on_event(&mut self, id: usize, shared: &mut Shared, now: Instant) -> Result<(), Failure> {
@@ -879,6 +891,7 @@ impl UdpClient {
     }
 
     fn send(&mut self, id: usize, shared: &mut Shared, now: Instant) -> Result<(), Failure> {
+        let mut blocked = false;
         while self.in_flight.len() < shared.options.pipeline && shared.may_send() {
             let seq = self.next_seq;
             match self.socket.send(shared.script.request(id, seq)) {
@@ -886,11 +899,25 @@ impl UdpClient {
                     self.next_seq += 1;
                     shared.issue(&mut self.in_flight, seq, now);
                 }
-                // The send buffer is full: try again on the writable event.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    blocked = true;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(Failure::Connection(e)),
             }
+        }
+        if blocked != self.awaiting_writable {
+            let interest = if blocked {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            shared
+                .registry
+                .reregister(&mut self.socket, self.token, interest)
+                .map_err(Failure::Connection)?;
+            self.awaiting_writable = blocked;
         }
         Ok(())
     }
@@ -922,12 +949,15 @@ struct Engine<'a> {
 
 impl<'a> Engine<'a> {
     fn new(options: &'a Options) -> io::Result<Engine<'a>> {
+        let poll = Poll::new()?;
+        let registry = poll.registry().try_clone()?;
         Ok(Engine {
-            poll: Poll::new()?,
+            poll,
             events: Events::with_capacity(EVENTS_CAPACITY),
             clients: Vec::with_capacity(options.connections),
             shared: Shared {
                 options,
+                registry,
                 script: Script::new(options),
                 read_buffer: vec![0; READ_BUFFER],
                 tally: Tally::new()?,
