@@ -8,9 +8,10 @@
 //! thread per client would spend the machine's two cores switching between clients instead
 //! of loading the server. It never prints: the binary turns the [`Report`] into text.
 //!
-//! A run has two phases. First every client connects and reads its greeting, with
-//! `timeout` to do so; only then does the clock start and the load begin, so connection
-//! setup is not counted as throughput and every client starts together. The load phase ends
+//! A run has two phases. First every client connects and reads its greeting, each with
+//! `timeout` to do so (at most 128 at a time, see [`MAX_SETUPS_IN_FLIGHT`]); only then does
+//! the clock start and the load begin, so connection setup is not counted as throughput
+//! and every client starts together. The load phase ends
 //! when `duration` has passed (requests still in flight are abandoned, counted neither as
 //! messages nor as errors) or when `messages` requests have all been settled, or when no
 //! client is left.
@@ -60,7 +61,7 @@ const LATENCY_SIGFIG: u8 = 3;
 /// the server only learns of it after a SYN-ACK retransmit one to three seconds later, which
 /// loadgen would report as greeting timeouts. Staying at the smallest common backlog keeps
 /// setup quick against any server; the load itself still runs on every connection at once.
-const MAX_SETUPS_IN_FLIGHT: usize = 128;
+pub const MAX_SETUPS_IN_FLIGHT: usize = 128;
 
 /// Events taken per `poll` call.
 const EVENTS_CAPACITY: usize = 1024;
@@ -945,6 +946,12 @@ struct Engine<'a> {
     shared: Shared<'a>,
     /// Clients not closed.
     live: usize,
+    /// Open clients [`MAX_SETUPS_IN_FLIGHT`] at a time. Turned off by the first failed
+    /// setup: a server that is not keeping up gains nothing from the batching, and a
+    /// silent one would otherwise make the user wait `timeout` once per batch.
+    batch_setups: bool,
+    /// Tokens of the events of the last poll, kept to reuse its allocation.
+    ready: Vec<usize>,
 }
 
 impl<'a> Engine<'a> {
@@ -967,14 +974,17 @@ impl<'a> Engine<'a> {
                 setting_up: 0,
             },
             live: 0,
+            batch_setups: true,
+            ready: Vec::with_capacity(EVENTS_CAPACITY),
         })
     }
 
-    /// Opens clients until all are open or [`MAX_SETUPS_IN_FLIGHT`] are being set up.
+    /// Opens clients until all are open or, while batching, [`MAX_SETUPS_IN_FLIGHT`] are
+    /// being set up.
     fn open_more(&mut self) {
         let options = self.shared.options;
         while self.clients.len() < options.connections
-            && self.shared.setting_up < MAX_SETUPS_IN_FLIGHT
+            && (!self.batch_setups || self.shared.setting_up < MAX_SETUPS_IN_FLIGHT)
         {
             let id = self.clients.len();
             match Client::open(options, Token(id), self.poll.registry()) {
@@ -999,7 +1009,8 @@ impl<'a> Engine<'a> {
     }
 
     /// Opens every client and waits until each has connected and been greeted, or failed
-    /// to within `timeout` of its own connect.
+    /// to within `timeout` of its own connect. Takes at most about twice `timeout`: one for
+    /// the batch in which a client first fails, one for everyone opened after that.
     fn set_up(&mut self) -> io::Result<()> {
         let connections = self.shared.options.connections;
         let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
@@ -1062,8 +1073,11 @@ impl<'a> Engine<'a> {
             Err(e) => return Err(e),
         }
         // Tokens are copied out first: handling an event needs `self` mutably.
-        let ready: Vec<usize> = self.events.iter().map(|event| event.token().0).collect();
-        for id in ready {
+        self.ready.clear();
+        self.ready
+            .extend(self.events.iter().map(|event| event.token().0));
+        for index in 0..self.ready.len() {
+            let id = self.ready[index];
             // The clock is read per event, not per batch, so a reply's latency does not
             // depend on how many other events came back with it.
             let now = Instant::now();
@@ -1093,6 +1107,7 @@ impl<'a> Engine<'a> {
         let mut client = std::mem::replace(&mut self.clients[id], Client::Closed);
         if client.is_setting_up() {
             self.shared.setting_up -= 1;
+            self.batch_setups = false;
         }
         // Requests queued behind the failure are abandoned with the connection.
         self.shared.outstanding -= client.in_flight();

@@ -249,6 +249,25 @@ fn a_silent_server_times_out_the_greeting_and_the_run_ends() {
 }
 
 #[test]
+fn a_server_that_never_accepts_fails_every_client_in_about_two_timeouts() {
+    // The kernel completes about 129 handshakes into the backlog of a listener nobody
+    // accepts from, then drops SYNs; batching set-ups by 128 must not turn 2000 clients
+    // into 16 rounds of waiting.
+    evloop::net::raise_fd_limit().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let started = std::time::Instant::now();
+    let report = run(&Options {
+        timeout: Duration::from_millis(200),
+        ..options(listener.local_addr().unwrap(), 2000, 100)
+    });
+    let elapsed = started.elapsed();
+    drop(listener);
+    assert_eq!(report.timeouts + report.connection_errors, 2000, "{report}");
+    assert_eq!(report.connected, 0);
+    assert!(elapsed < Duration::from_millis(1500), "took {elapsed:?}");
+}
+
+#[test]
 fn a_server_closing_early_is_a_connection_error() {
     let addr = tcp_server(
         b"Welcome!\n",
