@@ -11,10 +11,10 @@
 //! A run has two phases. First every client connects and reads its greeting, each with
 //! `timeout` to do so (at most 128 at a time, see [`MAX_SETUPS_IN_FLIGHT`]); only then does
 //! the clock start and the load begin, so connection setup is not counted as throughput
-//! and every client starts together. The load phase ends
-//! when `duration` has passed (requests still in flight are abandoned, counted neither as
-//! messages nor as errors) or when `messages` requests have all been settled, or when no
-//! client is left.
+//! and every client starts together. The load phase ends when `duration` has passed
+//! (requests still in flight are abandoned, counted neither as messages nor as errors),
+//! when `messages` requests have all been settled, when no client is left, or when the
+//! server has stopped answering altogether.
 //!
 //! Errors are counted per failure, not per request: a TCP connection that gets a wrong
 //! reply, times out or is reset is closed and counted once, and the requests queued behind
@@ -521,6 +521,10 @@ struct Shared<'a> {
     outstanding: usize,
     /// Clients still connecting or waiting for their greeting.
     setting_up: usize,
+    /// When the last correct reply arrived (or the load began).
+    last_reply: Instant,
+    /// A request has timed out since `last_reply`.
+    timed_out_since_reply: bool,
 }
 
 impl Shared<'_> {
@@ -532,6 +536,21 @@ impl Shared<'_> {
                 .map_or(true, |limit| self.issued < limit)
     }
 
+    fn count(&mut self, failure: &Failure) {
+        if matches!(failure, Failure::Timeout) {
+            self.timed_out_since_reply = true;
+        }
+        self.tally.count(failure);
+    }
+
+    /// The server has stopped answering: requests have timed out and nothing at all has
+    /// come back for a whole `timeout`. TCP clients would all fail and end the run anyway,
+    /// but UDP sockets would keep sending into the void, one timeout per request.
+    fn server_stopped_answering(&self, now: Instant) -> bool {
+        self.timed_out_since_reply
+            && now.saturating_duration_since(self.last_reply) >= self.options.timeout
+    }
+
     fn issue(&mut self, in_flight: &mut VecDeque<InFlight>, seq: u64, now: Instant) {
         in_flight.push_back(InFlight { seq, sent_at: now });
         self.issued += 1;
@@ -539,6 +558,8 @@ impl Shared<'_> {
     }
 
     fn answered(&mut self, request: InFlight, now: Instant) {
+        self.last_reply = now;
+        self.timed_out_since_reply = false;
         self.outstanding -= 1;
         self.tally.messages += 1;
         self.tally.record_latency(request, now);
@@ -865,7 +886,7 @@ impl UdpClient {
                         Some(request) => shared.answered(request, now),
                         // No request in flight expects this datagram: a wrong reply, or one
                         // so late that its request already counted as a timeout.
-                        None => shared.tally.count(&Failure::Mismatch),
+                        None => shared.count(&Failure::Mismatch),
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -931,7 +952,7 @@ impl UdpClient {
             }
             self.in_flight.pop_front();
             shared.outstanding -= 1;
-            shared.tally.count(&Failure::Timeout);
+            shared.count(&Failure::Timeout);
         }
         self.send(id, shared, now)
     }
@@ -972,6 +993,8 @@ impl<'a> Engine<'a> {
                 issued: 0,
                 outstanding: 0,
                 setting_up: 0,
+                last_reply: Instant::now(),
+                timed_out_since_reply: false,
             },
             live: 0,
             batch_setups: true,
@@ -1001,7 +1024,7 @@ impl<'a> Engine<'a> {
                     if self.shared.tally.connection_errors == 0 {
                         log::warn!("client {id}: cannot open a socket: {e}");
                     }
-                    self.shared.tally.count(&Failure::Connection(e));
+                    self.shared.count(&Failure::Connection(e));
                     self.clients.push(Client::Closed);
                 }
             }
@@ -1034,6 +1057,8 @@ impl<'a> Engine<'a> {
         let options = self.shared.options;
         let end = options.duration.map(|duration| started + duration);
         self.shared.sending = true;
+        self.shared.last_reply = started;
+        self.shared.timed_out_since_reply = false;
         for id in 0..self.clients.len() {
             let result = self.clients[id].start(id, &mut self.shared, Instant::now());
             self.settle(id, result);
@@ -1050,6 +1075,13 @@ impl<'a> Engine<'a> {
             if now >= next_sweep {
                 self.sweep(now);
                 next_sweep = now + SWEEP_INTERVAL;
+                if self.shared.server_stopped_answering(now) {
+                    log::warn!(
+                        "no reply for {:?} and requests timing out: ending the run",
+                        options.timeout
+                    );
+                    break;
+                }
                 progress(&Progress {
                     elapsed: now - started,
                     messages: self.shared.tally.messages,
@@ -1103,7 +1135,7 @@ impl<'a> Engine<'a> {
             return;
         };
         log::debug!("client {id}: {failure}");
-        self.shared.tally.count(&failure);
+        self.shared.count(&failure);
         let mut client = std::mem::replace(&mut self.clients[id], Client::Closed);
         if client.is_setting_up() {
             self.shared.setting_up -= 1;

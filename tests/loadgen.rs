@@ -316,6 +316,23 @@ fn a_lost_datagram_is_one_timeout_and_the_socket_carries_on() {
 }
 
 #[test]
+fn a_udp_server_that_stops_answering_ends_the_run_after_one_timeout() {
+    // Bound, so no ICMP refusal comes back; never read, so nothing else does either.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let started = std::time::Instant::now();
+    let report = run(&Options {
+        transport: Transport::Udp,
+        timeout: Duration::from_millis(100),
+        ..options(silent.local_addr().unwrap(), 4, 1_000_000)
+    });
+    let elapsed = started.elapsed();
+    drop(silent);
+    assert_eq!(report.messages, 0);
+    assert_eq!(report.timeouts, 4, "{report}");
+    assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
+}
+
+#[test]
 fn udp_to_a_closed_port_is_a_connection_error() {
     let addr = UdpSocket::bind("127.0.0.1:0")
         .unwrap()
