@@ -654,8 +654,9 @@ struct TcpClient {
     phase_since: Instant,
     in_flight: VecDeque<InFlight>,
     next_seq: u64,
-    /// Bytes of a reply (or the greeting) that has not fully arrived. Never longer than
-    /// the reply it is checked against, since extra bytes are a mismatch.
+    /// Bytes received and not yet matched. Between reads it holds only the start of a
+    /// reply (or the greeting) that has not fully arrived: anything longer that does not
+    /// match is a mismatch at once, so a misbehaving server cannot make it grow.
     input: Vec<u8>,
     /// Requests queued and not yet accepted by the kernel, from `written` on.
     output: Vec<u8>,
