@@ -8,6 +8,8 @@
 //! 3. [`reactor`]: the poll loop: tokens, the slab of connections, accept, timers, shutdown.
 //! 4. [`udp`]: the datagram endpoint served by the same loop.
 //! 5. [`threaded`]: the baseline, blocking I/O and one thread per connection, same protocol.
+//! 6. [`loadgen`]: the client side: one poll loop driving many clients, checking every
+//!    reply and measuring latency.
 //!
 //! [`config`], [`net`], [`cli`] and [`running`] are the plumbing the binaries share;
 //! [`procfs`] measures a server process for the tests and benches.
@@ -15,6 +17,7 @@
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod loadgen;
 pub mod net;
 pub mod procfs;
 pub mod protocol;

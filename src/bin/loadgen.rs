@@ -1,4 +1,185 @@
+//! `loadgen`: drives a server speaking the protocol with many clients, checks every reply
+//! and reports throughput and latency. The engine is `evloop::loadgen`; this file parses
+//! flags, shows progress and prints the report.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::builder::TypedValueParser;
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use evloop::cli::{fail, init_logging, parse_addr, parse_or_exit, ModeArg};
+use evloop::loadgen::{self, Options, Progress, Transport};
+
+/// Default run length when neither --duration nor --messages is given.
+const DEFAULT_DURATION_SECS: f64 = 10.0;
+
+/// Descriptors the process needs besides its clients: stdio, the poll, and some slack.
+const SPARE_FDS: u64 = 16;
+
+/// Load generator: many concurrent clients on one mio poll loop; every reply is checked
+/// byte for byte and only correct replies count as throughput.
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadgen",
+    version,
+    after_help = "Exit status: 0 when every request got its correct reply, 1 when any error \
+                  (mismatch, timeout, connection error) was counted, 2 on a bad flag or when \
+                  the run could not start."
+)]
+struct Args {
+    /// The server to drive.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9999", value_parser = parse_addr)]
+    addr: SocketAddr,
+
+    /// Concurrent TCP connections (UDP sockets with --udp).
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..).map(|v| v as usize))]
+    connections: usize,
+
+    /// Seconds to run the load for (connection setup not included) [default: 10 unless
+    /// --messages is given]. With --messages too, whichever comes first ends the run.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    duration: Option<Duration>,
+
+    /// Send N requests in total and stop once each is answered or has failed.
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    messages: Option<u64>,
+
+    /// Bytes per request, before the newline.
+    #[arg(long, value_name = "BYTES", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(0..=16 * 1024 * 1024).map(|v| v as usize))]
+    size: usize,
+
+    /// Requests in flight per connection (1 = lockstep).
+    #[arg(long, value_name = "K", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=65536).map(|v| v as usize))]
+    pipeline: usize,
+
+    /// Send datagrams (one connected UDP socket per client) instead of TCP lines.
+    #[arg(long)]
+    udp: bool,
+
+    /// Which reply to expect.
+    #[arg(long, value_enum, default_value_t = ModeArg::Hello)]
+    mode: ModeArg,
+
+    /// Greeting each TCP connection must receive first; an empty string expects none.
+    #[arg(long, value_name = "TEXT", default_value = "Welcome!")]
+    greeting: String,
+
+    /// Seconds a connect, greeting or request may go unanswered before it counts as an
+    /// error.
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_seconds)]
+    timeout: Duration,
+
+    /// Print one JSON object on one line instead of the human-readable report.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A positive, finite number of seconds, fractions allowed.
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let seconds: f64 = s
+        .parse()
+        .map_err(|_| "expected a number of seconds".to_string())?;
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err("must be a number of seconds greater than 0".into());
+    }
+    Duration::try_from_secs_f64(seconds).map_err(|e| e.to_string())
+}
+
+impl Args {
+    fn to_options(&self) -> Options {
+        let duration = match (self.duration, self.messages) {
+            (None, None) => Some(Duration::from_secs_f64(DEFAULT_DURATION_SECS)),
+            (duration, _) => duration,
+        };
+        Options {
+            addr: self.addr,
+            connections: self.connections,
+            duration,
+            messages: self.messages,
+            size: self.size,
+            pipeline: self.pipeline,
+            transport: if self.udp {
+                Transport::Udp
+            } else {
+                Transport::Tcp
+            },
+            mode: self.mode.into(),
+            greeting: self.greeting.clone().into_bytes(),
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// A progress bar on stderr when a person is watching stdout; a hidden one otherwise, so
+/// piped and --json output stay clean.
+fn progress_bar(args: &Args, options: &Options) -> ProgressBar {
+    if args.json || !std::io::stdout().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let (length, template) = match (options.messages, options.duration) {
+        (Some(messages), _) => (
+            messages,
+            "{bar:40} {pos}/{len} messages, {msg} [{elapsed_precise}]",
+        ),
+        (None, duration) => (
+            duration.map_or(0, |d| d.as_millis() as u64),
+            "{bar:40} {msg} [{elapsed_precise}]",
+        ),
+    };
+    let bar = ProgressBar::new(length);
+    bar.set_style(
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
 fn main() {
-    eprintln!("loadgen: not built yet");
-    std::process::exit(1);
+    let args: Args = parse_or_exit();
+    init_logging();
+    let options = args.to_options();
+    if let Err(e) = options.validate() {
+        fail(e);
+    }
+
+    match evloop::net::raise_fd_limit() {
+        Ok((soft, hard)) => {
+            log::info!("descriptor limit {soft} (hard {hard})");
+            if options.connections as u64 + SPARE_FDS > soft {
+                log::warn!(
+                    "{} connections need more descriptors than the limit of {soft}: expect connection errors",
+                    options.connections
+                );
+            }
+        }
+        Err(e) => log::warn!("cannot read or raise the descriptor limit: {e}"),
+    }
+
+    let bar = progress_bar(&args, &options);
+    let by_messages = options.messages.is_some();
+    let report = loadgen::run_with_progress(&options, |p: &Progress| {
+        if by_messages {
+            bar.set_position(p.messages);
+        } else {
+            bar.set_position(p.elapsed.as_millis() as u64);
+        }
+        bar.set_message(format!("{} ok, {} errors", p.messages, p.errors));
+    })
+    .unwrap_or_else(|e| fail(e));
+    bar.finish_and_clear();
+
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{report}");
+    }
+    if report.errors() > 0 {
+        std::process::exit(1);
+    }
 }

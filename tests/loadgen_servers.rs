@@ -1,0 +1,74 @@
+//! loadgen against both real servers: every reply verified, zero errors, for lockstep,
+//! pipelined and UDP load, in hello and echo mode.
+
+mod common;
+
+use evloop::loadgen::{self, Options, Transport};
+use evloop::protocol::Mode;
+use evloop::{reactor, threaded, Running};
+
+fn drive(server: &Running, configure: impl FnOnce(&mut Options)) -> loadgen::Report {
+    let mut options = Options {
+        addr: server.tcp,
+        connections: 50,
+        messages: Some(5_000),
+        duration: None,
+        ..Options::default()
+    };
+    configure(&mut options);
+    let report = loadgen::run(&options).expect("loadgen runs");
+    assert_eq!(report.errors(), 0, "{report}");
+    assert_eq!(Some(report.messages), options.messages, "{report}");
+    report
+}
+
+fn zero_errors_against(spawn: common::Spawn) {
+    let server = common::start(spawn, |_| {});
+    drive(&server, |_| {});
+    drive(&server, |o| o.pipeline = 16);
+    drive(&server, |o| {
+        o.transport = Transport::Udp;
+        o.addr = server.udp.unwrap();
+        o.connections = 10;
+        o.messages = Some(2_000);
+    });
+    let stats = server.shutdown().unwrap();
+    assert!(stats.messages >= 12_000);
+
+    let echo = common::start(spawn, |c| c.protocol.mode = Mode::Echo);
+    drive(&echo, |o| {
+        o.mode = Mode::Echo;
+        o.size = 1000;
+    });
+    echo.shutdown().unwrap();
+}
+
+#[test]
+fn loadgen_reports_zero_errors_against_the_reactor() {
+    zero_errors_against(reactor::spawn);
+}
+
+#[test]
+fn loadgen_reports_zero_errors_against_the_threaded_server() {
+    zero_errors_against(threaded::spawn);
+}
+
+#[test]
+fn loadgen_counts_errors_when_the_server_speaks_another_mode() {
+    // An echo server is a wrong server for a client expecting hello replies.
+    let server = common::start(reactor::spawn, |c| c.protocol.mode = Mode::Echo);
+    let report = loadgen::run(&Options {
+        addr: server.tcp,
+        connections: 5,
+        messages: Some(100),
+        duration: None,
+        ..Options::default()
+    })
+    .unwrap();
+    assert_eq!(
+        report.messages, 0,
+        "a wrong reply never counts as throughput"
+    );
+    assert_eq!(report.mismatches, 5, "{report}");
+    server.shutdown().unwrap();
+}
