@@ -533,7 +533,7 @@ impl Shared<'_> {
             && self
                 .options
                 .messages
-                .map_or(true, |limit| self.issued < limit)
+                .is_none_or(|limit| self.issued < limit)
     }
 
     fn count(&mut self, failure: &Failure) {
