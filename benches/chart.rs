@@ -1,0 +1,131 @@
+//! SVG line charts of the lockstep rows: one line per server, connections on a logarithmic x
+//! axis (1 to 5,000 connections would otherwise crowd the first four points into a corner).
+
+use std::error::Error;
+use std::path::Path;
+
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
+use plotters::prelude::*;
+
+/// One server's line: (connections, value) points, in order of connections.
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// How the y axis is scaled.
+#[derive(Clone, Copy)]
+pub enum Scale {
+    /// From zero: throughput, where the eye compares heights.
+    Linear,
+    /// Logarithmic: latency, which spans microseconds to hundreds of milliseconds.
+    Log,
+}
+
+const WIDTH: u32 = 900;
+const HEIGHT: u32 = 560;
+
+/// Server colours, in the order the series come; the same server keeps its colour in both
+/// charts because the bench passes the series in the same order.
+const COLOURS: [RGBColor; 6] = [
+    RGBColor(214, 39, 40),
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+/// Draws `series` into an SVG file at `path`.
+pub fn draw(
+    path: &Path,
+    title: &str,
+    y_label: &str,
+    scale: Scale,
+    series: &[Series],
+) -> Result<(), Box<dyn Error>> {
+    let points = || series.iter().flat_map(|s| s.points.iter().copied());
+    let x_max = points().map(|(x, _)| x).fold(1.0, f64::max);
+    let y_max = points().map(|(_, y)| y).fold(0.0, f64::max);
+    let y_min = points()
+        .map(|(_, y)| y)
+        .filter(|&y| y > 0.0)
+        .fold(f64::INFINITY, f64::min);
+    // Some headroom around the data so the highest point and the legend do not collide.
+    let x_range = (1.0..x_max * 1.5).log_scale();
+    match scale {
+        Scale::Linear => draw_with(path, title, y_label, x_range, 0.0..y_max * 1.15, series),
+        Scale::Log => {
+            let y_min = if y_min.is_finite() { y_min / 2.0 } else { 1.0 };
+            let y_range = (y_min..(y_max * 2.0).max(y_min * 10.0)).log_scale();
+            draw_with(path, title, y_label, x_range, y_range, series)
+        }
+    }
+}
+
+fn draw_with<X, Y>(
+    path: &Path,
+    title: &str,
+    y_label: &str,
+    x_range: X,
+    y_range: Y,
+    series: &[Series],
+) -> Result<(), Box<dyn Error>>
+where
+    X: AsRangedCoord<Value = f64>,
+    Y: AsRangedCoord<Value = f64>,
+    X::CoordDescType: ValueFormatter<f64>,
+    Y::CoordDescType: ValueFormatter<f64>,
+{
+    let root = SVGBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(80)
+        .build_cartesian_2d(x_range, y_range)?;
+    chart
+        .configure_mesh()
+        .x_desc("concurrent connections (lockstep, log scale)")
+        .y_desc(y_label)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| human(*y))
+        .draw()?;
+
+    for (i, s) in series.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        chart
+            .draw_series(LineSeries::new(
+                s.points.iter().copied(),
+                colour.stroke_width(2),
+            ))?
+            .label(s.name.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+            });
+        chart.draw_series(
+            s.points
+                .iter()
+                .map(|&(x, y)| Circle::new((x, y), 3, colour.filled())),
+        )?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// 1234567 as "1.2M", 45000 as "45k": axis labels stay short.
+fn human(value: f64) -> String {
+    match value.abs() {
+        v if v >= 1e6 => format!("{:.1}M", value / 1e6),
+        v if v >= 1e3 => format!("{:.0}k", value / 1e3),
+        v if v >= 1.0 || v == 0.0 => format!("{value:.0}"),
+        _ => format!("{value:.2}"),
+    }
+}
