@@ -22,6 +22,17 @@ pub enum Scale {
     Log,
 }
 
+impl Scale {
+    /// Where the legend hides no data: throughput falls off towards the right, latency
+    /// climbs towards it.
+    fn legend_position(self) -> SeriesLabelPosition {
+        match self {
+            Scale::Linear => SeriesLabelPosition::UpperRight,
+            Scale::Log => SeriesLabelPosition::UpperLeft,
+        }
+    }
+}
+
 const WIDTH: u32 = 900;
 const HEIGHT: u32 = 560;
 
@@ -54,11 +65,19 @@ pub fn draw(
     // Some headroom around the data so the highest point and the legend do not collide.
     let x_range = (1.0..x_max * 1.5).log_scale();
     match scale {
-        Scale::Linear => draw_with(path, title, y_label, x_range, 0.0..y_max * 1.15, series),
+        Scale::Linear => draw_with(
+            path,
+            title,
+            y_label,
+            scale,
+            x_range,
+            0.0..y_max * 1.15,
+            series,
+        ),
         Scale::Log => {
             let y_min = if y_min.is_finite() { y_min / 2.0 } else { 1.0 };
             let y_range = (y_min..(y_max * 2.0).max(y_min * 10.0)).log_scale();
-            draw_with(path, title, y_label, x_range, y_range, series)
+            draw_with(path, title, y_label, scale, x_range, y_range, series)
         }
     }
 }
@@ -67,6 +86,7 @@ fn draw_with<X, Y>(
     path: &Path,
     title: &str,
     y_label: &str,
+    scale: Scale,
     x_range: X,
     y_range: Y,
     series: &[Series],
@@ -89,6 +109,8 @@ where
         .configure_mesh()
         .x_desc("concurrent connections (lockstep, log scale)")
         .y_desc(y_label)
+        // A log axis gets a fine line at every 1..9 multiple; they drown the data.
+        .light_line_style(WHITE)
         .x_label_formatter(&|x| format!("{x:.0}"))
         .y_label_formatter(&|y| human(*y))
         .draw()?;
@@ -112,7 +134,7 @@ where
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(scale.legend_position())
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()?;

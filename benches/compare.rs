@@ -19,6 +19,10 @@
 //!   by loadgen as much as by the server.
 //! * **peak RSS**: the server's high-water resident memory (VmHWM) at the end of the row.
 //! * **threads**: the most threads the server had while loadgen ran.
+//! * **server CPU, loadgen CPU**: each one's CPU time over the run as a share of one core.
+//!   The two share a 2-core machine: when their sum is well under 200%, something else
+//!   had the CPU (or the run is latency-bound, as with one lockstep connection), and msgs/s
+//!   understates what the server can do. CPU µs/msg is the steadier figure.
 //! * **vs threaded**: this server's msgs/s and CPU µs/msg divided by the threaded server's in
 //!   the same workload. Above 1 is faster for msgs/s; below 1 is cheaper for CPU.
 //!
@@ -36,7 +40,7 @@
 //!
 //! # Knobs (environment variables)
 //!
-//! `EVLOOP_BENCH_SECS` (default 5) seconds of load per row; `EVLOOP_BENCH_IDLE` (default
+//! `EVLOOP_BENCH_SECS` (default 8) seconds of load per row; `EVLOOP_BENCH_IDLE` (default
 //! 10000, 0 skips the test) idle connections; `EVLOOP_BENCH_SERVERS` and
 //! `EVLOOP_BENCH_WORKLOADS` comma-separated names to run only some rows (the names are
 //! printed in the table). Command-line arguments are ignored (`cargo bench` passes
@@ -68,6 +72,10 @@ const LISTEN: &str = "127.0.0.1:0";
 /// Passed to the servers as `--max-connections`: above the largest workload and the idle
 /// test, so the limit (10,000 by default) is never what a row measures.
 const MAX_CONNECTIONS: &str = "20000";
+
+/// Seconds of load per row. 28 rows of 8 s, plus set-up and the idle test, take about four
+/// minutes; shorter rows make the figures jumpier on a machine that is doing anything else.
+const DEFAULT_SECS: f64 = 8.0;
 
 /// How long a server may take to print its startup line.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -233,7 +241,7 @@ struct Settings {
 impl Settings {
     fn from_env() -> Result<Settings, String> {
         let secs = match env_var("EVLOOP_BENCH_SECS") {
-            None => 5.0,
+            None => DEFAULT_SECS,
             Some(v) => v
                 .parse::<f64>()
                 .ok()
@@ -574,6 +582,19 @@ impl Measured {
         (self.report.messages > 0.0)
             .then(|| self.server_cpu.as_secs_f64() * 1e6 / self.report.messages)
     }
+
+    /// The server's average CPU use over the run, in cores (1.0 = one core all the time).
+    fn server_cores(&self) -> f64 {
+        self.server_cpu.as_secs_f64() / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    /// loadgen's, over its load phase, if it reported it.
+    fn loadgen_cores(&self) -> Option<f64> {
+        let r = &self.report;
+        r.client_cpu_s
+            .filter(|_| r.duration_s > 0.0)
+            .map(|cpu| cpu / r.duration_s)
+    }
 }
 
 impl Row {
@@ -792,6 +813,8 @@ fn results_table(rows: &[Row]) -> Table {
         ("CPU µs/msg", true),
         ("peak RSS MiB", true),
         ("threads", true),
+        ("server CPU", true),
+        ("loadgen CPU", true),
         ("msgs/s vs threaded", true),
         ("CPU/msg vs threaded", true),
         ("status", false),
@@ -810,11 +833,13 @@ fn results_table(rows: &[Row]) -> Table {
                     optional(m.cpu_us_per_msg()),
                     format!("{:.1}", m.peak_rss as f64 / MIB),
                     m.threads.to_string(),
+                    percent(Some(m.server_cores())),
+                    percent(m.loadgen_cores()),
                     optional(msgs_ratio),
                     optional(cpu_ratio),
                 ]);
             }
-            Err(_) => line.extend(std::iter::repeat_n("-".to_string(), 9)),
+            Err(_) => line.extend(std::iter::repeat_n("-".to_string(), 11)),
         }
         line.push(row.status());
         table.rows.push(line);
@@ -880,7 +905,7 @@ fn results_csv(rows: &[Row]) -> Table {
                     format!("{:.3}", m.wall.as_secs_f64()),
                     format!("{:.3}", m.server_cpu.as_secs_f64()),
                     optional(m.cpu_us_per_msg()),
-                    format!("{:.3}", m.server_cpu.as_secs_f64() / m.wall.as_secs_f64()),
+                    format!("{:.3}", m.server_cores()),
                     m.peak_rss.to_string(),
                     m.threads.to_string(),
                     optional(r.client_cpu_s),
@@ -896,6 +921,11 @@ fn results_csv(rows: &[Row]) -> Table {
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
+
+/// 0.957 cores as "96%" (of one core).
+fn percent(cores: Option<f64>) -> String {
+    cores.map_or("-".into(), |c| format!("{:.0}%", c * 100.0))
+}
 
 /// 1234567.8 as "1,234,568".
 fn thousands(value: f64) -> String {
