@@ -2,13 +2,14 @@
 //!
 //! How: each example keeps its work in a `run` function that takes its arguments, its input
 //! and its output, and `main` only maps the result to an exit code and one line on stderr.
-//! This file compiles the example sources in as modules (`#[path]`) and calls `run`. The
-//! alternative, starting the example binaries, is less robust than it looks: cargo gives
-//! integration tests the path of `[[bin]]` targets (`CARGO_BIN_EXE_*`) but not of examples,
-//! `cargo test --test examples` does not build them at all (so a stale binary could be
-//! tested), and running `cargo run --example` from inside `cargo test` waits on the build
-//! directory lock or needs a second target directory and a second build of every
-//! dependency. Calling `run` needs none of that, and takes milliseconds.
+//! This file compiles the example sources in as modules (`#[path]`) and calls `run`, which
+//! takes milliseconds and needs nothing but the test binary. Starting the example binaries
+//! instead is less robust than it looks: cargo gives integration tests the path of `[[bin]]`
+//! targets (`CARGO_BIN_EXE_*`) but not of examples, and `cargo test --test examples` does
+//! not build them at all, so a test looking for them next to itself could run a stale one.
+//! Running `cargo run --example` from the test works, but costs a cargo start-up and
+//! fingerprint check per call, and under `cargo test --release` would build every
+//! dependency a second time in the dev profile.
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
