@@ -74,20 +74,18 @@ pub fn run(args: &[String], input: impl BufRead, output: &mut impl Write) -> Res
 /// The first argument is the address if it looks like one (`HOST:PORT`); everything else is
 /// a message.
 fn split_args(args: &[String]) -> Result<(String, &[String]), String> {
-    match args.split_first() {
-        Some((first, rest)) if looks_like_address(first) => Ok((first.clone(), rest)),
-        _ => Ok((DEFAULT_ADDR.to_string(), args)),
+    let (addr, messages) = match args.split_first() {
+        Some((first, rest)) if looks_like_address(first) => (first.clone(), rest),
+        _ => (DEFAULT_ADDR.to_string(), args),
+    };
+    // A newline inside a message would make it two lines and two replies, and the client
+    // would then wait for the wrong number of them.
+    if let Some(message) = messages.iter().find(|m| m.contains('\n')) {
+        return Err(format!(
+            "message {message:?} contains a newline; pass each line as its own argument"
+        ));
     }
-    .and_then(|(addr, messages)| {
-        // A newline inside a message would make it two lines and two replies, and the
-        // client would then wait for the wrong number of them.
-        match messages.iter().find(|m| m.contains('\n')) {
-            Some(m) => Err(format!(
-                "message {m:?} contains a newline; pass each line as its own argument"
-            )),
-            None => Ok((addr, messages)),
-        }
-    })
+    Ok((addr, messages))
 }
 
 fn looks_like_address(arg: &str) -> bool {
