@@ -47,7 +47,10 @@ pub enum State {
     /// Input is over (`exit`, a line too long, the peer's EOF, an idle timeout, server
     /// shutdown): writing what is owed, then closing. `peer_eof` remembers whether the peer
     /// already half-closed, in which case there is nothing to linger for.
-    Closing { peer_eof: bool },
+    Closing {
+        /// The peer half-closed already.
+        peer_eof: bool,
+    },
     /// Everything owed is written and our write side is shut down. Input is read and
     /// discarded until the peer's EOF (or a deadline), because closing a socket with unread
     /// input makes the kernel send a reset that can destroy replies still in flight.
@@ -103,7 +106,9 @@ impl State {
 /// What the reactor should register for: `None` once the connection is closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Interest {
+    /// Wants READABLE events.
     pub readable: bool,
+    /// Wants WRITABLE events.
     pub writable: bool,
 }
 
@@ -127,7 +132,9 @@ pub struct Scratch<'a> {
     pub read_buf: &'a mut [u8],
     /// Where the replies to one read are built before they are written.
     pub replies: &'a mut Vec<u8>,
+    /// What to answer.
     pub protocol: &'a ProtocolConfig,
+    /// Where bytes in and out are counted.
     pub stats: &'a mut Stats,
 }
 
@@ -173,10 +180,12 @@ impl<S: Stream> Connection<S> {
         conn
     }
 
+    /// Where the connection is in its life.
     pub fn state(&self) -> State {
         self.state
     }
 
+    /// The socket, for the reactor to register with its poll.
     pub fn stream(&mut self) -> &mut S {
         &mut self.stream
     }

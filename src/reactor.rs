@@ -4,10 +4,10 @@
 //! the UDP endpoint's place in the loop, timers (idle and lingering connections), the list of
 //! sources that still have work, closing in a sweep after each event batch, signals and
 //! graceful shutdown. What one connection does with its socket is
-//! [`connection`](crate::connection)'s business, and what a reply says is
+//! [`connection`]'s business, and what a reply says is
 //! [`protocol`](crate::protocol)'s; this module must not parse a byte.
 //!
-//! One turn of the loop ([`EventLoop::turn`]): wait for events (or the nearest timer, or not
+//! One turn of the loop (`EventLoop::turn`): wait for events (or the nearest timer, or not
 //! at all if some source still has work), dispatch each event, resume sources that stopped
 //! before WouldBlock, fire expired timers, then drop connections that closed.
 

@@ -36,6 +36,7 @@ pub struct UdpEndpoint {
 }
 
 impl UdpEndpoint {
+    /// Serves datagrams on `socket` (already non-blocking).
     pub fn new(socket: UdpSocket) -> UdpEndpoint {
         UdpEndpoint {
             socket,
@@ -46,6 +47,7 @@ impl UdpEndpoint {
         }
     }
 
+    /// The socket, for the reactor to register with its poll.
     pub fn socket(&mut self) -> &mut UdpSocket {
         &mut self.socket
     }
