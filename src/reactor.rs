@@ -412,7 +412,10 @@ impl EventLoop {
     }
 
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr) {
-        if self.connections.len() >= self.config.max_connections {
+        // The count is shared by every loop, so `--max-connections` holds for the whole
+        // server with `--threads` too (two loops admitting at the same instant may overshoot
+        // by one each; the limit is a safety valve, not an exact quota).
+        if self.open_connections.load(Ordering::Relaxed) >= self.config.max_connections {
             // Best effort, one write: a new socket's send buffer is empty, so it fits.
             let _ = io::Write::write(&mut stream, SERVER_BUSY);
             let _ = stream.shutdown(std::net::Shutdown::Write);

@@ -135,3 +135,19 @@ fn help_explains_and_exits_zero() {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
 }
+
+#[test]
+fn max_connections_holds_for_the_whole_server_with_threads() {
+    let server = common::start(reactor::spawn, |c| {
+        c.threads = 2;
+        c.max_connections = 4;
+    });
+    let held: Vec<Client> = (0..4).map(|_| Client::greeted(server.tcp)).collect();
+    // Whichever loop the kernel hands them to, connections beyond four are refused.
+    for _ in 0..4 {
+        assert_eq!(Client::connect(server.tcp).rest(), b"ERR server busy\n");
+    }
+    drop(held);
+    let stats = server.shutdown().unwrap();
+    assert_eq!((stats.connections, stats.refused), (4, 4));
+}
