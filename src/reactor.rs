@@ -478,17 +478,24 @@ impl EventLoop {
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
             let drains = SHORT_READ_DRAINS && !event.is_read_closed() && !event.is_error();
-            let mut scratch = Scratch {
-                read_buf: &mut self.read_buf,
-                replies: &mut self.replies,
-                protocol: &self.config.protocol,
-                stats: &mut self.stats,
-            };
-            if slot.conn.on_readable(&mut scratch, drains) == Progress::ReadAgain {
-                self.ready.push(Ready::Connection(token, serial));
-            }
+            self.read_connection(token, drains);
         }
         self.after_io(token);
+    }
+
+    /// Lets a connection read and answer with the loop's buffers, and remembers it if it
+    /// stopped before WouldBlock.
+    fn read_connection(&mut self, token: Token, short_read_drains: bool) {
+        let slot = &mut self.connections[token.0];
+        let mut scratch = Scratch {
+            read_buf: &mut self.read_buf,
+            replies: &mut self.replies,
+            protocol: &self.config.protocol,
+            stats: &mut self.stats,
+        };
+        if slot.conn.on_readable(&mut scratch, short_read_drains) == Progress::ReadAgain {
+            self.ready.push(Ready::Connection(token, slot.serial));
+        }
     }
 
     /// Brings the poll registration, the timers and the close list in line with the
@@ -555,23 +562,15 @@ impl EventLoop {
                 Ready::Listener => self.accept(),
                 Ready::Udp => self.serve_udp(true, false),
                 Ready::Connection(token, serial) => {
-                    let Some(slot) = self.connections.get_mut(token.0) else {
-                        continue;
-                    };
-                    if slot.serial != serial {
-                        continue;
+                    if self
+                        .connections
+                        .get(token.0)
+                        .is_some_and(|s| s.serial == serial)
+                    {
+                        // No event told us the socket is drained: read until WouldBlock.
+                        self.read_connection(token, false);
+                        self.after_io(token);
                     }
-                    let mut scratch = Scratch {
-                        read_buf: &mut self.read_buf,
-                        replies: &mut self.replies,
-                        protocol: &self.config.protocol,
-                        stats: &mut self.stats,
-                    };
-                    // No event told us the socket is drained, so read until WouldBlock.
-                    if slot.conn.on_readable(&mut scratch, false) == Progress::ReadAgain {
-                        self.ready.push(Ready::Connection(token, serial));
-                    }
-                    self.after_io(token);
                 }
             }
         }
