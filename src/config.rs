@@ -30,6 +30,7 @@ pub struct ServerConfig {
     /// UDP address, `None` to serve TCP only. Port 0 here with a fixed TCP port, or both at
     /// port 0, makes UDP share the port number TCP was given.
     pub udp: Option<SocketAddr>,
+    /// Framing, reply mode, greeting and `--max-line`.
     pub protocol: ProtocolConfig,
     /// Connections beyond this are told `ERR server busy` and closed.
     pub max_connections: usize,
@@ -93,6 +94,7 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Adds another loop's (or thread's) counts to these.
     pub fn add(&mut self, other: &Stats) {
         self.connections += other.connections;
         self.refused += other.refused;

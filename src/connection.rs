@@ -47,7 +47,10 @@ pub enum State {
     /// Input is over (`exit`, a line too long, the peer's EOF, an idle timeout, server
     /// shutdown): writing what is owed, then closing. `peer_eof` remembers whether the peer
     /// already half-closed, in which case there is nothing to linger for.
-    Closing { peer_eof: bool },
+    Closing {
+        /// The peer half-closed already.
+        peer_eof: bool,
+    },
     /// Everything owed is written and our write side is shut down. Input is read and
     /// discarded until the peer's EOF (or a deadline), because closing a socket with unread
     /// input makes the kernel send a reset that can destroy replies still in flight.
@@ -60,9 +63,9 @@ pub enum State {
 /// What happened to a connection; the input of [`State::on`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// Replies were added to the output and the socket did not take them all.
+    /// After a write attempt: output is owed that the socket has not taken yet.
     Queued,
-    /// The output became empty.
+    /// After a write attempt: nothing is owed, the socket took everything.
     Flushed,
     /// No more input will be processed: `exit`, a line too long, idle timeout, shutdown.
     InputEnded,
@@ -103,7 +106,9 @@ impl State {
 /// What the reactor should register for: `None` once the connection is closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Interest {
+    /// Wants READABLE events.
     pub readable: bool,
+    /// Wants WRITABLE events.
     pub writable: bool,
 }
 
@@ -127,7 +132,9 @@ pub struct Scratch<'a> {
     pub read_buf: &'a mut [u8],
     /// Where the replies to one read are built before they are written.
     pub replies: &'a mut Vec<u8>,
+    /// What to answer.
     pub protocol: &'a ProtocolConfig,
+    /// Where bytes in and out are counted.
     pub stats: &'a mut Stats,
 }
 
@@ -159,24 +166,26 @@ impl<S: Stream> Connection<S> {
     pub fn accept(stream: S, greeting: &[u8], stats: &mut Stats) -> Connection<S> {
         let mut conn = Connection {
             stream,
-            state: State::Reading,
+            state: if greeting.is_empty() {
+                State::Reading
+            } else {
+                State::Greeting
+            },
             session: Session::new(),
             pending_output: Vec::new(),
             unsent_from: 0,
         };
-        if !greeting.is_empty() {
-            conn.state = State::Greeting;
-            if conn.send(greeting, stats) {
-                conn.transition(Event::Flushed);
-            }
-        }
+        conn.send(greeting, stats);
+        conn.settle();
         conn
     }
 
+    /// Where the connection is in its life.
     pub fn state(&self) -> State {
         self.state
     }
 
+    /// The socket, for the reactor to register with its poll.
     pub fn stream(&mut self) -> &mut S {
         &mut self.stream
     }
@@ -223,16 +232,26 @@ impl<S: Stream> Connection<S> {
 
     fn transition(&mut self, event: Event) {
         let next = self.state.on(event);
-        if next != self.state {
-            log::trace!("{:?} --{:?}--> {:?}", self.state, event, next);
+        if next == self.state {
+            return;
         }
+        log::trace!("{:?} --{:?}--> {:?}", self.state, event, next);
         self.state = next;
-        if self.state == State::Lingering {
-            // Our side is done: the peer reads every reply and then a clean EOF.
-            if self.stream.shutdown_write().is_err() {
-                self.state = State::Closed;
-            }
+        // Entering Lingering: our side is done, so the peer reads every reply and then a
+        // clean EOF.
+        if next == State::Lingering && self.stream.shutdown_write().is_err() {
+            self.state = self.state.on(Event::Failed);
         }
+    }
+
+    /// Tells the state machine, after any attempt to write, whether output is still owed.
+    /// Where that changes nothing (`Reading` with nothing owed, say) the table says so.
+    fn settle(&mut self) {
+        self.transition(if self.unsent() > 0 {
+            Event::Queued
+        } else {
+            Event::Flushed
+        });
     }
 
     /// Reads and answers input until the socket would block, the read budget is spent or
@@ -290,9 +309,8 @@ impl<S: Stream> Connection<S> {
     /// the caller must come back to read.
     pub fn on_writable(&mut self, stats: &mut Stats) -> Progress {
         let was_full = self.output_full();
-        if self.unsent() > 0 && self.flush(stats) {
-            self.transition(Event::Flushed);
-        }
+        self.flush(stats);
+        self.settle();
         if was_full && self.unsent() < OUTPUT_LOW_WATER && self.state.reads_input() {
             Progress::ReadAgain
         } else {
@@ -303,15 +321,8 @@ impl<S: Stream> Connection<S> {
     /// Stops answering input, delivers what is owed, then closes politely (idle timeout,
     /// server shutdown).
     pub fn close_gracefully(&mut self, stats: &mut Stats) {
-        if self.state.reads_input() {
-            self.transition(Event::InputEnded);
-            if self.unsent() == 0 {
-                self.transition(Event::Flushed);
-            }
-        }
-        if self.unsent() > 0 {
-            self.on_writable(stats);
-        }
+        self.transition(Event::InputEnded);
+        self.on_writable(stats);
     }
 
     /// Closes without waiting any longer: a deadline passed.
@@ -321,35 +332,30 @@ impl<S: Stream> Connection<S> {
 
     /// Sends the replies built in `scratch.replies` and moves the state machine on.
     fn answer(&mut self, scratch: &mut Scratch<'_>) {
-        let had_output = self.unsent() > 0;
-        let all_sent = self.send(scratch.replies, scratch.stats);
-        if self.state == State::Closed {
-            return;
-        }
-        if !all_sent && !scratch.replies.is_empty() {
-            self.transition(Event::Queued);
-        } else if all_sent && (had_output || !self.state.reads_input()) {
-            self.transition(Event::Flushed);
-        }
+        self.send(scratch.replies, scratch.stats);
+        self.settle();
     }
 
     /// Writes `bytes` behind any output already owed; keeps what the socket does not take.
-    /// Returns true when nothing is left unsent.
-    fn send(&mut self, bytes: &[u8], stats: &mut Stats) -> bool {
+    fn send(&mut self, bytes: &[u8], stats: &mut Stats) {
         if self.unsent() > 0 {
             self.pending_output.extend_from_slice(bytes);
-            return self.flush(stats);
+            self.flush(stats);
+            return;
         }
+        // Nothing owed: write straight from the caller's buffer, and copy only what the
+        // socket does not take (usually nothing).
         let written = self.write_some(bytes, stats);
         if written < bytes.len() && self.state != State::Closed {
             self.pending_output.extend_from_slice(&bytes[written..]);
-            self.unsent_from = 0;
         }
-        self.unsent() == 0
     }
 
     /// Writes pending output until it is gone or the socket would block.
-    fn flush(&mut self, stats: &mut Stats) -> bool {
+    fn flush(&mut self, stats: &mut Stats) {
+        if self.unsent() == 0 {
+            return;
+        }
         let output = std::mem::take(&mut self.pending_output);
         let written = self.write_some(&output[self.unsent_from..], stats);
         self.pending_output = output;
@@ -359,7 +365,6 @@ impl<S: Stream> Connection<S> {
             self.pending_output = Vec::new();
             self.unsent_from = 0;
         }
-        self.unsent() == 0
     }
 
     /// Writes as much of `bytes` as the socket takes now; returns how much it took. An

@@ -14,6 +14,8 @@
 //! [`config`], [`net`], [`cli`] and [`running`] are the plumbing the binaries share;
 //! [`procfs`] measures a server process for the tests and benches.
 
+#![warn(missing_docs)]
+
 pub mod cli;
 pub mod config;
 pub mod connection;

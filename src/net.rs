@@ -33,7 +33,9 @@ pub fn udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
 /// The sockets a server serves on, bound before any loop starts so the addresses can be
 /// reported (and port 0 resolved) first.
 pub struct Bound {
+    /// The listener, already listening.
     pub tcp: TcpListener,
+    /// The UDP socket, unless UDP is off.
     pub udp: Option<UdpSocket>,
 }
 

@@ -75,7 +75,9 @@ impl Mode {
 /// Everything about the protocol that a flag can change. Shared by every connection.
 #[derive(Clone, Debug)]
 pub struct ProtocolConfig {
+    /// How TCP input is cut into messages.
     pub framing: Framing,
+    /// What a reply says.
     pub mode: Mode,
     /// Sent on every new TCP connection; empty means none.
     pub greeting: Vec<u8>,
@@ -147,6 +149,7 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session with nothing buffered.
     pub fn new() -> Session {
         Session::default()
     }

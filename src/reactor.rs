@@ -4,10 +4,10 @@
 //! the UDP endpoint's place in the loop, timers (idle and lingering connections), the list of
 //! sources that still have work, closing in a sweep after each event batch, signals and
 //! graceful shutdown. What one connection does with its socket is
-//! [`connection`](crate::connection)'s business, and what a reply says is
+//! [`connection`]'s business, and what a reply says is
 //! [`protocol`](crate::protocol)'s; this module must not parse a byte.
 //!
-//! One turn of the loop ([`EventLoop::turn`]): wait for events (or the nearest timer, or not
+//! One turn of the loop (`EventLoop::turn`): wait for events (or the nearest timer, or not
 //! at all if some source still has work), dispatch each event, resume sources that stopped
 //! before WouldBlock, fire expired timers, then drop connections that closed.
 
@@ -412,7 +412,10 @@ impl EventLoop {
     }
 
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr) {
-        if self.connections.len() >= self.config.max_connections {
+        // The count is shared by every loop, so `--max-connections` holds for the whole
+        // server with `--threads` too (two loops admitting at the same instant may overshoot
+        // by one each; the limit is a safety valve, not an exact quota).
+        if self.open_connections.load(Ordering::Relaxed) >= self.config.max_connections {
             // Best effort, one write: a new socket's send buffer is empty, so it fits.
             let _ = io::Write::write(&mut stream, SERVER_BUSY);
             let _ = stream.shutdown(std::net::Shutdown::Write);
@@ -475,17 +478,24 @@ impl EventLoop {
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
             let drains = SHORT_READ_DRAINS && !event.is_read_closed() && !event.is_error();
-            let mut scratch = Scratch {
-                read_buf: &mut self.read_buf,
-                replies: &mut self.replies,
-                protocol: &self.config.protocol,
-                stats: &mut self.stats,
-            };
-            if slot.conn.on_readable(&mut scratch, drains) == Progress::ReadAgain {
-                self.ready.push(Ready::Connection(token, serial));
-            }
+            self.read_connection(token, drains);
         }
         self.after_io(token);
+    }
+
+    /// Lets a connection read and answer with the loop's buffers, and remembers it if it
+    /// stopped before WouldBlock.
+    fn read_connection(&mut self, token: Token, short_read_drains: bool) {
+        let slot = &mut self.connections[token.0];
+        let mut scratch = Scratch {
+            read_buf: &mut self.read_buf,
+            replies: &mut self.replies,
+            protocol: &self.config.protocol,
+            stats: &mut self.stats,
+        };
+        if slot.conn.on_readable(&mut scratch, short_read_drains) == Progress::ReadAgain {
+            self.ready.push(Ready::Connection(token, slot.serial));
+        }
     }
 
     /// Brings the poll registration, the timers and the close list in line with the
@@ -552,23 +562,15 @@ impl EventLoop {
                 Ready::Listener => self.accept(),
                 Ready::Udp => self.serve_udp(true, false),
                 Ready::Connection(token, serial) => {
-                    let Some(slot) = self.connections.get_mut(token.0) else {
-                        continue;
-                    };
-                    if slot.serial != serial {
-                        continue;
+                    if self
+                        .connections
+                        .get(token.0)
+                        .is_some_and(|s| s.serial == serial)
+                    {
+                        // No event told us the socket is drained: read until WouldBlock.
+                        self.read_connection(token, false);
+                        self.after_io(token);
                     }
-                    let mut scratch = Scratch {
-                        read_buf: &mut self.read_buf,
-                        replies: &mut self.replies,
-                        protocol: &self.config.protocol,
-                        stats: &mut self.stats,
-                    };
-                    // No event told us the socket is drained, so read until WouldBlock.
-                    if slot.conn.on_readable(&mut scratch, false) == Progress::ReadAgain {
-                        self.ready.push(Ready::Connection(token, serial));
-                    }
-                    self.after_io(token);
                 }
             }
         }

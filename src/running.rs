@@ -19,6 +19,8 @@ pub struct Running {
 }
 
 impl Running {
+    /// Wraps a server thread with its addresses, its stop action and its gauge of open
+    /// connections (what each server's `spawn` returns).
     pub fn new(
         tcp: SocketAddr,
         udp: Option<SocketAddr>,

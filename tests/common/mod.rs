@@ -416,6 +416,98 @@ pub mod suite {
         assert_eq!(stats.messages, 3);
     }
 
+    pub fn idle_timeout_closes_a_silent_connection(spawn: Spawn) {
+        let server = start(spawn, |c| c.idle_timeout = Some(Duration::from_millis(200)));
+        let mut c = Client::greeted(server.tcp);
+        let started = std::time::Instant::now();
+        assert_eq!(c.rest(), b"");
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        drop(c);
+        server.shutdown().unwrap();
+    }
+
+    pub fn graceful_stop_answers_what_it_read_and_counts_exactly(spawn: Spawn) {
+        let server = start(spawn, |c| c.shutdown_grace = IO_TIMEOUT);
+        let mut busy = Client::greeted(server.tcp);
+        busy.send(b"one\ntwo\n");
+        assert_eq!(busy.line(), b"Hello, one!\n");
+        assert_eq!(busy.line(), b"Hello, two!\n");
+        // A line that never ends is owed nothing: stopping is not the client's EOF.
+        let mut partial = Client::greeted(server.tcp);
+        partial.send(b"unfinished");
+        assert_eq!(
+            udp_roundtrip(&udp_client(), server.udp.unwrap(), b"udp\n"),
+            b"Hello, udp!"
+        );
+
+        server.stop();
+        assert_eq!(busy.rest(), b"");
+        assert_eq!(partial.rest(), b"");
+        drop((busy, partial));
+        let stats = server.join().unwrap();
+        let greetings = 2 * b"Welcome!\n".len() as u64;
+        let tcp_out = greetings + b"Hello, one!\nHello, two!\n".len() as u64;
+        let udp = (b"udp\n".len() as u64, b"Hello, udp!".len() as u64);
+        // Whether the server read the unfinished line before it stopped is up to scheduling.
+        let tcp_in = b"one\ntwo\n".len() as u64;
+        let partial_in = b"unfinished".len() as u64;
+        assert_eq!(
+            (stats.connections, stats.refused, stats.messages),
+            (2, 0, 3)
+        );
+        assert!(
+            [tcp_in + udp.0, tcp_in + partial_in + udp.0].contains(&stats.bytes_in),
+            "{stats:?}"
+        );
+        assert_eq!(stats.bytes_out, tcp_out + udp.1);
+        assert_eq!(stats.udp_dropped, 0);
+    }
+
+    /// Every reply is `BIG_REPLY` bytes, so a few lines owe the client more than the
+    /// kernel's socket buffers on both ends hold: the server is sure to be stuck writing.
+    fn big_replies(config: &mut ServerConfig, shutdown_grace: Duration) {
+        config.protocol.mode = Mode::Custom(std::sync::Arc::new(|_: &[u8], out: &mut Vec<u8>| {
+            out.resize(out.len() + BIG_REPLY, b'x')
+        }));
+        config.protocol.greeting.clear();
+        config.shutdown_grace = shutdown_grace;
+    }
+
+    const BIG_REPLY: usize = 1 << 20;
+    const BIG_LINES: usize = 16;
+
+    pub fn stop_delivers_every_reply_already_owed(spawn: Spawn) {
+        let server = start(spawn, |c| big_replies(c, IO_TIMEOUT));
+        let mut c = Client::connect(server.tcp);
+        c.send(&b"x\n".repeat(BIG_LINES));
+        // The first byte back proves the server has read the lines: every reply is owed.
+        c.exactly(1);
+        server.stop();
+        let rest = c.rest();
+        assert_eq!(1 + rest.len(), BIG_LINES * (BIG_REPLY + 1));
+        drop(c);
+        let stats = server.join().unwrap();
+        assert_eq!(stats.messages, BIG_LINES as u64);
+        assert_eq!(stats.bytes_out, (BIG_LINES * (BIG_REPLY + 1)) as u64);
+    }
+
+    pub fn stop_gives_up_on_a_client_that_never_reads_after_the_grace(spawn: Spawn) {
+        let grace = Duration::from_millis(200);
+        let server = start(spawn, |c| big_replies(c, grace));
+        let mut c = Client::connect(server.tcp);
+        c.send(&b"x\n".repeat(BIG_LINES));
+        c.exactly(1);
+        let started = std::time::Instant::now();
+        let stats = server.shutdown().unwrap();
+        let took = started.elapsed();
+        assert!(took >= grace, "owed replies get the grace: {took:?}");
+        assert!(
+            took < IO_TIMEOUT / 2,
+            "then the server stops anyway: {took:?}"
+        );
+        assert_eq!(stats.connections, 1);
+    }
+
     /// `clients` connections open at once, each doing `rounds` lockstep round trips.
     pub fn many_concurrent_clients(spawn: Spawn, clients: usize, rounds: usize) {
         evloop::net::raise_fd_limit().unwrap();
@@ -475,6 +567,10 @@ macro_rules! protocol_suite {
             no_udp_serves_tcp_only,
             max_connections_refuses_then_recovers,
             stop_delivers_and_counts,
+            idle_timeout_closes_a_silent_connection,
+            graceful_stop_answers_what_it_read_and_counts_exactly,
+            stop_delivers_every_reply_already_owed,
+            stop_gives_up_on_a_client_that_never_reads_after_the_grace,
         );
 
         #[test]
@@ -489,5 +585,140 @@ macro_rules! protocol_suite {
                 common::suite::$name($spawn);
             }
         )*
+    };
+}
+
+/// What every server binary must do, whichever server it runs.
+pub mod binary {
+    use super::*;
+    use std::net::TcpListener;
+
+    pub fn binary_prints_the_startup_line_and_serves_tcp_and_udp(exe: &str) {
+        let server = Binary::start(exe, &[]);
+        assert!(server.first_line.starts_with("listening tcp=127.0.0.1:"));
+        assert!(server.first_line.ends_with('\n'));
+        let udp = server.udp.expect("udp on by default");
+        assert_eq!(udp.port(), server.tcp.port());
+        let mut c = Client::greeted(server.tcp);
+        c.send(b"binary\n");
+        assert_eq!(c.line(), b"Hello, binary!\n");
+        assert_eq!(udp_roundtrip(&udp_client(), udp, b"x\n"), b"Hello, x!");
+    }
+
+    pub fn binary_startup_line_says_udp_off(exe: &str) {
+        let server = Binary::start(exe, &["--no-udp"]);
+        assert!(
+            server.first_line.trim_end().ends_with("udp=off"),
+            "{}",
+            server.first_line
+        );
+        assert!(server.udp.is_none());
+    }
+
+    pub fn sigterm_delivers_owed_replies_and_exits_zero(exe: &str) {
+        let server = Binary::start(exe, &[]);
+        let mut c = Client::greeted(server.tcp);
+        c.send(b"before\n");
+        assert_eq!(c.line(), b"Hello, before!\n");
+        server.signal(libc::SIGTERM);
+        assert_eq!(c.rest(), b"", "closed with a clean EOF");
+        drop(c);
+        let (code, stderr) = server.wait();
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(
+            stderr.contains("served 1 connections"),
+            "summary missing: {stderr}"
+        );
+        assert!(stderr.contains("1 messages"), "{stderr}");
+    }
+
+    pub fn sigint_exits_zero_too(exe: &str) {
+        let server = Binary::start(exe, &["--no-udp"]);
+        server.signal(libc::SIGINT);
+        let (code, stderr) = server.wait();
+        assert_eq!(code, Some(0), "{stderr}");
+    }
+
+    pub fn bad_flags_give_one_line_and_a_nonzero_exit(exe: &str) {
+        for args in [
+            &["--listen", "not-an-address"][..],
+            &["--mode", "shout"],
+            &["--max-line", "0"],
+            &["--no-such-flag"],
+            &["--idle-timeout", "-1"],
+            &["--threads", "0"],
+        ] {
+            let (code, stderr) = run(exe, args);
+            assert_eq!(code, Some(2), "{args:?}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+            assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+            assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        }
+    }
+
+    pub fn an_address_in_use_is_one_line_and_a_nonzero_exit(exe: &str) {
+        let held = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap().to_string();
+        let (code, stderr) = run(exe, &["--listen", &addr, "--no-udp"]);
+        assert_ne!(code, Some(0));
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(&addr) && stderr.contains("in use"),
+            "{stderr}"
+        );
+    }
+
+    pub fn help_explains_and_exits_zero(exe: &str) {
+        let out = Command::new(exe).arg("--help").output().unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        let help = String::from_utf8_lossy(&out.stdout);
+        for flag in [
+            "--listen",
+            "--udp",
+            "--no-udp",
+            "--framing",
+            "--mode",
+            "--greeting",
+            "--max-line",
+        ] {
+            assert!(help.contains(flag), "--help lacks {flag}");
+        }
+    }
+}
+
+/// Instantiates the binary suite as `#[test]`s for one executable.
+#[macro_export]
+macro_rules! binary_suite {
+    ($exe:expr) => {
+        mod binary {
+            #[test]
+            fn binary_prints_the_startup_line_and_serves_tcp_and_udp() {
+                super::common::binary::binary_prints_the_startup_line_and_serves_tcp_and_udp($exe);
+            }
+            #[test]
+            fn binary_startup_line_says_udp_off() {
+                super::common::binary::binary_startup_line_says_udp_off($exe);
+            }
+            #[test]
+            fn sigterm_delivers_owed_replies_and_exits_zero() {
+                super::common::binary::sigterm_delivers_owed_replies_and_exits_zero($exe);
+            }
+            #[test]
+            fn sigint_exits_zero_too() {
+                super::common::binary::sigint_exits_zero_too($exe);
+            }
+            #[test]
+            fn bad_flags_give_one_line_and_a_nonzero_exit() {
+                super::common::binary::bad_flags_give_one_line_and_a_nonzero_exit($exe);
+            }
+            #[test]
+            fn an_address_in_use_is_one_line_and_a_nonzero_exit() {
+                super::common::binary::an_address_in_use_is_one_line_and_a_nonzero_exit($exe);
+            }
+            #[test]
+            fn help_explains_and_exits_zero() {
+                super::common::binary::help_explains_and_exits_zero($exe);
+            }
+        }
     };
 }

@@ -1,0 +1,144 @@
+//! Keeps the README true to the code: every link to a line names the item defined on that
+//! line, and the state diagram is exactly the transitions of `State::on`.
+
+use std::collections::BTreeSet;
+
+use evloop::connection::{Event, State};
+
+fn readme() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap()
+}
+
+/// `[`Path::name`](src/file.rs#L12)` links: (name, file, line).
+fn line_links(text: &str) -> Vec<(String, String, usize)> {
+    let mut links = Vec::new();
+    for piece in text.split("[`").skip(1) {
+        let Some((item, rest)) = piece.split_once("`](") else {
+            continue;
+        };
+        let Some((target, _)) = rest.split_once(')') else {
+            continue;
+        };
+        let Some((file, line)) = target.split_once("#L") else {
+            continue;
+        };
+        let line = line
+            .split('-')
+            .next()
+            .unwrap()
+            .parse()
+            .expect("line number");
+        let name = item.rsplit("::").next().unwrap().to_string();
+        links.push((name, file.to_string(), line));
+    }
+    links
+}
+
+#[test]
+fn readme_links_land_on_the_items_they_name() {
+    let links = line_links(&readme());
+    assert!(links.len() > 20, "the tour links to the code");
+    for (name, file, line) in links {
+        let source =
+            std::fs::read_to_string(format!("{}/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let defines = |l: &str| {
+            ["fn ", "const ", "enum ", "struct "].iter().any(|kw| {
+                l.split(kw).skip(1).any(|after| {
+                    after.starts_with(&name)
+                        && !after[name.len()..]
+                            .starts_with(|c: char| c.is_alphanumeric() || c == '_')
+                })
+            })
+        };
+        let actual = source.lines().position(defines).map(|i| i + 1);
+        let at_line = source.lines().nth(line - 1).unwrap_or("");
+        assert!(
+            defines(at_line),
+            "README links `{name}` to {file}#L{line}, but it is defined at line {actual:?}"
+        );
+    }
+}
+
+const EVENTS: [Event; 6] = [
+    Event::Queued,
+    Event::Flushed,
+    Event::InputEnded,
+    Event::PeerEof,
+    Event::GiveUp,
+    Event::Failed,
+];
+
+/// Fails to compile when an event is added without being listed above.
+#[allow(dead_code)]
+fn every_event_is_listed(event: Event) {
+    match event {
+        Event::Queued
+        | Event::Flushed
+        | Event::InputEnded
+        | Event::PeerEof
+        | Event::GiveUp
+        | Event::Failed => {}
+    }
+}
+
+const STATES: [State; 7] = [
+    State::Greeting,
+    State::Reading,
+    State::Replying,
+    State::Closing { peer_eof: false },
+    State::Closing { peer_eof: true },
+    State::Lingering,
+    State::Closed,
+];
+
+#[allow(dead_code)]
+fn every_state_is_listed(state: State) {
+    match state {
+        State::Greeting
+        | State::Reading
+        | State::Replying
+        | State::Closing { .. }
+        | State::Lingering
+        | State::Closed => {}
+    }
+}
+
+fn name(state: State) -> String {
+    let debug = format!("{state:?}");
+    debug.split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn the_state_diagram_is_the_transition_function() {
+    // The diagram's edges, as (from, event, to), leaving out the [*] start and end markers.
+    let readme = readme();
+    let diagram = readme
+        .split("```mermaid\nstateDiagram-v2\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a state diagram in the README");
+    let drawn: BTreeSet<(String, String, String)> = diagram
+        .lines()
+        .filter(|l| !l.contains("[*]"))
+        .filter_map(|l| {
+            let (edge, label) = l.split_once(':')?;
+            let (from, to) = edge.split_once("-->")?;
+            let event = label.split_whitespace().next()?;
+            Some((from.trim().into(), event.into(), to.trim().into()))
+        })
+        .collect();
+
+    let mut actual = BTreeSet::new();
+    for state in STATES {
+        for event in EVENTS {
+            let next = state.on(event);
+            if matches!(event, Event::Failed | Event::GiveUp) {
+                // The README states this in prose rather than drawing ten edges.
+                assert_eq!(next, State::Closed, "{state:?} on {event:?}");
+            } else if name(next) != name(state) {
+                actual.insert((name(state), format!("{event:?}"), name(next)));
+            }
+        }
+    }
+    assert_eq!(drawn, actual, "README diagram vs State::on");
+}
