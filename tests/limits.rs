@@ -145,11 +145,19 @@ fn a_udp_flood_cannot_starve_a_tcp_client() {
     });
     eprintln!("ping during a UDP flood of {sent} datagrams: worst round trip {worst:?}");
     assert!(worst < Duration::from_secs(1), "ping starved: {worst:?}");
-    // And UDP itself is still answered afterwards.
-    assert_eq!(
-        udp_roundtrip(&udp_client(), udp, b"after"),
-        b"Hello, after!"
-    );
+    // And UDP itself is still answered afterwards. The server's receive queue may still be
+    // full of flood when this datagram arrives, and UDP drops what does not fit, so retry
+    // as any UDP client must.
+    let socket = udp_client();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(250)))
+        .unwrap();
+    let mut buf = [0; 64];
+    let answered = (0..80).any(|_| {
+        socket.send_to(b"after", udp).unwrap();
+        matches!(socket.recv_from(&mut buf), Ok((n, _)) if &buf[..n] == b"Hello, after!")
+    });
+    assert!(answered, "UDP no longer answered after the flood");
     server.shutdown().unwrap();
 }
 
