@@ -159,6 +159,9 @@ pub struct Connection<S> {
     /// loop's scratch buffer and only the leftover of a partial write is copied here.
     pending_output: Vec<u8>,
     unsent_from: usize,
+    /// Backpressure: set when unsent output passes the high-water mark, cleared when it
+    /// drains below the low-water mark. Reading is paused in between.
+    paused: bool,
 }
 
 impl<S: Stream> Connection<S> {
@@ -174,6 +177,7 @@ impl<S: Stream> Connection<S> {
             session: Session::new(),
             pending_output: Vec::new(),
             unsent_from: 0,
+            paused: false,
         };
         conn.send(greeting, stats);
         conn.settle();
@@ -204,18 +208,13 @@ impl<S: Stream> Connection<S> {
         self.pending_output.len() - self.unsent_from
     }
 
-    /// Above the high-water mark reading stops until the output drains (backpressure).
-    fn output_full(&self) -> bool {
-        self.unsent() > OUTPUT_HIGH_WATER
-    }
-
     /// The readiness this state needs. The reactor re-registers only when this changes, so
     /// a connection that keeps up costs no `epoll_ctl` per message.
     pub fn interest(&self) -> Option<Interest> {
         let owes_output = self.unsent() > 0;
         match self.state {
             State::Greeting | State::Reading | State::Replying => Some(Interest {
-                readable: !self.output_full(),
+                readable: !self.paused,
                 writable: owes_output,
             }),
             State::Closing { .. } => Some(Interest {
@@ -262,7 +261,7 @@ impl<S: Stream> Connection<S> {
             return self.discard_input(scratch);
         }
         let mut budget = READ_BUDGET;
-        while self.state.reads_input() && !self.output_full() {
+        while self.state.reads_input() && !self.paused {
             if budget == 0 {
                 return Progress::ReadAgain;
             }
@@ -289,6 +288,9 @@ impl<S: Stream> Connection<S> {
                         self.transition(Event::InputEnded);
                     }
                     self.answer(scratch);
+                    if self.unsent() > OUTPUT_HIGH_WATER {
+                        self.paused = true;
+                    }
                     if n < limit && short_read_drains {
                         break;
                     }
@@ -308,14 +310,15 @@ impl<S: Stream> Connection<S> {
     /// reading was paused, input that arrived meanwhile has no new edge to announce it, so
     /// the caller must come back to read.
     pub fn on_writable(&mut self, stats: &mut Stats) -> Progress {
-        let was_full = self.output_full();
         self.flush(stats);
         self.settle();
-        if was_full && self.unsent() < OUTPUT_LOW_WATER && self.state.reads_input() {
-            Progress::ReadAgain
-        } else {
-            Progress::Wait
+        if self.paused && self.unsent() < OUTPUT_LOW_WATER {
+            self.paused = false;
+            if self.state.reads_input() {
+                return Progress::ReadAgain;
+            }
         }
+        Progress::Wait
     }
 
     /// Stops answering input, delivers what is owed, then closes politely (idle timeout,
@@ -696,6 +699,10 @@ mod tests {
         assert!(conn.unsent() > OUTPUT_HIGH_WATER);
         assert!(!readable(conn.interest()), "backpressure: not reading");
         assert!(conn.stream.reads.len() > 1, "input left in the socket");
+        // Draining to just under the high-water mark is not enough: the low one counts.
+        conn.stream.accept = conn.unsent() - OUTPUT_HIGH_WATER + 1;
+        assert_eq!(conn.on_writable(&mut h.stats), Progress::Wait);
+        assert!(!readable(conn.interest()), "still paused between the marks");
         conn.stream.accept = usize::MAX;
         assert_eq!(conn.on_writable(&mut h.stats), Progress::ReadAgain);
         assert!(readable(conn.interest()));
