@@ -1,5 +1,8 @@
 //! Command-line flags shared by the server binaries, and the rule every binary follows for
 //! bad input: one line on stderr, a non-zero exit, never a panic.
+//!
+//! This module owns turning arguments into a [`ServerConfig`]; it must not bind sockets or
+//! start anything, so a library user can build the same config without a command line.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! A server started on its own thread: its bound addresses, a way to stop it, and its
 //! result. Both servers hand one back from `spawn`, so tests and embedders treat them alike.
+//! It knows nothing of either server's insides: each passes in its own stop action and its
+//! own count of open connections.
 
 use std::io;
 use std::net::SocketAddr;
