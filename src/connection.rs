@@ -199,11 +199,6 @@ impl<S: Stream> Connection<S> {
         self.session.messages()
     }
 
-    /// Bytes held for this connection: an unfinished line and unsent output.
-    pub fn buffered(&self) -> usize {
-        self.session.buffered() + self.unsent()
-    }
-
     fn unsent(&self) -> usize {
         self.pending_output.len() - self.unsent_from
     }
