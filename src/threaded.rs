@@ -53,10 +53,6 @@ const MAX_DATAGRAM: usize = 65_535;
 /// client that sent more after `exit` finish and see our FIN, without pinning a thread long.
 const LINGER_TIME: Duration = Duration::from_secs(1);
 
-/// Most bytes discarded while lingering: a client still streaming at full speed is not
-/// going to be polite, and is not worth a thread.
-const LINGER_MAX_BYTES: usize = 256 * 1024;
-
 /// Pause after an `accept` error such as EMFILE before retrying. The pending connection
 /// stays in the kernel's queue, so retrying at once would spin on the same error.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -520,7 +516,9 @@ impl<'a> Connection<'a> {
 }
 
 /// Sends FIN, then reads and discards for up to [`LINGER_TIME`] so the close does not turn
-/// into an RST (see [`LINGER_TIME`]). Returns the bytes discarded.
+/// into an RST (see [`LINGER_TIME`]). Returns the bytes discarded. Only time bounds it: a
+/// byte limit would close, and reset, exactly when the client is still sending, which is
+/// when its unread replies are most at risk.
 fn close_politely(stream: &TcpStream, buffer: &mut [u8]) -> u64 {
     if stream.shutdown(Shutdown::Write).is_err() {
         // Not connected any more: there is nobody left to be polite to.
@@ -528,7 +526,7 @@ fn close_politely(stream: &TcpStream, buffer: &mut [u8]) -> u64 {
     }
     let deadline = Instant::now() + LINGER_TIME;
     let mut discarded = 0;
-    while discarded < LINGER_MAX_BYTES {
+    loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
             break;
