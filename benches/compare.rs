@@ -5,7 +5,10 @@
 //!
 //! Every server runs as a child process of its own on a free port. For each (server,
 //! workload) row a fresh server is started, the `loadgen` binary drives it for
-//! `EVLOOP_BENCH_SECS` seconds, and the bench reads from the server's `/proc` entry:
+//! `EVLOOP_BENCH_SECS` seconds, and the bench reads from the server's `/proc` entry. By
+//! default the servers run on one half of the CPUs and loadgen on the other (see
+//! [`Pinning`] for why), so every server has the same CPUs to itself.
+//!
 //!
 //! * **msgs/s, p50, p99**: correct replies per second and their latency, as loadgen reports
 //!   them (loadgen checks every reply byte for byte; a wrong one is an error, not
@@ -15,16 +18,19 @@
 //! * **CPU µs/msg**: the server's user + system CPU time over the whole loadgen run, divided
 //!   by the replies. It includes setting the connections up (accept and greeting), which
 //!   matters only in the 5,000-connection row. This is the figure that says what a design
-//!   costs: on a 2-core machine loadgen and the server share the CPU, so msgs/s is bounded
-//!   by loadgen as much as by the server.
+//!   costs. msgs/s is bounded by loadgen as much as by the server: loadgen spends about as
+//!   much CPU per message as a lean server, almost all of it in the kernel.
 //! * **peak RSS**: the server's high-water resident memory (VmHWM) at the end of the row.
 //! * **threads**: the most threads the server had while loadgen ran.
 //! * **server CPU, loadgen CPU**: each one's CPU time over the run as a share of one core.
-//!   The two share a 2-core machine: when their sum is well under 200%, something else
-//!   had the CPU (or the run is latency-bound, as with one lockstep connection), and msgs/s
+//!   The one near 100% of its CPUs is the bottleneck; when neither is, something else had
+//!   the CPU (or the run is latency-bound, as with one lockstep connection), and msgs/s
 //!   understates what the server can do. CPU µs/msg is the steadier figure.
 //! * **vs threaded**: this server's msgs/s and CPU µs/msg divided by the threaded server's in
-//!   the same workload. Above 1 is faster for msgs/s; below 1 is cheaper for CPU.
+//!   the same workload and round. Above 1 is faster for msgs/s; below 1 is cheaper for CPU.
+//!
+//! With `EVLOOP_BENCH_REPEATS` above 1 every row runs that many rounds, and the printed
+//! table shows medians: of each figure, and of each round's own ratio to the baseline.
 //!
 //! The idle test then holds `EVLOOP_BENCH_IDLE` TCP connections open against each server
 //! (opened by this process, each reads its greeting and then sends nothing) and reports the
@@ -36,16 +42,19 @@
 //! A markdown table on stdout (and the idle table), `target/bench/results.csv`,
 //! `target/bench/idle.csv`, and two charts of the lockstep rows, `target/bench/throughput.svg`
 //! and `target/bench/latency.svg`. Each server's and loadgen's stderr and loadgen's JSON go
-//! to `target/bench/logs/`, which is where to look when a row says `failed`.
+//! to `target/bench/logs/`, which is where to look when a row says `failed`. The CSV has
+//! every round; the table and the charts show medians.
 //!
 //! # Knobs (environment variables)
 //!
-//! `EVLOOP_BENCH_SECS` (default 8) seconds of load per row; `EVLOOP_BENCH_IDLE` (default
-//! 10000, 0 skips the test) idle connections; `EVLOOP_BENCH_SERVERS` and
-//! `EVLOOP_BENCH_WORKLOADS` comma-separated names to run only some rows (the names are
-//! printed in the table). Command-line arguments are ignored (`cargo bench` passes
-//! `--bench`), except `--serve-tokio ADDR`, which is how this binary runs the tokio server
-//! in a process of its own.
+//! `EVLOOP_BENCH_SECS` (default 8) seconds of load per row; `EVLOOP_BENCH_REPEATS`
+//! (default 1) rounds; `EVLOOP_BENCH_PIN` (default `auto`; `off`, or `SERVER/LOADGEN` CPU
+//! lists such as `1/0`) where the children run; `EVLOOP_BENCH_IDLE` (default 10000, 0
+//! skips the test) idle connections; `EVLOOP_BENCH_SERVERS` and `EVLOOP_BENCH_WORKLOADS`
+//! comma-separated names to run only some rows (the names are printed in the table).
+//! Command-line arguments are ignored (`cargo bench` passes `--bench`), except
+//! `--serve-tokio ADDR`, which is how this binary runs the tokio server in a process of its
+//! own.
 
 mod chart;
 mod tokio_server;
@@ -232,7 +241,11 @@ fn serve_tokio(listen: Option<String>) {
 /// What to run, from the environment.
 struct Settings {
     secs: f64,
+    /// Rounds of every row; the printed table gives each row's median.
+    repeats: usize,
     idle: usize,
+    /// Where the servers and loadgen run; `None` leaves them to the scheduler.
+    pinning: Option<Pinning>,
     servers: Vec<&'static ServerSpec>,
     workloads: Vec<&'static Workload>,
     out_dir: PathBuf,
@@ -248,6 +261,14 @@ impl Settings {
                 .filter(|s| s.is_finite() && *s > 0.0)
                 .ok_or_else(|| format!("EVLOOP_BENCH_SECS={v}: expected seconds > 0"))?,
         };
+        let repeats = match env_var("EVLOOP_BENCH_REPEATS") {
+            None => 1,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| format!("EVLOOP_BENCH_REPEATS={v}: expected a count > 0"))?,
+        };
         let idle = match env_var("EVLOOP_BENCH_IDLE") {
             None => 10_000,
             Some(v) => v
@@ -260,9 +281,12 @@ impl Settings {
             Some(dir) => PathBuf::from(dir),
             None => Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
         };
+        let pinning = Pinning::from_env()?;
         Ok(Settings {
             secs,
+            repeats,
             idle,
+            pinning,
             servers,
             workloads,
             out_dir: target.join("bench"),
@@ -271,6 +295,26 @@ impl Settings {
 
     fn logs(&self) -> PathBuf {
         self.out_dir.join("logs")
+    }
+
+    fn describe_pinning(&self) -> String {
+        match &self.pinning {
+            Some(p) => format!(
+                "Pinned: servers on CPU {}, loadgen on CPU {} (EVLOOP_BENCH_PIN)",
+                cpu_list(&p.server),
+                cpu_list(&p.loadgen)
+            ),
+            None => "Not pinned: servers and loadgen share every CPU (EVLOOP_BENCH_PIN)".into(),
+        }
+    }
+
+    /// Names a round in progress lines and log files, when there is more than one.
+    fn round_suffix(&self, round: usize) -> String {
+        if self.repeats > 1 {
+            format!("-r{round}")
+        } else {
+            String::new()
+        }
     }
 }
 
@@ -298,37 +342,173 @@ fn select<T>(
     Ok(all.iter().filter(|t| wanted.contains(&name(t))).collect())
 }
 
+/// Which CPUs the servers run on and which ones loadgen runs on.
+///
+/// A server and its load generator left to share all CPUs take turns on them, and the
+/// figures then say as much about the scheduler as about the server: a server with a
+/// thread per connection can crowd loadgen on every core, a single-threaded one takes at
+/// most one. Pinned apart, every server gets the same CPUs and loadgen always has its own,
+/// so neither slows the other by taking its core. On a 2-core machine that is one core
+/// each, which also means `reactor-t2` has one core for its two loops.
+struct Pinning {
+    server: Vec<usize>,
+    loadgen: Vec<usize>,
+}
+
+impl Pinning {
+    /// `EVLOOP_BENCH_PIN`: `auto` (the default) splits the CPUs this process may use, the
+    /// lower half to loadgen and the rest to the servers, or pins nothing when there is only
+    /// one; `off` pins nothing; `SERVER/LOADGEN` gives two CPU lists such as `1/0` or
+    /// `2-3/0-1`.
+    fn from_env() -> Result<Option<Pinning>, String> {
+        let allowed = allowed_cpus().map_err(|e| format!("sched_getaffinity: {e}"))?;
+        let spec = env_var("EVLOOP_BENCH_PIN");
+        match spec.as_deref().map(str::trim) {
+            None | Some("auto") => {
+                if allowed.len() < 2 {
+                    return Ok(None);
+                }
+                let (loadgen, server) = allowed.split_at(allowed.len() / 2);
+                Ok(Some(Pinning {
+                    server: server.to_vec(),
+                    loadgen: loadgen.to_vec(),
+                }))
+            }
+            Some("off") => Ok(None),
+            Some(spec) => {
+                let bad = |why: String| format!("EVLOOP_BENCH_PIN={spec}: {why}");
+                let (server, loadgen) = spec
+                    .split_once('/')
+                    .ok_or_else(|| bad("expected auto, off or SERVER/LOADGEN CPU lists".into()))?;
+                let parse = |list: &str| {
+                    let cpus = parse_cpu_list(list).map_err(&bad)?;
+                    match cpus.iter().find(|cpu| !allowed.contains(cpu)) {
+                        Some(cpu) => Err(bad(format!(
+                            "CPU {cpu} is not one this process may use ({})",
+                            cpu_list(&allowed)
+                        ))),
+                        None => Ok(cpus),
+                    }
+                };
+                Ok(Some(Pinning {
+                    server: parse(server)?,
+                    loadgen: parse(loadgen)?,
+                }))
+            }
+        }
+    }
+}
+
+/// `0,2-3` as [0, 2, 3]: the format of `taskset -c` and `/sys/devices/system/cpu/online`.
+fn parse_cpu_list(list: &str) -> Result<Vec<usize>, String> {
+    let mut cpus = Vec::new();
+    for part in list.split(',').map(str::trim) {
+        let number = |n: &str| {
+            n.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n < libc::CPU_SETSIZE as usize)
+                .ok_or_else(|| format!("{n:?} is not a CPU number"))
+        };
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (number(a)?, number(b)?),
+            None => (number(part)?, number(part)?),
+        };
+        if first > last {
+            return Err(format!("{part:?} is an empty range"));
+        }
+        cpus.extend(first..=last);
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
+}
+
+/// [0, 2, 3] as `0,2,3`.
+fn cpu_list(cpus: &[usize]) -> String {
+    let names: Vec<String> = cpus.iter().map(usize::to_string).collect();
+    names.join(",")
+}
+
+/// The CPUs this process may run on, which its children inherit unless pinned.
+fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is a plain bit array, valid when zeroed, and the call writes at
+    // most size_of::<cpu_set_t>() bytes into it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: every index is below CPU_SETSIZE, the set's size in bits.
+    Ok((0..libc::CPU_SETSIZE as usize)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
+}
+
+/// Makes the child that `command` starts run only on `cpus`; its threads inherit that.
+fn pin(command: &mut Command, cpus: &[usize]) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: as in `allowed_cpus`.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        // SAFETY: `cpu` is below CPU_SETSIZE: it came from `allowed_cpus` or was checked
+        // by `parse_cpu_list`.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe work is allowed. It makes one system call on a set built before the
+    // fork (moved in by copy), allocates nothing, and reports failure through errno, which
+    // makes `spawn` return the error.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        });
+    }
+}
+
 fn run(settings: &Settings) -> Result<(), String> {
     let started = Instant::now();
     fs::create_dir_all(settings.logs())
         .map_err(|e| format!("cannot create {}: {e}", settings.logs().display()))?;
     println!("{}", machine_description());
+    println!("{}", settings.describe_pinning());
+    let rounds = match settings.repeats {
+        1 => String::new(),
+        n => format!(", {n} rounds (medians shown)"),
+    };
     println!(
-        "{} s per row, {} servers × {} workloads, 16-byte messages, loadgen --timeout {LOADGEN_TIMEOUT_SECS}\n",
+        "{} s per row, {} servers × {} workloads{rounds}, 16-byte messages, loadgen --timeout {LOADGEN_TIMEOUT_SECS}\n",
         settings.secs,
         settings.servers.len(),
         settings.workloads.len()
     );
 
     let mut rows = Vec::new();
-    let total = settings.servers.len() * settings.workloads.len();
-    // Workloads outermost: the servers take turns at each workload, so a change in the
-    // machine's background load over the run does not land on one server's rows only.
-    for workload in &settings.workloads {
-        for server in &settings.servers {
-            eprint!(
-                "[{}/{total}] {} {} ... ",
-                rows.len() + 1,
-                server.name,
-                workload.name
-            );
-            let row = run_row(server, workload, settings);
-            eprintln!("{}", row.summary());
-            rows.push(row);
+    let total = settings.repeats * settings.servers.len() * settings.workloads.len();
+    // Rounds outermost, then workloads: the servers take turns at each workload, so a change
+    // in the machine's background load over the run does not land on one server's rows
+    // only, and each round compares the servers under much the same conditions.
+    for round in 1..=settings.repeats {
+        for workload in &settings.workloads {
+            for server in &settings.servers {
+                eprint!(
+                    "[{}/{total}] {} {}{} ... ",
+                    rows.len() + 1,
+                    server.name,
+                    workload.name,
+                    settings.round_suffix(round)
+                );
+                let row = run_row(server, workload, round, settings);
+                eprintln!("{}", row.summary());
+                rows.push(row);
+            }
         }
     }
 
-    let table = results_table(&rows);
+    let table = results_table(&summaries(&rows));
     println!("{}", table.markdown());
     write_file(
         &settings.out_dir.join("results.csv"),
@@ -351,7 +531,7 @@ fn run(settings: &Settings) -> Result<(), String> {
         ),
     ] {
         let path = settings.out_dir.join(file);
-        let series = lockstep_series(&rows, &settings.servers, value);
+        let series = lockstep_series(&summaries(&rows), &settings.servers, value);
         if series.iter().all(|s| s.points.is_empty()) {
             continue;
         }
@@ -434,7 +614,11 @@ struct ServerProcess {
 }
 
 /// Starts `spec` on a free port, its stderr going to `log`, and waits for its startup line.
-fn start_server(spec: &ServerSpec, log: &Path) -> Result<ServerProcess, String> {
+fn start_server(
+    spec: &ServerSpec,
+    log: &Path,
+    settings: &Settings,
+) -> Result<ServerProcess, String> {
     let mut command = match spec.program {
         Program::Reactor => Command::new(env!("CARGO_BIN_EXE_reactor")),
         Program::Threaded => Command::new(env!("CARGO_BIN_EXE_threaded")),
@@ -452,6 +636,9 @@ fn start_server(spec: &ServerSpec, log: &Path) -> Result<ServerProcess, String> 
         }
     };
     command.args(spec.extra_args);
+    if let Some(pinning) = &settings.pinning {
+        pin(&mut command, &pinning.server);
+    }
     let stderr = File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
     command
         .stdin(Stdio::null())
@@ -559,10 +746,12 @@ impl LoadReport {
     }
 }
 
-/// One (server, workload) row.
+/// One run of one (server, workload) row.
 struct Row {
     server: &'static str,
     workload: &'static Workload,
+    /// Which round of `EVLOOP_BENCH_REPEATS`, from 1.
+    round: usize,
     outcome: Result<Measured, String>,
 }
 
@@ -619,11 +808,17 @@ impl Row {
     }
 }
 
-fn run_row(spec: &ServerSpec, workload: &'static Workload, settings: &Settings) -> Row {
+fn run_row(
+    spec: &ServerSpec,
+    workload: &'static Workload,
+    round: usize,
+    settings: &Settings,
+) -> Row {
     Row {
         server: spec.name,
         workload,
-        outcome: measure(spec, workload, settings),
+        round,
+        outcome: measure(spec, workload, round, settings),
     }
 }
 
@@ -631,11 +826,17 @@ fn run_row(spec: &ServerSpec, workload: &'static Workload, settings: &Settings) 
 fn measure(
     spec: &ServerSpec,
     workload: &Workload,
+    round: usize,
     settings: &Settings,
 ) -> Result<Measured, String> {
-    let stem = format!("{}-{}", spec.name, workload.name);
+    let stem = format!(
+        "{}-{}{}",
+        spec.name,
+        workload.name,
+        settings.round_suffix(round)
+    );
     let logs = settings.logs();
-    let mut server = start_server(spec, &logs.join(format!("{stem}.server.log")))
+    let mut server = start_server(spec, &logs.join(format!("{stem}.server.log")), settings)
         .map_err(|e| format!("server: {e}"))?;
     let pid = server.child.pid();
     let addr = if workload.udp {
@@ -662,6 +863,9 @@ fn measure(
         .stdout(file(&json_path)?)
         .stderr(file(&log_path)?)
         .env("RUST_LOG", quiet_logging());
+    if let Some(pinning) = &settings.pinning {
+        pin(&mut loadgen, &pinning.loadgen);
+    }
 
     let cpu_before = procfs::cpu_time(pid).map_err(proc_error)?;
     let started = Instant::now();
@@ -779,14 +983,17 @@ impl Table {
     }
 }
 
-/// This row's msgs/s and CPU µs/msg divided by the baseline server's in the same workload.
+/// This row's msgs/s and CPU µs/msg divided by the baseline server's in the same workload
+/// and round.
 fn vs_baseline(rows: &[Row], row: &Row) -> (Option<f64>, Option<f64>) {
     let Ok(m) = &row.outcome else {
         return (None, None);
     };
     let Some(base) = rows
         .iter()
-        .find(|r| r.server == BASELINE && r.workload.name == row.workload.name)
+        .find(|r| {
+            r.server == BASELINE && r.workload.name == row.workload.name && r.round == row.round
+        })
         .and_then(|r| r.outcome.as_ref().ok())
     else {
         return (None, None);
@@ -801,8 +1008,85 @@ fn vs_baseline(rows: &[Row], row: &Row) -> (Option<f64>, Option<f64>) {
     )
 }
 
-/// The table printed on stdout: rounded figures, thousands separated.
-fn results_table(rows: &[Row]) -> Table {
+/// One (server, workload) pair over every round: a line of the printed table and a point
+/// in the charts.
+struct Summary<'a> {
+    server: &'static str,
+    workload: &'static Workload,
+    /// This pair's runs, one per round.
+    runs: Vec<&'a Row>,
+    /// Each run's msgs/s and CPU µs/msg against the baseline's in its round, where both ran.
+    ratios: Vec<(Option<f64>, Option<f64>)>,
+}
+
+/// The rows grouped by (server, workload), in the order they first ran.
+fn summaries(rows: &[Row]) -> Vec<Summary<'_>> {
+    let mut out: Vec<Summary> = Vec::new();
+    for row in rows {
+        let same = |s: &Summary| s.server == row.server && s.workload.name == row.workload.name;
+        let at = match out.iter().position(same) {
+            Some(at) => at,
+            None => {
+                out.push(Summary {
+                    server: row.server,
+                    workload: row.workload,
+                    runs: Vec::new(),
+                    ratios: Vec::new(),
+                });
+                out.len() - 1
+            }
+        };
+        out[at].runs.push(row);
+        out[at].ratios.push(vs_baseline(rows, row));
+    }
+    out
+}
+
+impl Summary<'_> {
+    fn measured(&self) -> impl Iterator<Item = &Measured> {
+        self.runs.iter().filter_map(|r| r.outcome.as_ref().ok())
+    }
+
+    /// The median of `value` over the successful runs that have one.
+    fn median(&self, value: impl Fn(&Measured) -> Option<f64>) -> Option<f64> {
+        median(self.measured().filter_map(value).collect())
+    }
+
+    fn max(&self, value: impl Fn(&Measured) -> u64) -> Option<u64> {
+        self.measured().map(value).max()
+    }
+
+    fn status(&self) -> String {
+        let failed: Vec<&String> = self
+            .runs
+            .iter()
+            .filter_map(|r| r.outcome.as_ref().err())
+            .collect();
+        let errors: f64 = self.measured().map(|m| m.report.errors).sum();
+        match failed.first() {
+            Some(why) if failed.len() == self.runs.len() => format!("failed: {why}"),
+            Some(why) => format!("{} of {} failed: {why}", failed.len(), self.runs.len()),
+            None if errors > 0.0 => format!("{errors} errors"),
+            None => "ok".into(),
+        }
+    }
+}
+
+/// The middle value, or the mean of the two middle ones; `None` for no values.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
+/// The table printed on stdout: rounded figures, thousands separated. With more than one
+/// round every figure is the median over the rounds (errors are summed, peak RSS and
+/// threads are the most), and the ratios are medians of each round's own ratio.
+fn results_table(summaries: &[Summary]) -> Table {
     let mut table = Table::new(&[
         ("server", false),
         ("workload", false),
@@ -820,39 +1104,42 @@ fn results_table(rows: &[Row]) -> Table {
         ("status", false),
     ]);
     let optional = |value: Option<f64>| value.map_or("-".into(), |v| format!("{v:.2}"));
-    for row in rows {
-        let mut line = vec![row.server.to_string(), row.workload.name.to_string()];
-        match &row.outcome {
-            Ok(m) => {
-                let (msgs_ratio, cpu_ratio) = vs_baseline(rows, row);
-                line.extend([
-                    thousands(m.report.msgs_per_sec),
-                    thousands(m.report.p50_us),
-                    thousands(m.report.p99_us),
-                    thousands(m.report.errors),
-                    optional(m.cpu_us_per_msg()),
-                    format!("{:.1}", m.peak_rss as f64 / MIB),
-                    m.threads.to_string(),
-                    percent(Some(m.server_cores())),
-                    percent(m.loadgen_cores()),
-                    optional(msgs_ratio),
-                    optional(cpu_ratio),
-                ]);
-            }
-            Err(_) => line.extend(std::iter::repeat_n("-".to_string(), 11)),
+    let rounded = |value: Option<f64>| value.map_or("-".into(), thousands);
+    for s in summaries {
+        let mut line = vec![s.server.to_string(), s.workload.name.to_string()];
+        if s.measured().next().is_some() {
+            let errors: f64 = s.measured().map(|m| m.report.errors).sum();
+            line.extend([
+                rounded(s.median(|m| Some(m.report.msgs_per_sec))),
+                rounded(s.median(|m| Some(m.report.p50_us))),
+                rounded(s.median(|m| Some(m.report.p99_us))),
+                thousands(errors),
+                optional(s.median(Measured::cpu_us_per_msg)),
+                s.max(|m| m.peak_rss)
+                    .map_or("-".into(), |b| format!("{:.1}", b as f64 / MIB)),
+                s.max(|m| m.threads).map_or("-".into(), |t| t.to_string()),
+                percent(s.median(|m| Some(m.server_cores()))),
+                percent(s.median(Measured::loadgen_cores)),
+                optional(median(s.ratios.iter().filter_map(|r| r.0).collect())),
+                optional(median(s.ratios.iter().filter_map(|r| r.1).collect())),
+            ]);
+        } else {
+            line.extend(std::iter::repeat_n("-".to_string(), 11));
         }
-        line.push(row.status());
+        line.push(s.status());
         table.rows.push(line);
     }
     table
 }
 
-/// `results.csv`: raw numbers, and more of them than fit the printed table (all of
-/// loadgen's percentiles, the wall time, the server's and loadgen's share of a core).
+/// `results.csv`: every run (one line per round, not medians) with raw numbers, and more of
+/// them than fit the printed table (all of loadgen's percentiles, the wall time, the
+/// server's and loadgen's share of a core).
 fn results_csv(rows: &[Row]) -> Table {
-    const COLUMNS: [&str; 24] = [
+    const COLUMNS: [&str; 25] = [
         "server",
         "workload",
+        "round",
         "connections",
         "pipeline",
         "transport",
@@ -883,6 +1170,7 @@ fn results_csv(rows: &[Row]) -> Table {
         let mut line = vec![
             row.server.to_string(),
             w.name.to_string(),
+            row.round.to_string(),
             w.connections.to_string(),
             w.pipeline.to_string(),
             if w.udp { "udp" } else { "tcp" }.to_string(),
@@ -913,7 +1201,7 @@ fn results_csv(rows: &[Row]) -> Table {
                     optional(cpu_ratio),
                 ]);
             }
-            Err(_) => line.extend(std::iter::repeat_n(String::new(), COLUMNS.len() - 6)),
+            Err(_) => line.extend(std::iter::repeat_n(String::new(), COLUMNS.len() - 7)),
         }
         table.rows.push(line);
     }
@@ -943,9 +1231,9 @@ fn thousands(value: f64) -> String {
     out
 }
 
-/// One chart line per server: `value` of its successful lockstep TCP rows.
+/// One chart line per server: the median `value` of its lockstep TCP rows.
 fn lockstep_series(
-    rows: &[Row],
+    summaries: &[Summary],
     servers: &[&ServerSpec],
     value: fn(&Measured) -> f64,
 ) -> Vec<chart::Series> {
@@ -953,12 +1241,12 @@ fn lockstep_series(
         .iter()
         .map(|spec| chart::Series {
             name: spec.name.to_string(),
-            points: rows
+            points: summaries
                 .iter()
-                .filter(|r| r.server == spec.name && r.workload.is_lockstep_tcp())
-                .filter_map(|r| {
-                    let m = r.outcome.as_ref().ok()?;
-                    (m.report.messages > 0.0).then(|| (r.workload.connections as f64, value(m)))
+                .filter(|s| s.server == spec.name && s.workload.is_lockstep_tcp())
+                .filter_map(|s| {
+                    let y = s.median(|m| (m.report.messages > 0.0).then(|| value(m)))?;
+                    Some((s.workload.connections as f64, y))
                 })
                 .collect(),
         })
@@ -1025,7 +1313,7 @@ fn measure_idle(
     let log = settings
         .logs()
         .join(format!("{}-idle.server.log", spec.name));
-    let mut server = start_server(spec, &log).map_err(|e| format!("server: {e}"))?;
+    let mut server = start_server(spec, &log, settings).map_err(|e| format!("server: {e}"))?;
     let pid = server.child.pid();
     let proc_error = |e: io::Error| format!("reading /proc/{pid}: {e}");
     thread::sleep(IDLE_SETTLE);
