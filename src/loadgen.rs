@@ -1,5 +1,8 @@
 //! The load generator's engine: many clients driven from one thread and one `mio::Poll`,
-//! every reply checked byte for byte, latency recorded in an HDR histogram.
+//! every reply checked byte for byte, latency recorded in an HDR histogram. With
+//! [`Options::threads`] above one, that many engines run side by side, each on its own
+//! thread with its own poll and an equal share of the clients, and their counts and
+//! histograms are added up at the end.
 //!
 //! This module owns the client side of the protocol: opening TCP connections (or connected
 //! UDP sockets), checking the greeting, keeping up to `pipeline` requests in flight per
@@ -11,7 +14,8 @@
 //! A run has two phases. First every client connects and reads its greeting, each with
 //! `timeout` to do so (at most 128 at a time, see [`MAX_SETUPS_IN_FLIGHT`]); only then does
 //! the clock start and the load begin, so connection setup is not counted as throughput
-//! and every client starts together. The load phase ends when `duration` has passed
+//! and every client starts together (with several engines, each waits for the others to
+//! finish setting up). The load phase ends when `duration` has passed
 //! (requests still in flight are abandoned, counted neither as messages nor as errors),
 //! when `messages` requests have all been settled, when no client is left, or when the
 //! server has stopped answering altogether.
@@ -27,6 +31,9 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Barrier};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -100,6 +107,11 @@ pub struct Options {
     pub greeting: Vec<u8>,
     /// A connect, greeting or request unanswered this long is an error.
     pub timeout: Duration,
+    /// Engines, each on a thread of its own with an equal share of `connections` (and of
+    /// `messages`). A lockstep client costs about as much CPU per message as a lean server
+    /// (both are mostly the kernel's `read` and `write`), so one engine can keep about one
+    /// server core busy; use more to load a server that has more cores.
+    pub threads: usize,
 }
 
 impl Default for Options {
@@ -116,6 +128,7 @@ impl Default for Options {
             mode: Mode::Hello,
             greeting: b"Welcome!".to_vec(),
             timeout: Duration::from_secs(2),
+            threads: 1,
         }
     }
 }
@@ -128,6 +141,21 @@ impl Options {
         }
         if self.pipeline == 0 {
             return Err("pipeline must be at least 1".into());
+        }
+        if self.threads == 0 {
+            return Err("threads must be at least 1".into());
+        }
+        if self.threads > self.connections {
+            return Err(format!(
+                "{} threads need at least as many connections, not {}",
+                self.threads, self.connections
+            ));
+        }
+        if self.messages.is_some_and(|m| m < self.threads as u64) {
+            return Err(format!(
+                "{} threads need at least as many messages",
+                self.threads
+            ));
         }
         if self.duration.is_none() && self.messages.is_none() {
             return Err("give a duration, a message count, or both".into());
@@ -142,6 +170,22 @@ impl Options {
             ));
         }
         Ok(())
+    }
+
+    /// The options of each engine: `connections` and `messages` shared out as evenly as
+    /// they go, the first engines taking one more when they do not divide.
+    fn shares(&self) -> Vec<Options> {
+        let share = |total: u64, i: u64| {
+            let n = self.threads as u64;
+            total / n + u64::from(i < total % n)
+        };
+        (0..self.threads as u64)
+            .map(|i| Options {
+                connections: share(self.connections as u64, i) as usize,
+                messages: self.messages.map(|m| share(m, i)),
+                ..self.clone()
+            })
+            .collect()
     }
 }
 
@@ -176,7 +220,7 @@ pub struct Report {
     /// Latency of each correct reply, in microseconds, from queueing the request to
     /// reading the last byte of its reply.
     pub latency: Histogram<u64>,
-    /// CPU time (user + system) the engine's thread used during the load phase: the
+    /// CPU time (user + system) the engines' threads used during the load phase: the
     /// evidence that the load generator was not the bottleneck.
     pub client_cpu: Duration,
 }
@@ -200,7 +244,8 @@ impl Report {
         self.latency.value_at_quantile(quantile)
     }
 
-    /// The share of one core the engine used during the load (1.0 = a whole core).
+    /// The share of one core the engines used during the load (1.0 = a whole core; above 1
+    /// with several threads).
     pub fn client_cpu_fraction(&self) -> f64 {
         per_second(self.client_cpu.as_secs_f64(), self.duration)
     }
@@ -302,27 +347,120 @@ pub fn run_with_progress(
     options
         .validate()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut engine = Engine::new(options)?;
-    engine.set_up()?;
+    let total = if options.threads == 1 {
+        // One engine runs on the calling thread, so `client_cpu` is that thread's alone.
+        drive(options, &Barrier::new(1), &mut progress)?
+    } else {
+        drive_threads(options, &mut progress)?
+    };
+    Ok(Report {
+        messages: total.tally.messages,
+        duration: total.duration,
+        connections: options.connections,
+        connected: total.connected,
+        mismatches: total.tally.mismatches,
+        timeouts: total.tally.timeouts,
+        connection_errors: total.tally.connection_errors,
+        latency: total.tally.latency,
+        client_cpu: total.cpu,
+    })
+}
+
+/// What one engine measured, or the sum of several.
+struct Part {
+    tally: Tally,
+    connected: usize,
+    /// The load phase; the longest of them for a sum, as the engines start together.
+    duration: Duration,
+    cpu: Duration,
+}
+
+/// Runs one engine: sets up its clients, waits at `ready` until every engine has, then
+/// runs the load.
+fn drive(
+    options: &Options,
+    ready: &Barrier,
+    progress: &mut impl FnMut(&Progress),
+) -> io::Result<Part> {
+    let set_up = Engine::new(options).and_then(|mut engine| engine.set_up().map(|()| engine));
+    // Waited on whatever happened, so that an engine that failed cannot leave the others
+    // waiting for it.
+    ready.wait();
+    let mut engine = set_up?;
     let connected = engine.live;
 
     let cpu_before = thread_cpu_time();
     let started = Instant::now();
-    engine.load(started, &mut progress)?;
+    engine.load(started, progress)?;
     let duration = started.elapsed();
-    let client_cpu = thread_cpu_time().saturating_sub(cpu_before);
-
-    let tally = engine.shared.tally;
-    Ok(Report {
-        messages: tally.messages,
-        duration,
-        connections: options.connections,
+    let cpu = thread_cpu_time().saturating_sub(cpu_before);
+    Ok(Part {
+        tally: engine.shared.tally,
         connected,
-        mismatches: tally.mismatches,
-        timeouts: tally.timeouts,
-        connection_errors: tally.connection_errors,
-        latency: tally.latency,
-        client_cpu,
+        duration,
+        cpu,
+    })
+}
+
+/// Runs `options.threads` engines on threads of their own and adds up what they measured.
+/// The calling thread reports their summed progress while it waits for them.
+fn drive_threads(options: &Options, progress: &mut impl FnMut(&Progress)) -> io::Result<Part> {
+    let shares = options.shares();
+    // Each engine's latest (messages, errors), for the progress report.
+    let counts: Vec<[AtomicU64; 2]> = shares.iter().map(|_| Default::default()).collect();
+    let ready = Barrier::new(shares.len() + 1);
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    thread::scope(|scope| {
+        let handles: Vec<_> = shares
+            .iter()
+            .zip(&counts)
+            .map(|(share, count)| {
+                let (ready, done) = (&ready, done_tx.clone());
+                scope.spawn(move || {
+                    let part = drive(share, ready, &mut |p: &Progress| {
+                        count[0].store(p.messages, Ordering::Relaxed);
+                        count[1].store(p.errors, Ordering::Relaxed);
+                    });
+                    let _ = done.send(());
+                    part
+                })
+            })
+            .collect();
+        drop(done_tx);
+        ready.wait();
+        let started = Instant::now();
+        let mut finished = 0;
+        while finished < handles.len() {
+            match done_rx.recv_timeout(SWEEP_INTERVAL) {
+                Ok(()) => finished += 1,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let sum = |i: usize| counts.iter().map(|c| c[i].load(Ordering::Relaxed)).sum();
+                    progress(&Progress {
+                        elapsed: started.elapsed(),
+                        messages: sum(0),
+                        errors: sum(1),
+                    });
+                }
+                // Only if a thread panicked: `join` below says so.
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let mut total = Part {
+            tally: Tally::new()?,
+            connected: 0,
+            duration: Duration::ZERO,
+            cpu: Duration::ZERO,
+        };
+        for handle in handles {
+            let part = handle
+                .join()
+                .map_err(|_| io::Error::other("a loadgen engine thread panicked"))??;
+            total.tally.add(&part.tally)?;
+            total.connected += part.connected;
+            total.duration = total.duration.max(part.duration);
+            total.cpu += part.cpu;
+        }
+        Ok(total)
     })
 }
 
@@ -402,6 +540,17 @@ impl Tally {
 
     fn errors(&self) -> u64 {
         self.mismatches + self.timeouts + self.connection_errors
+    }
+
+    /// Adds another engine's counts and latencies to these.
+    fn add(&mut self, other: &Tally) -> io::Result<()> {
+        self.messages += other.messages;
+        self.mismatches += other.mismatches;
+        self.timeouts += other.timeouts;
+        self.connection_errors += other.connection_errors;
+        self.latency
+            .add(&other.latency)
+            .map_err(|e| io::Error::other(format!("{e:?}")))
     }
 
     fn record_latency(&mut self, request: InFlight, answered_at: Instant) {
@@ -968,7 +1117,7 @@ struct Engine<'a> {
     shared: Shared<'a>,
     /// Clients not closed.
     live: usize,
-    /// Open clients [`MAX_SETUPS_IN_FLIGHT`] at a time. Turned off by the first failed
+    /// Open clients [`MAX_SETUPS_IN_FLIGHT`] at a time (over all engines). Turned off by the first failed
     /// setup: a server that is not keeping up gains nothing from the batching, and a
     /// silent one would otherwise make the user wait `timeout` once per batch.
     batch_setups: bool,
@@ -1003,12 +1152,14 @@ impl<'a> Engine<'a> {
         })
     }
 
-    /// Opens clients until all are open or, while batching, [`MAX_SETUPS_IN_FLIGHT`] are
-    /// being set up.
+    /// Opens clients until all are open or, while batching, this engine's share of
+    /// [`MAX_SETUPS_IN_FLIGHT`] are being set up.
     fn open_more(&mut self) {
         let options = self.shared.options;
+        // The engines set up side by side, so they share the bound between them.
+        let max_setups = (MAX_SETUPS_IN_FLIGHT / options.threads).max(1);
         while self.clients.len() < options.connections
-            && (!self.batch_setups || self.shared.setting_up < MAX_SETUPS_IN_FLIGHT)
+            && (!self.batch_setups || self.shared.setting_up < max_setups)
         {
             let id = self.clients.len();
             match Client::open(options, Token(id), self.poll.registry()) {

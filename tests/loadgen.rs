@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -208,6 +209,67 @@ fn a_corrupted_reply_is_a_mismatch_not_a_message() {
     assert_eq!(report.mismatches, 4, "{report}");
     assert_eq!(report.errors(), 4);
     assert_eq!(report.messages, 4 * 9);
+}
+
+#[test]
+fn threads_share_out_the_connections_and_the_messages() {
+    let connections = Arc::new(AtomicU64::new(0));
+    let lines = Arc::new(AtomicU64::new(0));
+    let (c, l) = (connections.clone(), lines.clone());
+    let addr = tcp_server(
+        b"Welcome!\n",
+        Arc::new(move |n, line| {
+            if n == 0 {
+                c.fetch_add(1, Ordering::SeqCst);
+            }
+            l.fetch_add(1, Ordering::SeqCst);
+            Ok(Some(hello(line)))
+        }),
+    );
+    // 10 connections and 1,001 messages do not divide by 3: the shares must still add up.
+    let report = run(&Options {
+        threads: 3,
+        ..options(addr, 10, 1_001)
+    });
+    assert_eq!(report.errors(), 0, "{report}");
+    assert_eq!((report.connected, report.messages), (10, 1_001), "{report}");
+    assert_eq!(report.latency.len(), 1_001);
+    assert_eq!(connections.load(Ordering::SeqCst), 10);
+    assert_eq!(lines.load(Ordering::SeqCst), 1_001);
+}
+
+#[test]
+fn threads_add_up_each_others_errors() {
+    // As in the test above: the tenth reply on every connection is wrong.
+    let addr = tcp_server(
+        b"Welcome!\n",
+        Arc::new(|n, line| {
+            let mut reply = hello(line);
+            if n == 9 {
+                reply[0] = b'J';
+            }
+            Ok(Some(reply))
+        }),
+    );
+    let report = run(&Options {
+        threads: 2,
+        ..options(addr, 4, 1000)
+    });
+    assert_eq!(report.mismatches, 4, "{report}");
+    assert_eq!(report.errors(), 4);
+    assert_eq!(report.messages, 4 * 9);
+}
+
+#[test]
+fn more_threads_than_connections_or_messages_is_refused() {
+    for (connections, messages) in [(2, 100), (8, 2)] {
+        let result = loadgen::run(&Options {
+            threads: 3,
+            ..options(closed_tcp_port(), connections, messages)
+        });
+        let error = result.expect_err("3 threads cannot share the load");
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput, "{error}");
+    }
 }
 
 #[test]
@@ -444,6 +506,8 @@ fn a_bad_flag_is_one_line_on_stderr_and_a_failure_exit() {
         &["--duration", "soon"],
         &["--addr", "not an address"],
         &["--udp", "--size", "70000"],
+        &["--threads", "0"],
+        &["--threads", "4", "--connections", "3"],
     ] {
         let output = loadgen_binary().args(bad).output().unwrap();
         let stderr = String::from_utf8(output.stderr).unwrap();

@@ -1,5 +1,5 @@
 //! loadgen against both real servers: every reply verified, zero errors, for lockstep,
-//! pipelined and UDP load, in hello and echo mode.
+//! pipelined and UDP load, in hello and echo mode, on one engine thread and on several.
 
 mod common;
 
@@ -26,14 +26,22 @@ fn zero_errors_against(spawn: common::Spawn) {
     let server = common::start(spawn, |_| {});
     drive(&server, |_| {});
     drive(&server, |o| o.pipeline = 16);
+    drive(&server, |o| o.threads = 3);
     drive(&server, |o| {
         o.transport = Transport::Udp;
         o.addr = server.udp.unwrap();
         o.connections = 10;
         o.messages = Some(2_000);
     });
+    drive(&server, |o| {
+        o.transport = Transport::Udp;
+        o.addr = server.udp.unwrap();
+        o.connections = 10;
+        o.messages = Some(2_000);
+        o.threads = 2;
+    });
     let stats = server.shutdown().unwrap();
-    assert!(stats.messages >= 12_000);
+    assert!(stats.messages >= 19_000);
 
     let echo = common::start(spawn, |c| c.protocol.mode = Mode::Echo);
     drive(&echo, |o| {

@@ -19,8 +19,8 @@ const DEFAULT_DURATION_SECS: f64 = 10.0;
 /// Descriptors the process needs besides its clients: stdio, the poll, and some slack.
 const SPARE_FDS: u64 = 16;
 
-/// Load generator: many concurrent clients on one mio poll loop; every reply is checked
-/// byte for byte and only correct replies count as throughput.
+/// Load generator: many concurrent clients on one mio poll loop (or one per --threads);
+/// every reply is checked byte for byte and only correct replies count as throughput.
 #[derive(Parser, Debug)]
 #[command(
     name = "loadgen",
@@ -76,6 +76,14 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_seconds)]
     timeout: Duration,
 
+    /// Engines, each on a thread of its own with its own poll and an equal share of the
+    /// connections (and of --messages). One engine keeps about one server core busy: a
+    /// lockstep client costs about as much CPU per message as a lean server. Use more to
+    /// load a server on more cores.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=1024).map(|v| v as usize))]
+    threads: usize,
+
     /// Print one JSON object on one line instead of the human-readable report.
     #[arg(long)]
     json: bool,
@@ -113,6 +121,7 @@ impl Args {
             mode: self.mode.into(),
             greeting: self.greeting.clone().into_bytes(),
             timeout: self.timeout,
+            threads: self.threads,
         }
     }
 }
