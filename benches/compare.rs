@@ -349,7 +349,9 @@ fn select<T>(
 /// thread per connection can crowd loadgen on every core, a single-threaded one takes at
 /// most one. Pinned apart, every server gets the same CPUs and loadgen always has its own,
 /// so neither slows the other by taking its core. On a 2-core machine that is one core
-/// each, which also means `reactor-t2` has one core for its two loops.
+/// each, which also means `reactor-t2` has one core for its two loops. Pinned, loadgen
+/// runs one engine thread per CPU it has (`--threads`), so on a larger machine it can keep
+/// a server on several cores busy.
 struct Pinning {
     server: Vec<usize>,
     loadgen: Vec<usize>,
@@ -864,6 +866,10 @@ fn measure(
         .stderr(file(&log_path)?)
         .env("RUST_LOG", quiet_logging());
     if let Some(pinning) = &settings.pinning {
+        // One engine per CPU loadgen has (one engine keeps about one server core busy), and
+        // no more engines than connections.
+        let threads = pinning.loadgen.len().min(workload.connections);
+        loadgen.args(["--threads", &threads.to_string()]);
         pin(&mut loadgen, &pinning.loadgen);
     }
 
