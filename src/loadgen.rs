@@ -15,10 +15,10 @@
 //! `timeout` to do so (at most 128 at a time, see [`MAX_SETUPS_IN_FLIGHT`]); only then does
 //! the clock start and the load begin, so connection setup is not counted as throughput
 //! and every client starts together (with several engines, each waits for the others to
-//! finish setting up). The load phase ends when `duration` has passed
-//! (requests still in flight are abandoned, counted neither as messages nor as errors),
-//! when `messages` requests have all been settled, when no client is left, or when the
-//! server has stopped answering altogether.
+//! finish setting up). The load phase ends when `duration` has passed (requests still in
+//! flight are abandoned, counted neither as messages nor as errors), when `messages`
+//! requests have all been settled, when no client is left, or when the server has stopped
+//! answering altogether.
 //!
 //! Errors are counted per failure, not per request: a TCP connection that gets a wrong
 //! reply, times out or is reset is closed and counted once, and the requests queued behind
@@ -1117,9 +1117,9 @@ struct Engine<'a> {
     shared: Shared<'a>,
     /// Clients not closed.
     live: usize,
-    /// Open clients [`MAX_SETUPS_IN_FLIGHT`] at a time (over all engines). Turned off by the first failed
-    /// setup: a server that is not keeping up gains nothing from the batching, and a
-    /// silent one would otherwise make the user wait `timeout` once per batch.
+    /// Open clients [`MAX_SETUPS_IN_FLIGHT`] at a time (over all engines). Turned off by the
+    /// first failed setup: a server that is not keeping up gains nothing from the batching,
+    /// and a silent one would otherwise make the user wait `timeout` once per batch.
     batch_setups: bool,
     /// Tokens of the events of the last poll, kept to reuse its allocation.
     ready: Vec<usize>,

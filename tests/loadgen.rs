@@ -191,10 +191,9 @@ fn hundreds_of_connections_to_a_default_backlog_all_get_set_up() {
     assert_eq!(report.messages, 2000);
 }
 
-#[test]
-fn a_corrupted_reply_is_a_mismatch_not_a_message() {
-    // The tenth reply on every connection has one byte changed.
-    let addr = tcp_server(
+/// A hello server whose tenth reply on every connection has one byte changed.
+fn tenth_reply_corrupted_server() -> SocketAddr {
+    tcp_server(
         b"Welcome!\n",
         Arc::new(|n, line| {
             let mut reply = hello(line);
@@ -203,8 +202,12 @@ fn a_corrupted_reply_is_a_mismatch_not_a_message() {
             }
             Ok(Some(reply))
         }),
-    );
-    let report = run(&options(addr, 4, 1000));
+    )
+}
+
+#[test]
+fn a_corrupted_reply_is_a_mismatch_not_a_message() {
+    let report = run(&options(tenth_reply_corrupted_server(), 4, 1000));
     // Each connection fails at its tenth reply and is closed, after nine good ones.
     assert_eq!(report.mismatches, 4, "{report}");
     assert_eq!(report.errors(), 4);
@@ -240,20 +243,9 @@ fn threads_share_out_the_connections_and_the_messages() {
 
 #[test]
 fn threads_add_up_each_others_errors() {
-    // As in the test above: the tenth reply on every connection is wrong.
-    let addr = tcp_server(
-        b"Welcome!\n",
-        Arc::new(|n, line| {
-            let mut reply = hello(line);
-            if n == 9 {
-                reply[0] = b'J';
-            }
-            Ok(Some(reply))
-        }),
-    );
     let report = run(&Options {
         threads: 2,
-        ..options(addr, 4, 1000)
+        ..options(tenth_reply_corrupted_server(), 4, 1000)
     });
     assert_eq!(report.mismatches, 4, "{report}");
     assert_eq!(report.errors(), 4);
