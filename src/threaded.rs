@@ -35,6 +35,15 @@ use crate::running::Running;
 /// heap, so 64 KiB leaves ample headroom.
 const CONNECTION_STACK_SIZE: usize = 64 * 1024;
 
+/// Memory mappings each connection thread adds: its stack and the stack's guard page, and
+/// the signal stack std gives every thread (to report a stack overflow) with its guard page.
+/// Measured on Linux: 1,000 connection threads add 4,028 mappings.
+const MAPPINGS_PER_THREAD: u64 = 4;
+
+/// Mappings left for everything else in the process: the binary, its libraries, the
+/// allocator's arenas (about 40 with no connection at all).
+const OTHER_MAPPINGS: u64 = 1_024;
+
 /// Bytes one `read` may return. 16 KiB takes a burst of pipelined requests in one system
 /// call while keeping a connection's memory at a fraction of its stack reservation.
 const READ_BUFFER_SIZE: usize = 16 * 1024;
@@ -250,6 +259,16 @@ impl Server {
                 self.config.threads
             );
         }
+        if let Some((max_map_count, ceiling)) = thread_ceiling() {
+            if self.config.max_connections > ceiling {
+                warn!(
+                    "--max-connections {} needs more threads than vm.max_map_count {max_map_count} \
+                     leaves room for: connections beyond {ceiling} will be refused",
+                    self.config.max_connections
+                );
+                self.config.max_connections = ceiling;
+            }
+        }
         let signal_watch = match self.signals.take() {
             Some(signals) => Some(watch_signals(signals, self.stop_handle())?),
             None => None,
@@ -405,6 +424,26 @@ impl Server {
             }
         }
     }
+}
+
+/// The most connection threads the kernel's limit on mappings per process leaves room for,
+/// with that limit; `None` where it cannot be read (not Linux).
+///
+/// Why it matters: a thread that cannot map its signal stack makes std abort the whole
+/// process, since there is no one to return the error to once the thread has started.
+/// With Linux's default limit of 65,530 that happens at about 16,000 threads, so the
+/// server refuses connections beyond this, as beyond `--max-connections`, rather than die
+/// with every client it holds.
+fn thread_ceiling() -> Option<(u64, usize)> {
+    let text = std::fs::read_to_string("/proc/sys/vm/max_map_count").ok()?;
+    let max_map_count: u64 = text.trim().parse().ok()?;
+    Some((max_map_count, threads_within(max_map_count)))
+}
+
+/// How many connection threads fit in `max_map_count` mappings.
+fn threads_within(max_map_count: u64) -> usize {
+    let threads = max_map_count.saturating_sub(OTHER_MAPPINGS) / MAPPINGS_PER_THREAD;
+    usize::try_from(threads).unwrap_or(usize::MAX)
 }
 
 /// Removes a connection from the registry when its thread ends, however it ends.
@@ -664,4 +703,20 @@ pub fn spawn(config: ServerConfig) -> io::Result<Running> {
         Box::new(move || shared.connections().len()),
         thread,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_thread_ceiling_leaves_room_for_the_rest_of_the_process() {
+        for max_map_count in [65_530, 262_144, 1_048_576] {
+            let threads = threads_within(max_map_count) as u64;
+            assert!(threads * MAPPINGS_PER_THREAD + OTHER_MAPPINGS <= max_map_count);
+        }
+        // Under Linux's default the bench's 10,000 idle connections still fit.
+        assert!(threads_within(65_530) > 15_000);
+        assert_eq!(threads_within(100), 0);
+    }
 }
