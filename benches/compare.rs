@@ -560,7 +560,7 @@ fn write_file(path: &Path, contents: &str) -> Result<(), String> {
 }
 
 /// CPU count, model and kernel, and how busy the machine already is: on a shared 2-core
-/// machine the load average explains more variance than anything else.
+/// machine that explains more variance than anything else.
 fn machine_description() -> String {
     let cpus = thread::available_parallelism().map_or(0, |n| n.get());
     let model = fs::read_to_string("/proc/cpuinfo")
@@ -582,7 +582,42 @@ fn machine_description() -> String {
         .take(3)
         .collect::<Vec<_>>()
         .join(" ");
-    format!("Machine: {cpus} CPUs, {model}, Linux {kernel}, load average {load} at start")
+    let busy = match cpu_busy_share(BUSY_SAMPLE) {
+        Some(share) => format!("{:.0}%", share * 100.0),
+        None => "?".into(),
+    };
+    format!(
+        "Machine: {cpus} CPUs, {model}, Linux {kernel}; at start load average {load}, \
+         CPUs {busy} busy over {BUSY_SAMPLE:?}"
+    )
+}
+
+/// How long the bench watches the idle machine before it starts.
+const BUSY_SAMPLE: Duration = Duration::from_secs(1);
+
+/// The share of all CPU time that was not idle over `window`, from `/proc/stat`. The load
+/// average alone misleads here: it decays over minutes, so right after a run of the
+/// threaded server it still counts that server's thousands of threads.
+fn cpu_busy_share(window: Duration) -> Option<f64> {
+    // The first line is `cpu  user nice system idle iowait irq softirq steal ...`, in ticks.
+    let sample = || -> Option<(u64, u64)> {
+        let stat = fs::read_to_string("/proc/stat").ok()?;
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .map(|t| t.parse().ok())
+            .collect::<Option<_>>()?;
+        let idle = ticks.get(3)? + ticks.get(4)?;
+        Some((ticks.iter().take(8).sum(), idle))
+    };
+    let (total_before, idle_before) = sample()?;
+    thread::sleep(window);
+    let (total_after, idle_after) = sample()?;
+    let total = total_after.checked_sub(total_before)?;
+    let idle = idle_after.checked_sub(idle_before)?;
+    (total > 0).then(|| 1.0 - idle as f64 / total as f64)
 }
 
 /// A child process that is killed and reaped when dropped, however the bench gets there
