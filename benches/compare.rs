@@ -363,9 +363,13 @@ impl Pinning {
     /// one; `off` pins nothing; `SERVER/LOADGEN` gives two CPU lists such as `1/0` or
     /// `2-3/0-1`.
     fn from_env() -> Result<Option<Pinning>, String> {
-        let allowed = allowed_cpus().map_err(|e| format!("sched_getaffinity: {e}"))?;
         let spec = env_var("EVLOOP_BENCH_PIN");
-        match spec.as_deref().map(str::trim) {
+        let spec = spec.as_deref().map(str::trim);
+        if spec == Some("off") {
+            return Ok(None);
+        }
+        let allowed = allowed_cpus().map_err(|e| format!("sched_getaffinity: {e}"))?;
+        match spec {
             None | Some("auto") => {
                 if allowed.len() < 2 {
                     return Ok(None);
@@ -376,7 +380,6 @@ impl Pinning {
                     loadgen: loadgen.to_vec(),
                 }))
             }
-            Some("off") => Ok(None),
             Some(spec) => {
                 let bad = |why: String| format!("EVLOOP_BENCH_PIN={spec}: {why}");
                 let (server, loadgen) = spec

@@ -402,12 +402,19 @@ fn drive(
     })
 }
 
+/// One engine's latest progress, published for the thread that reports it.
+#[derive(Default)]
+struct EngineCounts {
+    messages: AtomicU64,
+    errors: AtomicU64,
+}
+
 /// Runs `options.threads` engines on threads of their own and adds up what they measured.
 /// The calling thread reports their summed progress while it waits for them.
 fn drive_threads(options: &Options, progress: &mut impl FnMut(&Progress)) -> io::Result<Part> {
     let shares = options.shares();
-    // Each engine's latest (messages, errors), for the progress report.
-    let counts: Vec<[AtomicU64; 2]> = shares.iter().map(|_| Default::default()).collect();
+    // Each engine's latest counts, for the progress report.
+    let counts: Vec<EngineCounts> = shares.iter().map(|_| EngineCounts::default()).collect();
     let ready = Barrier::new(shares.len() + 1);
     let (done_tx, done_rx) = mpsc::channel::<()>();
     thread::scope(|scope| {
@@ -418,8 +425,8 @@ fn drive_threads(options: &Options, progress: &mut impl FnMut(&Progress)) -> io:
                 let (ready, done) = (&ready, done_tx.clone());
                 scope.spawn(move || {
                     let part = drive(share, ready, &mut |p: &Progress| {
-                        count[0].store(p.messages, Ordering::Relaxed);
-                        count[1].store(p.errors, Ordering::Relaxed);
+                        count.messages.store(p.messages, Ordering::Relaxed);
+                        count.errors.store(p.errors, Ordering::Relaxed);
                     });
                     let _ = done.send(());
                     part
@@ -434,11 +441,16 @@ fn drive_threads(options: &Options, progress: &mut impl FnMut(&Progress)) -> io:
             match done_rx.recv_timeout(SWEEP_INTERVAL) {
                 Ok(()) => finished += 1,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let sum = |i: usize| counts.iter().map(|c| c[i].load(Ordering::Relaxed)).sum();
+                    let sum = |field: fn(&EngineCounts) -> &AtomicU64| {
+                        counts
+                            .iter()
+                            .map(|c| field(c).load(Ordering::Relaxed))
+                            .sum()
+                    };
                     progress(&Progress {
                         elapsed: started.elapsed(),
-                        messages: sum(0),
-                        errors: sum(1),
+                        messages: sum(|c| &c.messages),
+                        errors: sum(|c| &c.errors),
                     });
                 }
                 // Only if a thread panicked: `join` below says so.
