@@ -15,25 +15,18 @@
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use log::{debug, warn};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
-/// Longest accepted line, the same default as the other servers (`--max-line`).
-const MAX_LINE: usize = 65_536;
-
-/// Listen backlog, the same default as the other servers (`--backlog`); tokio's own
-/// `TcpListener::bind` asks for 1,024, which a burst of thousands of connects overflows.
-const BACKLOG: i32 = 4096;
-
-/// A UDP datagram carries at most 65,507 bytes over IPv4; this buffer never truncates one.
-const MAX_DATAGRAM: usize = 65_535;
-
-/// Pause after an `accept` error such as EMFILE: the connection stays queued in the kernel,
-/// so retrying at once would spin on the same error.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+// The same limits as the other servers, from the crate itself: the line limit
+// (`--max-line`'s default), the listen backlog (tokio's own `TcpListener::bind` asks for
+// 1,024, which a burst of thousands of connects overflows), the datagram buffer and the
+// pause after an accept error.
+use evloop::config::DEFAULT_BACKLOG as BACKLOG;
+use evloop::net::{ACCEPT_BACKOFF, MAX_DATAGRAM};
+use evloop::protocol::DEFAULT_MAX_LINE as MAX_LINE;
 
 /// Binds TCP and UDP on `listen` (port 0: a free port, shared by both), prints the startup
 /// line every server prints, and serves until killed.
@@ -74,7 +67,7 @@ pub fn main(listen: SocketAddr) -> io::Result<()> {
                 }
                 Err(e) => {
                     warn!("accept: {e}");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
             }
         }

@@ -1,5 +1,5 @@
 //! Server settings shared by the reactor and the thread-per-connection baseline, with the
-//! defaults SPEC.md gives. Plain data: parsing flags is `cli.rs`'s job.
+//! defaults the README gives. Plain data: parsing flags is `cli.rs`'s job.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -115,7 +115,7 @@ pub struct Options {
 }
 
 impl Default for Options {
-    /// The defaults SPEC.md gives the `loadgen` flags.
+    /// The defaults the README gives the `loadgen` flags.
     fn default() -> Self {
         Options {
             addr: ([127, 0, 0, 1], 9999).into(),
@@ -899,14 +899,10 @@ impl TcpClient {
                 Ok(n) => {
                     self.input.extend_from_slice(&shared.read_buffer[..n]);
                     self.check_input(id, shared, now)?;
-                    // A read that did not fill the buffer emptied the socket. mio only
-                    // promises a new event after WouldBlock, but epoll queues an
-                    // edge-triggered event for every arrival of data, so on Linux the read
-                    // that would return WouldBlock can be skipped: a third of the
-                    // syscalls in lockstep. (tokio's poll_evented relies on the same.)
-                    if cfg!(any(target_os = "linux", target_os = "android"))
-                        && n < shared.read_buffer.len()
-                    {
+                    // A read that did not fill the buffer emptied the socket: where the
+                    // kernel says so (see `net::SHORT_READ_DRAINS`), skip the read that
+                    // would only return WouldBlock, a third of the syscalls in lockstep.
+                    if crate::net::SHORT_READ_DRAINS && n < shared.read_buffer.len() {
                         return Ok(());
                     }
                 }

@@ -1,11 +1,60 @@
 //! Socket setup shared by every binary: listeners with a real backlog, SO_REUSEPORT for
 //! `--threads`, UDP sharing the TCP port number, the startup line, and the descriptor limit.
-//! Nothing here runs per message.
+//! It also holds the socket rules both servers follow, so the reactor and the
+//! thread-per-connection baseline cannot drift apart on them: how long a close lingers, how
+//! a busy client is turned away, how accept errors back off, how large a datagram can be,
+//! and when a short read means the socket is drained. Nothing here runs per message.
 
-use std::io;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, UdpSocket};
+use std::time::Duration;
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+
+/// How long a closing connection keeps reading (and discarding) after its last reply and
+/// its FIN, waiting for the peer's EOF. If the socket were closed with unread input still
+/// queued, the kernel would send RST instead of FIN, and an RST can make the client lose
+/// replies it has not read yet. Two seconds let a client that sent more after `exit` (or
+/// is still reading a large backlog of replies) finish and see our FIN, and bound what a
+/// peer that never closes can hold.
+pub const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long accepting pauses after `accept` fails for want of resources (EMFILE, ENFILE,
+/// ENOBUFS, ENOMEM). The pending connection stays in the kernel's queue, so retrying at
+/// once would spin on the same error; a tenth of a second is short next to a client's
+/// connect timeout.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A UDP datagram carries at most 65,507 bytes of payload over IPv4 (65,527 over IPv6); a
+/// buffer of 65,535 bytes never truncates one.
+pub const MAX_DATAGRAM: usize = 65_535;
+
+/// On Linux (and Android, the same kernel), epoll reports a new edge for every arrival of
+/// data, and a read that returns less than it asked for has emptied the receive queue. So
+/// after a short read the read that would only return WouldBlock can be skipped: one
+/// syscall per message saved in lockstep. This is kernel behaviour beyond mio's portable
+/// contract (which promises a new event only after WouldBlock), hence these kernels only;
+/// tokio's `poll_evented` relies on the same. It must not be used when the event says the
+/// peer closed, because that EOF would not be announced again.
+pub const SHORT_READ_DRAINS: bool = cfg!(any(target_os = "linux", target_os = "android"));
+
+/// Turns away a freshly accepted client with `message` (`ERR server busy`) and closes its
+/// write side, without blocking: the socket is made non-blocking, and a new connection's
+/// empty send buffer always has room for a one-line message. What the client already sent
+/// is read and discarded (bounded by what is queued right now), so that dropping the socket
+/// sends FIN, not an RST that could destroy the message before the client reads it.
+pub fn refuse(socket: SockRef<'_>, message: &[u8]) {
+    let _ = socket.set_nonblocking(true);
+    let _ = (&*socket).write(message);
+    let _ = socket.shutdown(Shutdown::Write);
+    let mut scratch = [0; 1024];
+    for _ in 0..64 {
+        match (&*socket).read(&mut scratch) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+}
 
 /// Binds a TCP listener with `backlog`, SO_REUSEADDR (restart without waiting out
 /// TIME_WAIT) and, when `reuse_port`, SO_REUSEPORT so several loops can share the address.
@@ -44,7 +93,7 @@ pub struct Bound {
 const SHARED_PORT_ATTEMPTS: usize = 16;
 
 /// Binds the TCP listener and, if asked, the UDP socket. A UDP address with port 0 takes the
-/// port number TCP was given, so the two share it as SPEC.md promises.
+/// port number TCP was given, so the two share it as the README promises.
 pub fn bind(
     listen: SocketAddr,
     udp: Option<SocketAddr>,

@@ -25,7 +25,7 @@ use slab::Slab;
 
 use crate::config::{ServerConfig, Stats};
 use crate::connection::{self, Connection, Progress, Scratch, State};
-use crate::net;
+use crate::net::{self, ACCEPT_BACKOFF, LINGER_TIMEOUT, SHORT_READ_DRAINS};
 use crate::protocol::SERVER_BUSY;
 use crate::running::Running;
 use crate::udp::UdpEndpoint;
@@ -40,28 +40,13 @@ const SIGNALS: Token = Token(usize::MAX - 4);
 /// The loop's one read buffer, lent to whichever connection is being served. 64 KiB holds
 /// the largest UDP datagram and a default `--max-line` line in one read.
 const READ_BUFFER: usize = 64 * 1024;
+const _: () = assert!(READ_BUFFER >= net::MAX_DATAGRAM);
 
 /// Events taken from the kernel per `poll` call.
 const EVENTS_CAPACITY: usize = 1024;
 
 /// Connections accepted per listener event before other sources get a turn.
 const ACCEPT_BUDGET: usize = 256;
-
-/// How long accepting pauses after the process runs out of descriptors (EMFILE/ENFILE).
-/// The pending connection stays in the kernel's queue; retrying at once would spin. A
-/// connection closing ends the pause early.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// How long a connection that has shut down its write side waits for the peer's EOF before
-/// closing anyway.
-const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// On Linux, epoll reports a new edge for every arrival of data, and a read that returns
-/// less than it asked for has emptied the receive queue. So after a short read the read that
-/// would only return WouldBlock can be skipped: one syscall per message saved. This is
-/// kernel behaviour beyond mio's portable contract, hence Linux only, and it is not used
-/// when the event says the peer closed, because that EOF would not be announced again.
-const SHORT_READ_DRAINS: bool = cfg!(target_os = "linux");
 
 /// A source that stopped before WouldBlock and must be resumed without waiting for an edge.
 #[derive(Clone, Copy, Debug)]
@@ -411,14 +396,12 @@ impl EventLoop {
         self.ready.push(Ready::Listener);
     }
 
-    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr) {
+    fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
         // The count is shared by every loop, so `--max-connections` holds for the whole
         // server with `--threads` too (two loops admitting at the same instant may overshoot
         // by one each; the limit is a safety valve, not an exact quota).
         if self.open_connections.load(Ordering::Relaxed) >= self.config.max_connections {
-            // Best effort, one write: a new socket's send buffer is empty, so it fits.
-            let _ = io::Write::write(&mut stream, SERVER_BUSY);
-            let _ = stream.shutdown(std::net::Shutdown::Write);
+            net::refuse(socket2::SockRef::from(&stream), SERVER_BUSY);
             self.stats.refused += 1;
             log::debug!("refused {peer}: at --max-connections");
             return;

@@ -25,7 +25,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::config::{ServerConfig, Stats};
-use crate::net;
+use crate::net::{self, ACCEPT_BACKOFF, LINGER_TIMEOUT, MAX_DATAGRAM};
 use crate::protocol::{self, Flow, ProtocolConfig, Session};
 use crate::running::Running;
 
@@ -51,20 +51,6 @@ const READ_BUFFER_SIZE: usize = 16 * 1024;
 /// Capacity the reply buffer keeps between reads: a full read of ordinary requests fits,
 /// and an outsized burst is given back to the allocator once it has been written.
 const OUTPUT_KEEP_CAPACITY: usize = 2 * READ_BUFFER_SIZE;
-
-/// A UDP datagram can carry at most 65,507 bytes of payload over IPv4 (65,527 over IPv6);
-/// a 65,535-byte buffer never truncates one.
-const MAX_DATAGRAM: usize = 65_535;
-
-/// How long a closing connection keeps reading (and discarding) after its last reply. If
-/// the socket were closed with unread input still queued, Linux would send RST instead of
-/// FIN, and an RST can make the client lose replies it has not read yet. One second lets a
-/// client that sent more after `exit` finish and see our FIN, without pinning a thread long.
-const LINGER_TIME: Duration = Duration::from_secs(1);
-
-/// Pause after an `accept` error such as EMFILE before retrying. The pending connection
-/// stays in the kernel's queue, so retrying at once would spin on the same error.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The UDP thread's read timeout: a backstop that bounds how long it can miss a stop if the
 /// wake-up datagram [`StopHandle::stop`] sends is lost (it never is on loopback, but UDP
@@ -354,8 +340,8 @@ impl Server {
                 // EMFILE, ENFILE, ENOBUFS, ENOMEM: out of a resource that a closing
                 // connection will give back. Serving the connections we have beats exiting.
                 Err(e) => {
-                    warn!("accept failed: {e}; retrying in {ACCEPT_ERROR_BACKOFF:?}");
-                    thread::sleep(ACCEPT_ERROR_BACKOFF);
+                    warn!("accept failed: {e}; retrying in {ACCEPT_BACKOFF:?}");
+                    thread::sleep(ACCEPT_BACKOFF);
                     continue;
                 }
             };
@@ -380,7 +366,7 @@ impl Server {
                     "refusing {peer}: at --max-connections {}",
                     self.config.max_connections
                 );
-                refuse(&stream);
+                net::refuse(socket2::SockRef::from(&*stream), protocol::SERVER_BUSY);
                 return false;
             }
             live.insert(id, Arc::clone(&stream));
@@ -419,7 +405,7 @@ impl Server {
             Err(e) => {
                 warn!("cannot start a thread for {peer}: {e}; refusing it");
                 self.shared.connections().remove(&id);
-                refuse(&stream);
+                net::refuse(socket2::SockRef::from(&*stream), protocol::SERVER_BUSY);
                 false
             }
         }
@@ -554,8 +540,8 @@ impl<'a> Connection<'a> {
     }
 }
 
-/// Sends FIN, then reads and discards for up to [`LINGER_TIME`] so the close does not turn
-/// into an RST (see [`LINGER_TIME`]). Returns the bytes discarded. Only time bounds it: a
+/// Sends FIN, then reads and discards for up to [`LINGER_TIMEOUT`] so the close does not
+/// turn into an RST (see [`LINGER_TIMEOUT`]). Returns the bytes discarded. Only time bounds it: a
 /// byte limit would close, and reset, exactly when the client is still sending, which is
 /// when its unread replies are most at risk.
 fn close_politely(stream: &TcpStream, buffer: &mut [u8]) -> u64 {
@@ -563,7 +549,7 @@ fn close_politely(stream: &TcpStream, buffer: &mut [u8]) -> u64 {
         // Not connected any more: there is nobody left to be polite to.
         return 0;
     }
-    let deadline = Instant::now() + LINGER_TIME;
+    let deadline = Instant::now() + LINGER_TIMEOUT;
     let mut discarded = 0;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -578,24 +564,6 @@ fn close_politely(stream: &TcpStream, buffer: &mut [u8]) -> u64 {
         }
     }
     discarded as u64
-}
-
-/// Tells a client the server is full and closes. Runs on the accept thread, so it must not
-/// block: the socket is made non-blocking, and a fresh connection's empty send buffer always
-/// has room for the 16-byte message.
-fn refuse(stream: &TcpStream) {
-    let _ = stream.set_nonblocking(true);
-    let _ = (&*stream).write(protocol::SERVER_BUSY);
-    let _ = stream.shutdown(Shutdown::Write);
-    // Discard what the client already sent so the close sends FIN, not an RST that could
-    // destroy the message before the client reads it. Bounded by what is queued right now.
-    let mut scratch = [0; 1024];
-    for _ in 0..64 {
-        match (&*stream).read(&mut scratch) {
-            Ok(n) if n > 0 => {}
-            _ => break,
-        }
-    }
 }
 
 /// Answers datagrams until the server stops. A reply that cannot be sent is counted and
