@@ -1,10 +1,12 @@
-//! One TCP connection: its state machine, its bounded buffers, and what it does when its
-//! socket is readable or writable.
+//! One TCP connection: its state machine, its bounded output, and what it does when its
+//! socket is readable or writable or one of its deadlines passes.
 //!
 //! This module owns the life of a connection, `Greeting → Reading ⇄ Replying → Closing →
 //! Lingering → Closed`, with every transition in [`State::on`]. It does the non-blocking
-//! reads and writes for one socket and asks [`protocol`](crate::protocol) what to answer.
-//! It must not know about the poll, tokens or other connections: the reactor registers the
+//! reads and writes for one socket, asks [`protocol`](crate::protocol) what to answer, and
+//! decides when it next needs attention ([`Connection::deadline`]) and what happens then
+//! ([`Connection::on_deadline`]). It never reads the clock: the loop passes the time in.
+//! It must not know about the poll, tokens or other connections: the loop registers the
 //! socket with the [`interest`](Connection::interest) the state asks for and calls back in.
 //! It is generic over [`Stream`] so the tests below drive it with an in-memory socket.
 //!
@@ -14,9 +16,14 @@
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
+use std::time::Instant;
 
-use crate::config::Stats;
-use crate::protocol::{Flow, ProtocolConfig, Session};
+use mio::Interest;
+
+use crate::config::ServerConfig;
+use crate::net::LINGER_TIMEOUT;
+use crate::protocol::{Flow, Session};
+use crate::stats::Stats;
 
 /// Above this many bytes of unsent output the connection stops reading, so a client that
 /// sends but never reads cannot make the server buffer without bound. 256 KiB is several
@@ -33,16 +40,20 @@ pub const OUTPUT_LOW_WATER: usize = 64 * 1024;
 /// client cannot starve a thousand others.
 pub const READ_BUDGET: usize = 256 * 1024;
 
-/// Where a connection is in its life. Every transition is in [`State::on`].
+/// Where a connection is in its life. Every transition is in [`State::on`]; what each state
+/// asks of the poll is in [`Connection::interest`], what its deadline is and what happens
+/// then in [`Connection::deadline`] and [`Connection::on_deadline`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
-    /// The greeting is not fully written yet. Input is read meanwhile; its replies queue
-    /// behind the greeting.
+    /// The greeting is not fully written yet (it almost always is at once: a new socket's
+    /// send buffer is empty). Input waits in the socket until the client has been greeted.
     Greeting,
-    /// Nothing is owed: waiting for input.
+    /// Serving: input is read and answered. Replies the socket did not take at once wait in
+    /// the output buffer, and WRITABLE is asked for while any do.
     Reading,
-    /// Replies are owed that the socket did not take at once; waiting for WRITABLE (and
-    /// still reading, unless the output is above the high-water mark).
+    /// Backpressure: unsent output passed [`OUTPUT_HIGH_WATER`], so the client is not
+    /// reading its replies. Nothing more is read until the output drains below
+    /// [`OUTPUT_LOW_WATER`]; a client that takes nothing for the idle timeout is cut off.
     Replying,
     /// Input is over (`exit`, a line too long, the peer's EOF, an idle timeout, server
     /// shutdown): writing what is owed, then closing. `peer_eof` remembers whether the peer
@@ -52,41 +63,49 @@ pub enum State {
         peer_eof: bool,
     },
     /// Everything owed is written and our write side is shut down. Input is read and
-    /// discarded until the peer's EOF (or a deadline), because closing a socket with unread
-    /// input makes the kernel send a reset that can destroy replies still in flight.
+    /// discarded until the peer's EOF, for at most [`LINGER_TIMEOUT`], because closing a
+    /// socket with unread input makes the kernel send a reset that can destroy replies
+    /// still in flight.
     Lingering,
-    /// Finished. The reactor drops it in the sweep after the event batch, so a late event
-    /// for this slot cannot reach a new connection that reuses it.
+    /// Finished. The loop drops it in the sweep after the event batch, so a late event for
+    /// this slot cannot reach a new connection that reuses it.
     Closed,
 }
 
-/// What happened to a connection; the input of [`State::on`].
+/// What moves a connection from one state to another; the input of [`State::on`]. The
+/// first three are the output buffer's level after a write: the one write path
+/// (`Connection::write`) reports it, so no state copies what the buffer already knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Event {
-    /// After a write attempt: output is owed that the socket has not taken yet.
-    Queued,
-    /// After a write attempt: nothing is owed, the socket took everything.
+pub enum Trigger {
+    /// Everything owed has been written.
     Flushed,
-    /// No more input will be processed: `exit`, a line too long, idle timeout, shutdown.
+    /// Unsent output is above [`OUTPUT_HIGH_WATER`].
+    AboveHighWater,
+    /// Unsent output is below [`OUTPUT_LOW_WATER`] (but not empty).
+    BelowLowWater,
+    /// No more input will be answered: `exit`, a line too long, idle timeout, shutdown.
     InputEnded,
     /// The peer half-closed (a read returned 0).
     PeerEof,
-    /// Stop waiting: the lingering deadline passed, or the server cannot wait any longer
-    /// (shutdown grace over, an idle connection whose peer stopped reading).
+    /// Stop waiting: a deadline passed with nothing moving, or the server cannot wait any
+    /// longer (shutdown grace over).
     GiveUp,
     /// An I/O error (reset, broken pipe): nothing more can be delivered.
     Failed,
 }
 
 impl State {
-    /// The state machine: the state a connection moves to when `event` happens in `self`.
-    pub fn on(self, event: Event) -> State {
-        use Event::*;
+    /// The state machine: the state a connection moves to when `trigger` happens in
+    /// `self`. Pairs not listed change nothing: the output level only matters where a
+    /// state waits for it.
+    pub fn on(self, trigger: Trigger) -> State {
         use State::*;
-        match (self, event) {
+        use Trigger::*;
+        match (self, trigger) {
             (Closed, _) | (_, Failed | GiveUp) => Closed,
-            (Greeting, Flushed) | (Replying, Flushed) => Reading,
-            (Reading, Queued) => Replying,
+            (Greeting, Flushed) => Reading,
+            (Reading, AboveHighWater) => Replying,
+            (Replying, BelowLowWater | Flushed) => Reading,
             (Greeting | Reading | Replying, InputEnded) => Closing { peer_eof: false },
             (Greeting | Reading | Replying, PeerEof) => Closing { peer_eof: true },
             (Closing { .. }, PeerEof) => Closing { peer_eof: true },
@@ -96,20 +115,6 @@ impl State {
             (state, _) => state,
         }
     }
-
-    /// True while input is still answered.
-    pub fn reads_input(self) -> bool {
-        matches!(self, State::Greeting | State::Reading | State::Replying)
-    }
-}
-
-/// What the reactor should register for: `None` once the connection is closed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Interest {
-    /// Wants READABLE events.
-    pub readable: bool,
-    /// Wants WRITABLE events.
-    pub writable: bool,
 }
 
 /// A byte stream the connection can drive: a non-blocking socket in the reactor, an
@@ -125,28 +130,66 @@ impl Stream for mio::net::TcpStream {
     }
 }
 
-/// Buffers the reactor lends to whichever connection it is serving; one set per loop, so
-/// an idle connection owns no buffer at all.
-pub struct Scratch<'a> {
+/// What the loop lends to whichever connection it is serving: one set of buffers per loop,
+/// so an idle connection owns no buffer at all, plus the settings and the time of this turn.
+pub struct Context<'a> {
     /// Where reads land.
     pub read_buf: &'a mut [u8],
     /// Where the replies to one read are built before they are written.
     pub replies: &'a mut Vec<u8>,
-    /// What to answer.
-    pub protocol: &'a ProtocolConfig,
+    /// What to answer, and the timeouts.
+    pub config: &'a ServerConfig,
     /// Where bytes in and out are counted.
     pub stats: &'a mut Stats,
+    /// The time of this loop turn.
+    pub now: Instant,
 }
 
-/// What the reactor must do after a call.
+/// What the loop must do after a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Progress {
     /// Wait for the next readiness event.
     Wait,
     /// Input may be waiting that no new edge will announce (the read budget ran out, or
-    /// reading resumed after backpressure): call [`Connection::on_readable`] again on the
-    /// next loop turn.
+    /// reading resumed after the greeting or after backpressure): call
+    /// [`Connection::on_readable`] again on the next loop turn.
     ReadAgain,
+}
+
+/// Bytes the socket has not taken yet, in order. Empty, with no allocation, whenever the
+/// socket keeps up: replies are written straight from the loop's buffer and only the
+/// leftover of a partial write is copied here.
+#[derive(Default)]
+struct Output {
+    bytes: Vec<u8>,
+    /// How much of `bytes` is already written.
+    sent: usize,
+}
+
+impl Output {
+    fn unsent(&self) -> &[u8] {
+        &self.bytes[self.sent..]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sent == self.bytes.len()
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.bytes.extend_from_slice(bytes);
+    }
+
+    fn consume(&mut self, written: usize) {
+        self.sent += written;
+        if self.is_empty() {
+            self.clear();
+        }
+    }
+
+    /// Gives the memory back: an idle connection should own no buffer.
+    fn clear(&mut self) {
+        *self = Output::default();
+    }
 }
 
 /// One TCP connection.
@@ -154,33 +197,23 @@ pub struct Connection<S> {
     stream: S,
     state: State,
     session: Session,
-    /// Output the socket has not taken yet, from `unsent_from` on. Empty, with no
-    /// allocation, whenever the socket keeps up: replies are written straight from the
-    /// loop's scratch buffer and only the leftover of a partial write is copied here.
-    pending_output: Vec<u8>,
-    unsent_from: usize,
-    /// Backpressure: set when unsent output passes the high-water mark, cleared when it
-    /// drains below the low-water mark. Reading is paused in between.
-    paused: bool,
+    output: Output,
+    /// The last time anything moved: bytes read or written, or a change of state. The
+    /// deadlines count from here (except lingering's, which reads do not extend).
+    last_progress: Instant,
 }
 
 impl<S: Stream> Connection<S> {
     /// Takes a freshly accepted stream and writes the greeting at once.
-    pub fn accept(stream: S, greeting: &[u8], stats: &mut Stats) -> Connection<S> {
+    pub fn accept(stream: S, greeting: &[u8], stats: &mut Stats, now: Instant) -> Connection<S> {
         let mut conn = Connection {
             stream,
-            state: if greeting.is_empty() {
-                State::Reading
-            } else {
-                State::Greeting
-            },
+            state: State::Greeting,
             session: Session::new(),
-            pending_output: Vec::new(),
-            unsent_from: 0,
-            paused: false,
+            output: Output::default(),
+            last_progress: now,
         };
-        conn.send(greeting, stats);
-        conn.settle();
+        conn.write(greeting, stats, now);
         conn
     }
 
@@ -189,7 +222,7 @@ impl<S: Stream> Connection<S> {
         self.state
     }
 
-    /// The socket, for the reactor to register with its poll.
+    /// The socket, for the loop to register with its poll.
     pub fn stream(&mut self) -> &mut S {
         &mut self.stream
     }
@@ -199,93 +232,147 @@ impl<S: Stream> Connection<S> {
         self.session.messages()
     }
 
-    fn unsent(&self) -> usize {
-        self.pending_output.len() - self.unsent_from
-    }
-
-    /// The readiness this state needs. The reactor re-registers only when this changes, so
-    /// a connection that keeps up costs no `epoll_ctl` per message.
+    /// The readiness this state needs; `None` once closed. The loop re-registers only when
+    /// this changes, so a connection that keeps up costs no `epoll_ctl` per message.
     pub fn interest(&self) -> Option<Interest> {
-        let owes_output = self.unsent() > 0;
         match self.state {
-            State::Greeting | State::Reading | State::Replying => Some(Interest {
-                readable: !self.paused,
-                writable: owes_output,
-            }),
-            State::Closing { .. } => Some(Interest {
-                readable: false,
-                writable: true,
-            }),
-            State::Lingering => Some(Interest {
-                readable: true,
-                writable: false,
-            }),
+            State::Reading if self.output.is_empty() => Some(Interest::READABLE),
+            State::Reading => Some(Interest::READABLE | Interest::WRITABLE),
+            State::Greeting | State::Replying | State::Closing { .. } => Some(Interest::WRITABLE),
+            State::Lingering => Some(Interest::READABLE),
             State::Closed => None,
         }
     }
 
-    fn transition(&mut self, event: Event) {
-        let next = self.state.on(event);
-        if next == self.state {
-            return;
-        }
-        log::trace!("{:?} --{:?}--> {:?}", self.state, event, next);
-        self.state = next;
-        // Entering Lingering: our side is done, so the peer reads every reply and then a
-        // clean EOF.
-        if next == State::Lingering && self.stream.shutdown_write().is_err() {
-            self.state = self.state.on(Event::Failed);
+    /// When this connection next needs attention if nothing happens before: `None` when it
+    /// never does (no idle timeout, or closed). The loop calls
+    /// [`on_deadline`](Self::on_deadline) at or after this time.
+    pub fn deadline(&self, config: &ServerConfig) -> Option<Instant> {
+        match self.state {
+            State::Lingering => Some(self.last_progress + LINGER_TIMEOUT),
+            State::Closed => None,
+            _ => config.idle_timeout.map(|idle| self.last_progress + idle),
         }
     }
 
-    /// Tells the state machine, after any attempt to write, whether output is still owed.
-    /// Where that changes nothing (`Reading` with nothing owed, say) the table says so.
-    fn settle(&mut self) {
-        self.transition(if self.unsent() > 0 {
-            Event::Queued
-        } else {
-            Event::Flushed
-        });
+    /// Acts on a deadline that has passed; does nothing if it has not (the loop may call
+    /// early, for a deadline that moved later since it was scheduled).
+    ///
+    /// What a deadline means depends on the state: a client that sent nothing for the
+    /// idle timeout is closed politely (its replies are still delivered); one that took
+    /// none of its replies for that long, or a peer that did not close within the
+    /// lingering time, is cut off.
+    pub fn on_deadline(&mut self, ctx: &mut Context<'_>) {
+        if self
+            .deadline(ctx.config)
+            .is_none_or(|deadline| deadline > ctx.now)
+        {
+            return;
+        }
+        match self.state {
+            State::Greeting | State::Reading => {
+                log::debug!("idle for {:?}: closing", ctx.config.idle_timeout);
+                self.close_gracefully(ctx);
+            }
+            State::Replying | State::Closing { .. } => {
+                log::debug!(
+                    "the peer took no output for {:?}: closing",
+                    ctx.config.idle_timeout
+                );
+                self.close_now(ctx.now);
+            }
+            State::Lingering => self.close_now(ctx.now),
+            State::Closed => {}
+        }
     }
 
     /// Reads and answers input until the socket would block, the read budget is spent or
-    /// the output is full. `short_read_drains` says the caller knows a short read empties
-    /// the socket (see the reactor), which saves the read that would only say WouldBlock.
-    pub fn on_readable(&mut self, scratch: &mut Scratch<'_>, short_read_drains: bool) -> Progress {
-        if self.state == State::Lingering {
-            return self.discard_input(scratch);
+    /// the output is full; while lingering, reads and discards. `short_read_drains` says
+    /// the caller knows a short read empties the socket (see
+    /// [`net::SHORT_READ_DRAINS`](crate::net::SHORT_READ_DRAINS)), which saves the read that
+    /// would only say WouldBlock.
+    pub fn on_readable(&mut self, ctx: &mut Context<'_>, short_read_drains: bool) -> Progress {
+        match self.state {
+            State::Reading => self.read_and_answer(ctx, short_read_drains),
+            State::Lingering => self.discard_input(ctx),
+            // The other states do not read: the greeting goes first, backpressure holds
+            // input in the socket, and closing answers nothing more. An event here is
+            // spurious, or an error the next write will report.
+            _ => Progress::Wait,
         }
+    }
+
+    /// Writes owed output. If that ended the greeting or the backpressure, input that
+    /// arrived meanwhile has no new edge to announce it, so the caller must come back to
+    /// read.
+    pub fn on_writable(&mut self, ctx: &mut Context<'_>) -> Progress {
+        let before = self.state;
+        self.write(&[], ctx.stats, ctx.now);
+        if self.state == State::Reading && before != State::Reading {
+            Progress::ReadAgain
+        } else {
+            Progress::Wait
+        }
+    }
+
+    /// Stops answering input, delivers what is owed, then closes politely (idle timeout,
+    /// server shutdown).
+    pub fn close_gracefully(&mut self, ctx: &mut Context<'_>) {
+        self.transition(Trigger::InputEnded, ctx.now);
+        self.write(&[], ctx.stats, ctx.now);
+    }
+
+    /// Closes without waiting any longer: the shutdown grace is over.
+    pub fn close_now(&mut self, now: Instant) {
+        self.transition(Trigger::GiveUp, now);
+    }
+
+    fn transition(&mut self, trigger: Trigger, now: Instant) {
+        let next = self.state.on(trigger);
+        if next == self.state {
+            return;
+        }
+        log::trace!("{:?} --{:?}--> {:?}", self.state, trigger, next);
+        self.state = next;
+        self.last_progress = now;
+        match next {
+            // Our side is done, so the peer reads every reply and then a clean EOF.
+            State::Lingering => {
+                if let Err(e) = self.stream.shutdown_write() {
+                    self.fail("shutdown", e);
+                }
+            }
+            State::Closed => self.output.clear(),
+            _ => {}
+        }
+    }
+
+    fn read_and_answer(&mut self, ctx: &mut Context<'_>, short_read_drains: bool) -> Progress {
+        let protocol = &ctx.config.protocol;
         let mut budget = READ_BUDGET;
-        while self.state.reads_input() && !self.paused {
+        while self.state == State::Reading {
             if budget == 0 {
                 return Progress::ReadAgain;
             }
-            let limit = scratch
-                .protocol
-                .read_limit(scratch.read_buf.len().min(budget));
-            let buf = &mut scratch.read_buf[..limit];
+            let limit = protocol.read_limit(ctx.read_buf.len().min(budget));
+            let buf = &mut ctx.read_buf[..limit];
             match self.stream.read(buf) {
                 Ok(0) => {
-                    scratch.replies.clear();
-                    self.session.on_eof(scratch.protocol, scratch.replies);
-                    self.transition(Event::PeerEof);
-                    self.answer(scratch);
+                    ctx.replies.clear();
+                    self.session.on_eof(protocol, ctx.replies);
+                    self.transition(Trigger::PeerEof, ctx.now);
+                    self.write(ctx.replies, ctx.stats, ctx.now);
                     break;
                 }
                 Ok(n) => {
                     budget -= n;
-                    scratch.stats.bytes_in += n as u64;
-                    scratch.replies.clear();
-                    let flow = self
-                        .session
-                        .on_input(scratch.protocol, &buf[..n], scratch.replies);
-                    if flow == Flow::Close {
-                        self.transition(Event::InputEnded);
+                    ctx.stats.bytes_in += n as u64;
+                    self.last_progress = ctx.now;
+                    ctx.replies.clear();
+                    if self.session.on_input(protocol, &buf[..n], ctx.replies) == Flow::Close {
+                        self.transition(Trigger::InputEnded, ctx.now);
                     }
-                    self.answer(scratch);
-                    if self.unsent() > OUTPUT_HIGH_WATER {
-                        self.paused = true;
-                    }
+                    self.write(ctx.replies, ctx.stats, ctx.now);
                     if n < limit && short_read_drains {
                         break;
                     }
@@ -301,103 +388,48 @@ impl<S: Stream> Connection<S> {
         Progress::Wait
     }
 
-    /// Writes owed output. If that took the output back below the low-water mark while
-    /// reading was paused, input that arrived meanwhile has no new edge to announce it, so
-    /// the caller must come back to read.
-    pub fn on_writable(&mut self, stats: &mut Stats) -> Progress {
-        self.flush(stats);
-        self.settle();
-        if self.paused && self.unsent() < OUTPUT_LOW_WATER {
-            self.paused = false;
-            if self.state.reads_input() {
-                return Progress::ReadAgain;
+    /// The one write path: `fresh` goes behind anything already owed, then as much as the
+    /// socket takes is written, the rest kept in order. When nothing is owed the bytes are
+    /// written straight from the caller's buffer and only what the socket does not take is
+    /// copied (usually nothing). The state machine then learns the output's new level.
+    fn write(&mut self, fresh: &[u8], stats: &mut Stats, now: Instant) {
+        let result = if self.output.is_empty() {
+            write_some(&mut self.stream, fresh).inspect(|&n| self.output.push(&fresh[n..]))
+        } else {
+            self.output.push(fresh);
+            write_some(&mut self.stream, self.output.unsent()).inspect(|&n| self.output.consume(n))
+        };
+        match result {
+            Ok(0) => {}
+            Ok(n) => {
+                stats.bytes_out += n as u64;
+                self.last_progress = now;
             }
+            Err(e) => return self.fail("write", e),
         }
-        Progress::Wait
-    }
-
-    /// Stops answering input, delivers what is owed, then closes politely (idle timeout,
-    /// server shutdown).
-    pub fn close_gracefully(&mut self, stats: &mut Stats) {
-        self.transition(Event::InputEnded);
-        self.on_writable(stats);
-    }
-
-    /// Closes without waiting any longer: a deadline passed.
-    pub fn close_now(&mut self) {
-        self.transition(Event::GiveUp);
-    }
-
-    /// Sends the replies built in `scratch.replies` and moves the state machine on.
-    fn answer(&mut self, scratch: &mut Scratch<'_>) {
-        self.send(scratch.replies, scratch.stats);
-        self.settle();
-    }
-
-    /// Writes `bytes` behind any output already owed; keeps what the socket does not take.
-    fn send(&mut self, bytes: &[u8], stats: &mut Stats) {
-        if self.unsent() > 0 {
-            self.pending_output.extend_from_slice(bytes);
-            self.flush(stats);
+        let unsent = self.output.unsent().len();
+        let level = if unsent == 0 {
+            Trigger::Flushed
+        } else if unsent > OUTPUT_HIGH_WATER {
+            Trigger::AboveHighWater
+        } else if unsent < OUTPUT_LOW_WATER {
+            Trigger::BelowLowWater
+        } else {
             return;
-        }
-        // Nothing owed: write straight from the caller's buffer, and copy only what the
-        // socket does not take (usually nothing).
-        let written = self.write_some(bytes, stats);
-        if written < bytes.len() && self.state != State::Closed {
-            self.pending_output.extend_from_slice(&bytes[written..]);
-        }
-    }
-
-    /// Writes pending output until it is gone or the socket would block.
-    fn flush(&mut self, stats: &mut Stats) {
-        if self.unsent() == 0 {
-            return;
-        }
-        let output = std::mem::take(&mut self.pending_output);
-        let written = self.write_some(&output[self.unsent_from..], stats);
-        self.pending_output = output;
-        self.unsent_from += written;
-        if self.unsent() == 0 || self.state == State::Closed {
-            // Give the memory back: an idle connection should own no buffer.
-            self.pending_output = Vec::new();
-            self.unsent_from = 0;
-        }
-    }
-
-    /// Writes as much of `bytes` as the socket takes now; returns how much it took. An
-    /// error other than WouldBlock closes the connection.
-    fn write_some(&mut self, bytes: &[u8], stats: &mut Stats) -> usize {
-        let mut written = 0;
-        while written < bytes.len() {
-            match self.stream.write(&bytes[written..]) {
-                Ok(0) => {
-                    self.fail("write", io::ErrorKind::WriteZero.into());
-                    break;
-                }
-                Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.fail("write", e);
-                    break;
-                }
-            }
-        }
-        stats.bytes_out += written as u64;
-        written
+        };
+        self.transition(level, now);
     }
 
     /// Lingering: read and drop input until EOF or WouldBlock. Only time bounds this (the
-    /// reactor's linger deadline), not bytes: giving up early would reset the connection
-    /// and could destroy replies the peer has not read yet. The read budget still applies,
-    /// so a peer that keeps sending cannot hold the loop.
-    fn discard_input(&mut self, scratch: &mut Scratch<'_>) -> Progress {
+    /// lingering deadline), not bytes: giving up early would reset the connection and could
+    /// destroy replies the peer has not read yet. The read budget still applies, so a peer
+    /// that keeps sending cannot hold the loop.
+    fn discard_input(&mut self, ctx: &mut Context<'_>) -> Progress {
         let mut budget = READ_BUDGET;
         while budget > 0 {
-            match self.stream.read(scratch.read_buf) {
+            match self.stream.read(ctx.read_buf) {
                 Ok(0) => {
-                    self.transition(Event::PeerEof);
+                    self.transition(Trigger::PeerEof, ctx.now);
                     return Progress::Wait;
                 }
                 Ok(n) => budget = budget.saturating_sub(n),
@@ -412,18 +444,35 @@ impl<S: Stream> Connection<S> {
         Progress::ReadAgain
     }
 
+    /// Any I/O error ends the connection: nothing more can be delivered. (The time passed
+    /// on does not matter: a closed connection has no deadline.)
     fn fail(&mut self, what: &str, e: io::Error) {
         log::debug!("{what} failed, closing the connection: {e}");
-        self.transition(Event::Failed);
-        self.pending_output = Vec::new();
-        self.unsent_from = 0;
+        self.transition(Trigger::Failed, self.last_progress);
     }
+}
+
+/// Writes as much of `bytes` as `stream` takes now; returns how much it took. WouldBlock
+/// ends the attempt; any other error (a write of zero bytes included) is returned.
+fn write_some(stream: &mut impl Write, bytes: &[u8]) -> io::Result<usize> {
+    let mut written = 0;
+    while written < bytes.len() {
+        match stream.write(&bytes[written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::VecDeque;
+    use std::time::Duration;
 
     /// An in-memory socket: reads come from a script, writes go into `written` up to
     /// `accept` bytes before the fake reports WouldBlock.
@@ -477,8 +526,10 @@ mod tests {
     struct Harness {
         read_buf: Vec<u8>,
         replies: Vec<u8>,
-        protocol: ProtocolConfig,
+        config: ServerConfig,
         stats: Stats,
+        /// The clock the tests move by hand.
+        now: Instant,
     }
 
     impl Harness {
@@ -486,24 +537,26 @@ mod tests {
             Harness {
                 read_buf: vec![0; 64],
                 replies: Vec::new(),
-                protocol: ProtocolConfig::default(),
+                config: ServerConfig::default(),
                 stats: Stats::default(),
+                now: Instant::now(),
             }
         }
 
-        fn scratch(&mut self) -> Scratch<'_> {
-            Scratch {
+        fn ctx(&mut self) -> Context<'_> {
+            Context {
                 read_buf: &mut self.read_buf,
                 replies: &mut self.replies,
-                protocol: &self.protocol,
+                config: &self.config,
                 stats: &mut self.stats,
+                now: self.now,
             }
         }
 
         fn accept(&mut self, stream: FakeStream) -> Connection<FakeStream> {
             let mut greeting = Vec::new();
-            self.protocol.greeting(&mut greeting);
-            Connection::accept(stream, &greeting, &mut self.stats)
+            self.config.protocol.greeting(&mut greeting);
+            Connection::accept(stream, &greeting, &mut self.stats, self.now)
         }
     }
 
@@ -516,27 +569,32 @@ mod tests {
     }
 
     fn readable(interest: Option<Interest>) -> bool {
-        interest.is_some_and(|i| i.readable)
+        interest.is_some_and(|i| i.is_readable())
     }
 
     fn writable(interest: Option<Interest>) -> bool {
-        interest.is_some_and(|i| i.writable)
+        interest.is_some_and(|i| i.is_writable())
     }
 
     #[test]
     fn the_transition_table() {
-        use Event::*;
         use State::*;
+        use Trigger::*;
         assert_eq!(Greeting.on(Flushed), Reading);
-        assert_eq!(Greeting.on(Queued), Greeting);
-        assert_eq!(Reading.on(Queued), Replying);
+        assert_eq!(Greeting.on(BelowLowWater), Greeting);
+        assert_eq!(Reading.on(AboveHighWater), Replying);
+        assert_eq!(Reading.on(Flushed), Reading);
+        assert_eq!(Replying.on(BelowLowWater), Reading);
         assert_eq!(Replying.on(Flushed), Reading);
         assert_eq!(Replying.on(InputEnded), Closing { peer_eof: false });
         assert_eq!(Reading.on(PeerEof), Closing { peer_eof: true });
         assert_eq!(Closing { peer_eof: false }.on(Flushed), Lingering);
         assert_eq!(Closing { peer_eof: true }.on(Flushed), Closed);
+        assert_eq!(
+            Closing { peer_eof: false }.on(AboveHighWater),
+            Closing { peer_eof: false }
+        );
         assert_eq!(Lingering.on(PeerEof), Closed);
-        assert_eq!(Lingering.on(GiveUp), Closed);
         for state in [
             Greeting,
             Reading,
@@ -547,7 +605,7 @@ mod tests {
             assert_eq!(state.on(Failed), Closed);
             assert_eq!(state.on(GiveUp), Closed);
         }
-        assert_eq!(Closed.on(Queued), Closed);
+        assert_eq!(Closed.on(Flushed), Closed);
     }
 
     #[test]
@@ -556,30 +614,29 @@ mod tests {
         let conn = h.accept(stream(&[], 1000));
         assert_eq!(conn.state(), State::Reading);
         assert_eq!(conn.stream.written, b"Welcome!\n");
-        assert_eq!(
-            conn.interest(),
-            Some(Interest {
-                readable: true,
-                writable: false
-            })
-        );
+        assert_eq!(conn.interest(), Some(Interest::READABLE));
     }
 
     #[test]
-    fn a_partial_greeting_waits_for_writable_and_replies_queue_behind_it() {
+    fn a_partial_greeting_goes_out_before_any_input_is_read() {
         let mut h = Harness::new();
         let mut conn = h.accept(stream(&[b"bob\n"], 3));
         assert_eq!(conn.state(), State::Greeting);
-        assert!(writable(conn.interest()));
-        conn.on_readable(&mut h.scratch(), false);
-        assert_eq!(conn.state(), State::Greeting);
+        assert_eq!(conn.interest(), Some(Interest::WRITABLE));
+        assert_eq!(conn.on_readable(&mut h.ctx(), false), Progress::Wait);
+        assert_eq!(conn.stream.reads.len(), 1, "input waits in the socket");
         conn.stream.accept = 1000;
-        conn.on_writable(&mut h.stats);
+        assert_eq!(
+            conn.on_writable(&mut h.ctx()),
+            Progress::ReadAgain,
+            "the input that waited has no edge of its own"
+        );
         assert_eq!(conn.state(), State::Reading);
+        conn.on_readable(&mut h.ctx(), false);
         assert_eq!(conn.stream.written, b"Welcome!\nHello, bob!\n");
         assert!(!writable(conn.interest()));
         assert_eq!(
-            conn.pending_output.capacity(),
+            conn.output.bytes.capacity(),
             0,
             "an idle connection owns no buffer"
         );
@@ -589,11 +646,12 @@ mod tests {
     fn partial_writes_keep_the_rest_in_order() {
         let mut h = Harness::new();
         let mut conn = h.accept(stream(&[b"a\nb\n", b"c\n"], 12));
-        conn.on_readable(&mut h.scratch(), false);
-        assert_eq!(conn.state(), State::Replying);
+        conn.on_readable(&mut h.ctx(), false);
+        assert_eq!(conn.state(), State::Reading);
+        assert!(writable(conn.interest()), "leftovers ask for WRITABLE");
         for _ in 0..20 {
             conn.stream.accept = 2;
-            conn.on_writable(&mut h.stats);
+            conn.on_writable(&mut h.ctx());
         }
         assert_eq!(
             conn.stream.written,
@@ -606,7 +664,7 @@ mod tests {
     fn exit_flushes_then_shuts_down_and_lingers_until_eof() {
         let mut h = Harness::new();
         let mut conn = h.accept(stream(&[b"a\nexit\nb\n"], 1000));
-        conn.on_readable(&mut h.scratch(), false);
+        conn.on_readable(&mut h.ctx(), false);
         assert_eq!(conn.stream.written, b"Welcome!\nHello, a!\n");
         assert_eq!(conn.state(), State::Lingering);
         assert!(
@@ -616,7 +674,7 @@ mod tests {
         assert!(readable(conn.interest()));
         conn.stream.reads.push_back(Ok(b"more\n".to_vec()));
         conn.stream.reads.push_back(Ok(Vec::new()));
-        conn.on_readable(&mut h.scratch(), false);
+        conn.on_readable(&mut h.ctx(), false);
         assert_eq!(conn.state(), State::Closed);
         assert_eq!(
             conn.stream.written, b"Welcome!\nHello, a!\n",
@@ -628,7 +686,7 @@ mod tests {
     fn eof_answers_the_final_line_and_closes_without_lingering() {
         let mut h = Harness::new();
         let mut conn = h.accept(stream(&[b"a\nlast", b""], 1000));
-        conn.on_readable(&mut h.scratch(), false);
+        conn.on_readable(&mut h.ctx(), false);
         assert_eq!(conn.stream.written, b"Welcome!\nHello, a!\nHello, last!\n");
         assert_eq!(conn.state(), State::Closed);
     }
@@ -637,10 +695,10 @@ mod tests {
     fn eof_with_output_owed_closes_once_it_is_written() {
         let mut h = Harness::new();
         let mut conn = h.accept(stream(&[b"a\n", b""], 9));
-        conn.on_readable(&mut h.scratch(), false);
+        conn.on_readable(&mut h.ctx(), false);
         assert_eq!(conn.state(), State::Closing { peer_eof: true });
         conn.stream.accept = 1000;
-        conn.on_writable(&mut h.stats);
+        conn.on_writable(&mut h.ctx());
         assert_eq!(conn.state(), State::Closed);
         assert_eq!(conn.stream.written, b"Welcome!\nHello, a!\n");
     }
@@ -652,7 +710,7 @@ mod tests {
         s.reads
             .push_back(Err(io::ErrorKind::ConnectionReset.into()));
         let mut conn = h.accept(s);
-        conn.on_readable(&mut h.scratch(), false);
+        conn.on_readable(&mut h.ctx(), false);
         assert_eq!(conn.state(), State::Closed);
         assert_eq!(conn.interest(), None);
     }
@@ -664,7 +722,7 @@ mod tests {
         s.reads.push_back(Err(io::ErrorKind::Interrupted.into()));
         s.reads.push_back(Ok(b"x\n".to_vec()));
         let mut conn = h.accept(s);
-        conn.on_readable(&mut h.scratch(), false);
+        conn.on_readable(&mut h.ctx(), false);
         assert_eq!(conn.stream.written, b"Welcome!\nHello, x!\n");
     }
 
@@ -672,13 +730,13 @@ mod tests {
     fn a_short_read_ends_the_turn_only_when_the_caller_says_it_drains() {
         let mut h = Harness::new();
         let mut conn = h.accept(stream(&[b"a\n", b"b\n"], 1000));
-        conn.on_readable(&mut h.scratch(), true);
+        conn.on_readable(&mut h.ctx(), true);
         assert_eq!(
             conn.stream.reads.len(),
             1,
             "one read, no extra WouldBlock read"
         );
-        conn.on_readable(&mut h.scratch(), false);
+        conn.on_readable(&mut h.ctx(), false);
         assert!(conn.stream.reads.is_empty());
         assert_eq!(conn.stream.written, b"Welcome!\nHello, a!\nHello, b!\n");
     }
@@ -690,16 +748,22 @@ mod tests {
         let flood = vec![b'\n'; 64 * 1024];
         let reads: Vec<&[u8]> = (0..8).map(|_| flood.as_slice()).collect();
         let mut conn = h.accept(stream(&reads, 9));
-        assert_eq!(conn.on_readable(&mut h.scratch(), false), Progress::Wait);
-        assert!(conn.unsent() > OUTPUT_HIGH_WATER);
+        assert_eq!(conn.on_readable(&mut h.ctx(), false), Progress::Wait);
+        assert!(conn.output.unsent().len() > OUTPUT_HIGH_WATER);
+        assert_eq!(conn.state(), State::Replying);
         assert!(!readable(conn.interest()), "backpressure: not reading");
         assert!(conn.stream.reads.len() > 1, "input left in the socket");
         // Draining to just under the high-water mark is not enough: the low one counts.
-        conn.stream.accept = conn.unsent() - OUTPUT_HIGH_WATER + 1;
-        assert_eq!(conn.on_writable(&mut h.stats), Progress::Wait);
-        assert!(!readable(conn.interest()), "still paused between the marks");
+        conn.stream.accept = conn.output.unsent().len() - OUTPUT_HIGH_WATER + 1;
+        assert_eq!(conn.on_writable(&mut h.ctx()), Progress::Wait);
+        assert_eq!(
+            conn.state(),
+            State::Replying,
+            "still paused between the marks"
+        );
         conn.stream.accept = usize::MAX;
-        assert_eq!(conn.on_writable(&mut h.stats), Progress::ReadAgain);
+        assert_eq!(conn.on_writable(&mut h.ctx()), Progress::ReadAgain);
+        assert_eq!(conn.state(), State::Reading);
         assert!(readable(conn.interest()));
     }
 
@@ -710,14 +774,11 @@ mod tests {
         let line = vec![b'x'; 64 * 1024 - 1];
         let mut chunk = line.clone();
         chunk.push(b'\n');
-        h.protocol.mode = crate::protocol::Mode::Echo;
-        h.protocol.max_line = 64 * 1024;
+        h.config.protocol.mode = crate::protocol::Mode::Echo;
+        h.config.protocol.max_line = 64 * 1024;
         let reads: Vec<&[u8]> = (0..6).map(|_| chunk.as_slice()).collect();
         let mut conn = h.accept(stream(&reads, usize::MAX));
-        assert_eq!(
-            conn.on_readable(&mut h.scratch(), false),
-            Progress::ReadAgain
-        );
+        assert_eq!(conn.on_readable(&mut h.ctx(), false), Progress::ReadAgain);
         assert_eq!(conn.stream.reads.len(), 2);
     }
 
@@ -725,10 +786,85 @@ mod tests {
     fn graceful_close_delivers_what_is_owed() {
         let mut h = Harness::new();
         let mut conn = h.accept(stream(&[b"a\n"], 9));
-        conn.on_readable(&mut h.scratch(), false);
+        conn.on_readable(&mut h.ctx(), false);
         conn.stream.accept = 1000;
-        conn.close_gracefully(&mut h.stats);
+        conn.close_gracefully(&mut h.ctx());
         assert_eq!(conn.stream.written, b"Welcome!\nHello, a!\n");
         assert_eq!(conn.state(), State::Lingering);
+    }
+
+    #[test]
+    fn an_idle_client_is_closed_politely_and_its_replies_delivered() {
+        let mut h = Harness::new();
+        let idle = Duration::from_secs(10);
+        h.config.idle_timeout = Some(idle);
+        let start = h.now;
+        let mut conn = h.accept(stream(&[b"a\n"], 9));
+        conn.on_readable(&mut h.ctx(), false);
+        assert_eq!(conn.deadline(&h.config), Some(start + idle));
+        h.now = start + idle - Duration::from_millis(1);
+        conn.on_deadline(&mut h.ctx());
+        assert_eq!(conn.state(), State::Reading, "not yet due: nothing happens");
+        h.now = start + idle;
+        conn.stream.accept = 1000;
+        conn.on_deadline(&mut h.ctx());
+        assert_eq!(conn.stream.written, b"Welcome!\nHello, a!\n");
+        assert_eq!(conn.state(), State::Lingering);
+        assert_eq!(conn.deadline(&h.config), Some(h.now + LINGER_TIMEOUT));
+        h.now += LINGER_TIMEOUT;
+        conn.on_deadline(&mut h.ctx());
+        assert_eq!(conn.state(), State::Closed);
+        assert_eq!(conn.deadline(&h.config), None);
+    }
+
+    #[test]
+    fn activity_moves_the_idle_deadline() {
+        let mut h = Harness::new();
+        let idle = Duration::from_secs(10);
+        h.config.idle_timeout = Some(idle);
+        let mut conn = h.accept(stream(&[], 1000));
+        h.now += Duration::from_secs(7);
+        conn.stream.reads.push_back(Ok(b"x\n".to_vec()));
+        conn.on_readable(&mut h.ctx(), false);
+        assert_eq!(conn.deadline(&h.config), Some(h.now + idle));
+        h.config.idle_timeout = None;
+        assert_eq!(
+            conn.deadline(&h.config),
+            None,
+            "no idle timeout, no deadline"
+        );
+    }
+
+    #[test]
+    fn a_client_that_takes_none_of_its_replies_is_cut_off_at_the_idle_timeout() {
+        let mut h = Harness::new();
+        let idle = Duration::from_secs(10);
+        h.config.idle_timeout = Some(idle);
+        h.read_buf = vec![0; 64 * 1024];
+        let flood = vec![b'\n'; 64 * 1024];
+        let mut conn = h.accept(stream(&[&flood], 9));
+        conn.on_readable(&mut h.ctx(), false);
+        assert_eq!(conn.state(), State::Replying);
+        h.now += idle;
+        conn.on_deadline(&mut h.ctx());
+        assert_eq!(
+            conn.state(),
+            State::Closed,
+            "no polite close for a peer that reads nothing"
+        );
+        assert_eq!(conn.output.bytes.capacity(), 0, "its output is dropped");
+    }
+
+    #[test]
+    fn lingering_reads_do_not_extend_the_lingering_deadline() {
+        let mut h = Harness::new();
+        let mut conn = h.accept(stream(&[b"exit\n"], 1000));
+        conn.on_readable(&mut h.ctx(), false);
+        assert_eq!(conn.state(), State::Lingering);
+        let deadline = conn.deadline(&h.config);
+        h.now += Duration::from_secs(1);
+        conn.stream.reads.push_back(Ok(b"more".to_vec()));
+        conn.on_readable(&mut h.ctx(), false);
+        assert_eq!(conn.deadline(&h.config), deadline);
     }
 }

@@ -7,7 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
 
-use crate::config::Stats;
+use crate::stats::Stats;
 
 /// A running server. Dropping it does not stop the server; call [`Running::shutdown`].
 pub struct Running {

@@ -24,10 +24,11 @@ use log::{debug, error, info, warn};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::config::{ServerConfig, Stats};
+use crate::config::ServerConfig;
 use crate::net::{self, ACCEPT_BACKOFF, LINGER_TIMEOUT, MAX_DATAGRAM};
 use crate::protocol::{self, Flow, ProtocolConfig, Session};
 use crate::running::Running;
+use crate::stats::Stats;
 
 /// Stack size of a connection thread. The default (2 MiB, or `RUST_MIN_STACK`) is address
 /// space reserved per connection; with 10,000 connections that is 20 GiB of mappings for

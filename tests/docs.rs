@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use evloop::connection::{Event, State};
+use evloop::connection::{State, Trigger};
 
 fn readme() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap()
@@ -59,25 +59,27 @@ fn readme_links_land_on_the_items_they_name() {
     }
 }
 
-const EVENTS: [Event; 6] = [
-    Event::Queued,
-    Event::Flushed,
-    Event::InputEnded,
-    Event::PeerEof,
-    Event::GiveUp,
-    Event::Failed,
+const TRIGGERS: [Trigger; 7] = [
+    Trigger::Flushed,
+    Trigger::AboveHighWater,
+    Trigger::BelowLowWater,
+    Trigger::InputEnded,
+    Trigger::PeerEof,
+    Trigger::GiveUp,
+    Trigger::Failed,
 ];
 
-/// Fails to compile when an event is added without being listed above.
+/// Fails to compile when a trigger is added without being listed above.
 #[allow(dead_code)]
-fn every_event_is_listed(event: Event) {
-    match event {
-        Event::Queued
-        | Event::Flushed
-        | Event::InputEnded
-        | Event::PeerEof
-        | Event::GiveUp
-        | Event::Failed => {}
+fn every_trigger_is_listed(trigger: Trigger) {
+    match trigger {
+        Trigger::Flushed
+        | Trigger::AboveHighWater
+        | Trigger::BelowLowWater
+        | Trigger::InputEnded
+        | Trigger::PeerEof
+        | Trigger::GiveUp
+        | Trigger::Failed => {}
     }
 }
 
@@ -110,7 +112,7 @@ fn name(state: State) -> String {
 
 #[test]
 fn the_state_diagram_is_the_transition_function() {
-    // The diagram's edges, as (from, event, to), leaving out the [*] start and end markers.
+    // The diagram's edges, as (from, trigger, to), leaving out the [*] start and end markers.
     let readme = readme();
     let diagram = readme
         .split("```mermaid\nstateDiagram-v2\n")
@@ -123,20 +125,20 @@ fn the_state_diagram_is_the_transition_function() {
         .filter_map(|l| {
             let (edge, label) = l.split_once(':')?;
             let (from, to) = edge.split_once("-->")?;
-            let event = label.split_whitespace().next()?;
-            Some((from.trim().into(), event.into(), to.trim().into()))
+            let trigger = label.split_whitespace().next()?;
+            Some((from.trim().into(), trigger.into(), to.trim().into()))
         })
         .collect();
 
     let mut actual = BTreeSet::new();
     for state in STATES {
-        for event in EVENTS {
-            let next = state.on(event);
-            if matches!(event, Event::Failed | Event::GiveUp) {
+        for trigger in TRIGGERS {
+            let next = state.on(trigger);
+            if matches!(trigger, Trigger::Failed | Trigger::GiveUp) {
                 // The README states this in prose rather than drawing ten edges.
-                assert_eq!(next, State::Closed, "{state:?} on {event:?}");
+                assert_eq!(next, State::Closed, "{state:?} on {trigger:?}");
             } else if name(next) != name(state) {
-                actual.insert((name(state), format!("{event:?}"), name(next)));
+                actual.insert((name(state), format!("{trigger:?}"), name(next)));
             }
         }
     }

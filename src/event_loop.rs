@@ -1,0 +1,584 @@
+//! One single-threaded event loop: one `mio::Poll`, a `slab::Slab` of connections, the
+//! listener and the UDP socket. This is the file to read to see how the reactor works.
+//!
+//! This module owns everything that involves more than one connection: tokens, accepting,
+//! the UDP endpoint's place in the loop, the deadlines (the nearest one is the `poll`
+//! timeout), the list of sources that still have work, closing in a sweep after each event
+//! batch, signals and graceful shutdown. What one connection does with its socket, and when
+//! and why it times out, is [`connection`](crate::connection)'s business, and what a reply
+//! says is [`protocol`](crate::protocol)'s; this module must not parse a byte. Running
+//! several loops side by side is [`reactor`](crate::reactor)'s.
+//!
+//! One turn of the loop (`EventLoop::turn`): wait for events (or the nearest deadline, or
+//! not at all if some source still has work), dispatch each event, resume sources that
+//! stopped before WouldBlock, act on the deadlines that passed, then drop connections that
+//! closed.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+use crate::config::ServerConfig;
+use crate::connection::{Connection, Context, Progress, State};
+use crate::net::{self, ACCEPT_BACKOFF, SHORT_READ_DRAINS};
+use crate::protocol::SERVER_BUSY;
+use crate::stats::Stats;
+use crate::timers::{Timer, Timers};
+use crate::udp::UdpEndpoint;
+
+// Fixed tokens for the loop's own sources. Connections take theirs from the slab, which
+// hands out small keys from 0 upward, so these values at the top can never collide.
+const LISTENER: Token = Token(usize::MAX - 1);
+const UDP: Token = Token(usize::MAX - 2);
+const WAKER: Token = Token(usize::MAX - 3);
+const SIGNALS: Token = Token(usize::MAX - 4);
+
+/// The loop's one read buffer, lent to whichever connection is being served. 64 KiB holds
+/// the largest UDP datagram and a default `--max-line` line in one read.
+const READ_BUFFER: usize = 64 * 1024;
+const _: () = assert!(READ_BUFFER >= net::MAX_DATAGRAM);
+
+/// Events taken from the kernel per `poll` call.
+const EVENTS_CAPACITY: usize = 1024;
+
+/// Connections accepted per listener event before other sources get a turn.
+const ACCEPT_BUDGET: usize = 256;
+
+/// A source that stopped before WouldBlock and must be resumed without waiting for an edge.
+#[derive(Clone, Copy, Debug)]
+enum Ready {
+    Listener,
+    Udp,
+    Connection(Token, u64),
+}
+
+/// A connection and what the loop keeps about it.
+struct Slot {
+    conn: Connection<TcpStream>,
+    /// Serial number, unique for the life of the loop (slab keys are not).
+    serial: u64,
+    /// The interest the socket is registered with.
+    registered: Interest,
+    /// The time of this connection's live entry in the timers, if any. Entries with another
+    /// time are stale: the deadline moved since they were scheduled.
+    scheduled: Option<Instant>,
+}
+
+/// What the loop lends to whichever connection it is serving, so that an idle connection
+/// owns no buffer at all; and the loop's counts, which every connection adds to.
+struct Scratch {
+    read_buf: Vec<u8>,
+    replies: Vec<u8>,
+    stats: Stats,
+}
+
+impl Scratch {
+    /// The context one connection is served with. A method of this part of the loop only,
+    /// so that it can be borrowed beside the slot being served in `connections`.
+    fn context<'a>(&'a mut self, config: &'a ServerConfig, now: Instant) -> Context<'a> {
+        Context {
+            read_buf: &mut self.read_buf,
+            replies: &mut self.replies,
+            config,
+            stats: &mut self.stats,
+            now,
+        }
+    }
+}
+
+/// One single-threaded loop with its own poll, slab, listener and UDP socket.
+pub(crate) struct EventLoop {
+    poll: Poll,
+    waker: Arc<Waker>,
+    signals: Option<signal_hook_mio::v1_0::Signals>,
+    config: Arc<ServerConfig>,
+    stop_requested: Arc<AtomicBool>,
+    /// `None` once shutdown has begun: no more accepting.
+    listener: Option<TcpListener>,
+    udp: Option<UdpEndpoint>,
+    connections: Slab<Slot>,
+    next_serial: u64,
+    /// Every connection's next deadline, nearest first.
+    timers: Timers,
+    ready: Vec<Ready>,
+    /// Connections closed during this turn, removed from the slab after the event batch.
+    closed: Vec<Token>,
+    accept_paused_until: Option<Instant>,
+    /// Set when accept fails for want of resources, until the backlog is drained again:
+    /// one warning per episode, however many retries it takes.
+    accept_starved: bool,
+    /// Open connections across every loop of the server, for `--max-connections` and
+    /// [`Running::open_connections`](crate::Running::open_connections).
+    open_connections: Arc<AtomicUsize>,
+    shutdown_deadline: Option<Instant>,
+    signals_seen: usize,
+    greeting: Vec<u8>,
+    scratch: Scratch,
+    /// The time this turn's `poll` returned: one clock reading per turn.
+    now: Instant,
+}
+
+impl EventLoop {
+    /// Registers the bound sockets (and, if the config says so, SIGINT/SIGTERM) with a new
+    /// poll. `stop_requested` and `open_connections` are shared with the other loops.
+    pub(crate) fn new(
+        bound: net::Bound,
+        config: Arc<ServerConfig>,
+        stop_requested: Arc<AtomicBool>,
+        open_connections: Arc<AtomicUsize>,
+    ) -> io::Result<EventLoop> {
+        let poll = Poll::new()?;
+        let registry = poll.registry();
+        let waker = Arc::new(Waker::new(registry, WAKER)?);
+
+        bound.tcp.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(bound.tcp);
+        registry.register(&mut listener, LISTENER, Interest::READABLE)?;
+
+        let udp = match bound.udp {
+            Some(socket) => {
+                socket.set_nonblocking(true)?;
+                let mut endpoint = UdpEndpoint::new(UdpSocket::from_std(socket));
+                registry.register(endpoint.socket(), UDP, Interest::READABLE)?;
+                Some(endpoint)
+            }
+            None => None,
+        };
+
+        let signals = if config.handle_signals {
+            let mut signals = signal_hook_mio::v1_0::Signals::new([
+                signal_hook::consts::SIGINT,
+                signal_hook::consts::SIGTERM,
+            ])?;
+            registry.register(&mut signals, SIGNALS, Interest::READABLE)?;
+            Some(signals)
+        } else {
+            None
+        };
+
+        let mut greeting = Vec::new();
+        config.protocol.greeting(&mut greeting);
+        Ok(EventLoop {
+            poll,
+            waker,
+            signals,
+            config,
+            stop_requested,
+            listener: Some(listener),
+            udp,
+            connections: Slab::new(),
+            next_serial: 0,
+            timers: Timers::new(),
+            ready: Vec::new(),
+            closed: Vec::new(),
+            accept_paused_until: None,
+            accept_starved: false,
+            open_connections,
+            shutdown_deadline: None,
+            signals_seen: 0,
+            greeting,
+            scratch: Scratch {
+                read_buf: vec![0; READ_BUFFER],
+                replies: Vec::new(),
+                stats: Stats::default(),
+            },
+            now: Instant::now(),
+        })
+    }
+
+    /// What wakes this loop from another thread (to notice a stop request).
+    pub(crate) fn waker(&self) -> Arc<Waker> {
+        Arc::clone(&self.waker)
+    }
+
+    /// Turns until shut down, then returns what this loop did.
+    pub(crate) fn run(mut self) -> io::Result<Stats> {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        while !self.finished() {
+            self.turn(&mut events)?;
+        }
+        if !self.connections.is_empty() {
+            log::warn!(
+                "shutdown grace over: closing {} connections that still owed output",
+                self.connections.len()
+            );
+            self.close_all_now();
+        }
+        Ok(self.scratch.stats)
+    }
+
+    /// One turn of the loop.
+    fn turn(&mut self, events: &mut Events) -> io::Result<()> {
+        match self.poll.poll(events, self.poll_timeout()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        self.now = Instant::now();
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => self.accept(),
+                UDP => self.serve_udp(event.is_readable(), event.is_writable()),
+                WAKER => {
+                    if self.stop_requested.load(Ordering::SeqCst) {
+                        self.begin_shutdown();
+                    }
+                }
+                SIGNALS => self.on_signals(),
+                token => self.serve_connection(token, event),
+            }
+        }
+        self.resume_ready();
+        self.fire_timers();
+        self.sweep_closed();
+        Ok(())
+    }
+
+    /// Block until the nearest deadline; not at all if a source still has work.
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.ready.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        [
+            self.timers.next(),
+            self.accept_paused_until,
+            self.shutdown_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+    }
+
+    fn finished(&self) -> bool {
+        match self.shutdown_deadline {
+            Some(deadline) => self.connections.is_empty() || self.now >= deadline,
+            None => false,
+        }
+    }
+
+    /// Accepts until WouldBlock, the budget, or running out of descriptors.
+    fn accept(&mut self) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        for _ in 0..ACCEPT_BUDGET {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => self.admit(stream, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.accept_starved {
+                        self.accept_starved = false;
+                        log::info!("accepting again ({} open)", self.connections.len());
+                    }
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // The peer gave up before we got to it; the next one may be fine.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(e) => {
+                    // EMFILE/ENFILE (or ENOBUFS, ENOMEM): the connection stays queued and
+                    // retrying at once would spin, so pause. Logged once per episode, not
+                    // once per retry.
+                    if !self.accept_starved {
+                        self.accept_starved = true;
+                        log::warn!(
+                            "accept failed: {e}; retrying every {ACCEPT_BACKOFF:?} and \
+                             whenever a connection closes ({} open)",
+                            self.connections.len()
+                        );
+                    }
+                    self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
+                    return;
+                }
+            }
+        }
+        self.ready.push(Ready::Listener);
+    }
+
+    fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
+        // The count is shared by every loop, so `--max-connections` holds for the whole
+        // server with `--threads` too (two loops admitting at the same instant may overshoot
+        // by one each; the limit is a safety valve, not an exact quota).
+        if self.open_connections.load(Ordering::Relaxed) >= self.config.max_connections {
+            net::refuse(socket2::SockRef::from(&stream), SERVER_BUSY);
+            self.scratch.stats.refused += 1;
+            log::debug!("refused {peer}: at --max-connections");
+            return;
+        }
+        // Replies are small and written whole; waiting for Nagle's algorithm to coalesce
+        // them would only add latency.
+        if let Err(e) = stream.set_nodelay(true) {
+            log::debug!("set_nodelay for {peer}: {e}");
+        }
+        self.scratch.stats.connections += 1;
+        let conn = Connection::accept(stream, &self.greeting, &mut self.scratch.stats, self.now);
+        let Some(registered) = conn.interest() else {
+            log::debug!("{peer} failed before its greeting was written");
+            return;
+        };
+        let entry = self.connections.vacant_entry();
+        let token = Token(entry.key());
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        let slot = entry.insert(Slot {
+            conn,
+            serial,
+            registered,
+            scheduled: None,
+        });
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(slot.conn.stream(), token, registered)
+        {
+            log::warn!("cannot register {peer}: {e}");
+            self.connections.remove(token.0);
+            return;
+        }
+        self.open_connections.fetch_add(1, Ordering::Relaxed);
+        self.schedule(token);
+        log::debug!("accepted {peer} as {token:?}");
+    }
+
+    fn serve_connection(&mut self, token: Token, event: &mio::event::Event) {
+        let Some(slot) = self.connections.get_mut(token.0) else {
+            return;
+        };
+        // A slot closed earlier in this batch stays until the sweep; ignore its events.
+        if slot.conn.state() == State::Closed {
+            return;
+        }
+        let mut ctx = self.scratch.context(&self.config, self.now);
+        if event.is_writable() && slot.conn.on_writable(&mut ctx) == Progress::ReadAgain {
+            self.ready.push(Ready::Connection(token, slot.serial));
+        }
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            let drains = SHORT_READ_DRAINS && !event.is_read_closed() && !event.is_error();
+            if slot.conn.on_readable(&mut ctx, drains) == Progress::ReadAgain {
+                self.ready.push(Ready::Connection(token, slot.serial));
+            }
+        }
+        self.after_io(token);
+    }
+
+    /// Brings the poll registration, the timers and the close list in line with the
+    /// connection's new state. Re-registers only when the interest changed.
+    fn after_io(&mut self, token: Token) {
+        let slot = &mut self.connections[token.0];
+        let Some(wanted) = slot.conn.interest() else {
+            self.closed.push(token);
+            return;
+        };
+        if wanted != slot.registered {
+            if let Err(e) = self
+                .poll
+                .registry()
+                .reregister(slot.conn.stream(), token, wanted)
+            {
+                log::debug!("reregister {token:?}: {e}");
+                slot.conn.close_now(self.now);
+                self.closed.push(token);
+                return;
+            }
+            slot.registered = wanted;
+        }
+        self.schedule(token);
+    }
+
+    /// Makes sure the timers hold an entry no later than the connection's deadline. Called
+    /// after every event, so it must be cheap: when the deadline only moved later (every
+    /// message moves the idle deadline) it does nothing, and the entry already scheduled
+    /// fires early, finds nothing due, and is scheduled again for the new time.
+    fn schedule(&mut self, token: Token) {
+        let slot = &mut self.connections[token.0];
+        let Some(deadline) = slot.conn.deadline(&self.config) else {
+            return;
+        };
+        if slot.scheduled.is_none_or(|at| deadline < at) {
+            slot.scheduled = Some(deadline);
+            self.timers.schedule(Timer {
+                at: deadline,
+                key: token.0,
+                serial: slot.serial,
+            });
+        }
+    }
+
+    fn serve_udp(&mut self, readable: bool, writable: bool) {
+        let Some(udp) = &mut self.udp else {
+            return;
+        };
+        if writable {
+            udp.on_writable(&mut self.scratch.stats);
+        }
+        if readable
+            && udp.on_readable(
+                &mut self.scratch.read_buf,
+                &mut self.scratch.replies,
+                &self.config.protocol.mode,
+                &mut self.scratch.stats,
+            )
+        {
+            self.ready.push(Ready::Udp);
+        }
+        // WRITABLE is needed only while replies are queued (the send buffer filled), so this
+        // re-registers only on the way into and out of that condition.
+        if let Some(wanted) = udp.interest_change() {
+            if let Err(e) = self.poll.registry().reregister(udp.socket(), UDP, wanted) {
+                log::error!("udp reregister failed: {e}");
+            }
+        }
+    }
+
+    /// Serves the sources that stopped before WouldBlock on an earlier turn.
+    fn resume_ready(&mut self) {
+        for ready in std::mem::take(&mut self.ready) {
+            match ready {
+                Ready::Listener => self.accept(),
+                Ready::Udp => self.serve_udp(true, false),
+                Ready::Connection(token, serial) => {
+                    let Some(slot) = self.connections.get_mut(token.0) else {
+                        continue;
+                    };
+                    if slot.serial != serial {
+                        continue;
+                    }
+                    // No event told us the socket is drained: read until WouldBlock.
+                    if slot
+                        .conn
+                        .on_readable(&mut self.scratch.context(&self.config, self.now), false)
+                        == Progress::ReadAgain
+                    {
+                        self.ready.push(Ready::Connection(token, serial));
+                    }
+                    self.after_io(token);
+                }
+            }
+        }
+    }
+
+    /// Lets every connection whose deadline passed act on it (see
+    /// [`Connection::on_deadline`]), and resumes accepting after a backoff.
+    fn fire_timers(&mut self) {
+        if self.accept_paused_until.is_some_and(|t| t <= self.now) {
+            self.resume_accepting();
+        }
+        while let Some(timer) = self.timers.pop_due(self.now) {
+            let Some(slot) = self.connections.get_mut(timer.key) else {
+                continue;
+            };
+            if slot.serial != timer.serial || slot.scheduled != Some(timer.at) {
+                continue;
+            }
+            slot.scheduled = None;
+            slot.conn
+                .on_deadline(&mut self.scratch.context(&self.config, self.now));
+            self.after_io(Token(timer.key));
+        }
+        // Stale entries are skipped when they come due; prune them if they outnumber live
+        // connections, so churn cannot grow the heap without bound.
+        if self.timers.len() > 2 * self.connections.len() + 64 {
+            let connections = &self.connections;
+            self.timers.retain(|timer| {
+                connections
+                    .get(timer.key)
+                    .is_some_and(|s| s.serial == timer.serial && s.scheduled == Some(timer.at))
+            });
+        }
+    }
+
+    /// Removes the connections that closed this turn. Done after the event batch so that no
+    /// event of this batch can land on a slot reused by a connection accepted meanwhile.
+    fn sweep_closed(&mut self) {
+        if self.closed.is_empty() {
+            return;
+        }
+        for token in std::mem::take(&mut self.closed) {
+            if self
+                .connections
+                .get(token.0)
+                .is_some_and(|slot| slot.conn.state() == State::Closed)
+            {
+                // Dropping the stream closes the descriptor, which also removes it from the
+                // epoll set: no deregister call needed.
+                let slot = self.connections.remove(token.0);
+                self.scratch.stats.messages += slot.conn.messages();
+                self.open_connections.fetch_sub(1, Ordering::Relaxed);
+                log::debug!("closed {token:?}");
+            }
+        }
+        if self.accept_paused_until.is_some() {
+            // A descriptor was just freed: accept again now rather than at the deadline.
+            self.resume_accepting();
+        }
+    }
+
+    fn resume_accepting(&mut self) {
+        self.accept_paused_until = None;
+        self.ready.push(Ready::Listener);
+    }
+
+    fn on_signals(&mut self) {
+        let Some(signals) = &mut self.signals else {
+            return;
+        };
+        let count = signals.pending().count();
+        for _ in 0..count {
+            self.signals_seen += 1;
+            if self.signals_seen == 1 {
+                log::info!("signal received: shutting down gracefully");
+                self.begin_shutdown();
+            } else {
+                log::warn!("second signal: closing every connection now");
+                self.shutdown_deadline = Some(self.now);
+                self.close_all_now();
+            }
+        }
+    }
+
+    /// Stops accepting, stops reading, delivers what is owed, then closes; the loop ends
+    /// when every connection is gone or the grace period is over.
+    fn begin_shutdown(&mut self) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        self.shutdown_deadline = Some(self.now + self.config.shutdown_grace);
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        if let Some(mut udp) = self.udp.take() {
+            udp.on_writable(&mut self.scratch.stats);
+            let _ = self.poll.registry().deregister(udp.socket());
+        }
+        log::info!(
+            "shutdown: no longer accepting; {} connections to finish within {:?}",
+            self.connections.len(),
+            self.config.shutdown_grace
+        );
+        let tokens: Vec<Token> = self.connections.iter().map(|(k, _)| Token(k)).collect();
+        for token in tokens {
+            self.connections[token.0]
+                .conn
+                .close_gracefully(&mut self.scratch.context(&self.config, self.now));
+            self.after_io(token);
+        }
+        self.sweep_closed();
+    }
+
+    fn close_all_now(&mut self) {
+        for (key, slot) in self.connections.iter_mut() {
+            slot.conn.close_now(self.now);
+            self.closed.push(Token(key));
+        }
+        self.sweep_closed();
+    }
+}

@@ -1,0 +1,41 @@
+//! What a server did: counts each loop (or each thread of the baseline) keeps for itself
+//! and adds up at the end, logged as the one-line summary at shutdown. Plain data, no I/O.
+
+/// What a server did, logged as the one-line summary at shutdown.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// TCP connections accepted (busy refusals not included).
+    pub connections: u64,
+    /// TCP connections refused with `ERR server busy`.
+    pub refused: u64,
+    /// Messages answered, TCP and UDP.
+    pub messages: u64,
+    /// Bytes read from clients, TCP and UDP.
+    pub bytes_in: u64,
+    /// Bytes written to clients, TCP and UDP.
+    pub bytes_out: u64,
+    /// UDP replies dropped because they could not be sent.
+    pub udp_dropped: u64,
+}
+
+impl Stats {
+    /// Adds another loop's (or thread's) counts to these.
+    pub fn add(&mut self, other: &Stats) {
+        self.connections += other.connections;
+        self.refused += other.refused;
+        self.messages += other.messages;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+        self.udp_dropped += other.udp_dropped;
+    }
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "served {} connections ({} refused busy), {} messages, {} bytes in, {} bytes out, {} udp replies dropped",
+            self.connections, self.refused, self.messages, self.bytes_in, self.bytes_out, self.udp_dropped
+        )
+    }
+}
