@@ -350,7 +350,7 @@ impl<S: Stream> Connection<S> {
     fn read_and_answer(&mut self, ctx: &mut Context<'_>, short_read_drains: bool) -> Progress {
         let protocol = &ctx.config.protocol;
         let mut budget = READ_BUDGET;
-        while self.state == State::Reading {
+        while matches!(self.state, State::Reading) {
             if budget == 0 {
                 return Progress::ReadAgain;
             }
@@ -394,7 +394,11 @@ impl<S: Stream> Connection<S> {
     /// copied (usually nothing). The state machine then learns the output's new level.
     fn write(&mut self, fresh: &[u8], stats: &mut Stats, now: Instant) {
         let result = if self.output.is_empty() {
-            write_some(&mut self.stream, fresh).inspect(|&n| self.output.push(&fresh[n..]))
+            write_some(&mut self.stream, fresh).inspect(|&n| {
+                if n < fresh.len() {
+                    self.output.push(&fresh[n..]);
+                }
+            })
         } else {
             self.output.push(fresh);
             write_some(&mut self.stream, self.output.unsent()).inspect(|&n| self.output.consume(n))

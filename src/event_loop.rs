@@ -68,6 +68,36 @@ struct Slot {
     /// The time of this connection's live entry in the timers, if any. Entries with another
     /// time are stale: the deadline moved since they were scheduled.
     scheduled: Option<Instant>,
+    /// The connection's state when `scheduled` was last checked against its deadline.
+    scheduled_in: State,
+}
+
+impl Slot {
+    /// Makes sure `timers` holds an entry no later than this connection's deadline. Called
+    /// after every event, so it must be cheap. A deadline counts from the connection's last
+    /// progress, which only moves forward, so it can move earlier only when the state
+    /// changes (into `Lingering`, say) or when nothing is scheduled: only then is it asked
+    /// for. When it moved later (every message moves the idle deadline), the entry already
+    /// scheduled fires early, finds nothing due, and is scheduled again for the new time.
+    #[inline]
+    fn schedule(&mut self, key: usize, timers: &mut Timers, config: &ServerConfig) {
+        let state = self.conn.state();
+        if self.scheduled.is_some() && state == self.scheduled_in {
+            return;
+        }
+        self.scheduled_in = state;
+        let Some(deadline) = self.conn.deadline(config) else {
+            return;
+        };
+        if self.scheduled.is_none_or(|at| deadline < at) {
+            self.scheduled = Some(deadline);
+            timers.schedule(Timer {
+                at: deadline,
+                key,
+                serial: self.serial,
+            });
+        }
+    }
 }
 
 /// What the loop lends to whichever connection it is serving, so that an idle connection
@@ -334,6 +364,7 @@ impl EventLoop {
             serial,
             registered,
             scheduled: None,
+            scheduled_in: State::Closed,
         });
         if let Err(e) = self
             .poll
@@ -345,7 +376,7 @@ impl EventLoop {
             return;
         }
         self.open_connections.fetch_add(1, Ordering::Relaxed);
-        self.schedule(token);
+        slot.schedule(token.0, &mut self.timers, &self.config);
         log::debug!("accepted {peer} as {token:?}");
     }
 
@@ -354,7 +385,7 @@ impl EventLoop {
             return;
         };
         // A slot closed earlier in this batch stays until the sweep; ignore its events.
-        if slot.conn.state() == State::Closed {
+        if matches!(slot.conn.state(), State::Closed) {
             return;
         }
         let mut ctx = self.scratch.context(&self.config, self.now);
@@ -391,26 +422,7 @@ impl EventLoop {
             }
             slot.registered = wanted;
         }
-        self.schedule(token);
-    }
-
-    /// Makes sure the timers hold an entry no later than the connection's deadline. Called
-    /// after every event, so it must be cheap: when the deadline only moved later (every
-    /// message moves the idle deadline) it does nothing, and the entry already scheduled
-    /// fires early, finds nothing due, and is scheduled again for the new time.
-    fn schedule(&mut self, token: Token) {
-        let slot = &mut self.connections[token.0];
-        let Some(deadline) = slot.conn.deadline(&self.config) else {
-            return;
-        };
-        if slot.scheduled.is_none_or(|at| deadline < at) {
-            slot.scheduled = Some(deadline);
-            self.timers.schedule(Timer {
-                at: deadline,
-                key: token.0,
-                serial: slot.serial,
-            });
-        }
+        slot.schedule(token.0, &mut self.timers, &self.config);
     }
 
     fn serve_udp(&mut self, readable: bool, writable: bool) {
