@@ -81,6 +81,17 @@ pub struct ServerArgs {
     #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_IDLE_TIMEOUT.as_secs())]
     pub idle_timeout: u64,
 
+    /// Seconds a started line may take to end (its `\n`); then the client gets
+    /// `ERR line timeout` and a close. Bounds clients that dribble bytes without ever ending
+    /// a line. 0 disables.
+    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_LINE_TIMEOUT.as_secs())]
+    pub line_timeout: u64,
+
+    /// Connections allowed from one IP address; beyond it a new one gets
+    /// `ERR too many connections from your address` and a close. 0 means no limit.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+
     /// Independent single-threaded loops sharing the port via SO_REUSEPORT.
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..1025).map(|v| v as usize))]
@@ -125,6 +136,8 @@ impl ServerArgs {
             },
             max_connections: self.max_connections,
             idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),
+            line_timeout: (self.line_timeout > 0).then(|| Duration::from_secs(self.line_timeout)),
+            max_connections_per_ip: self.max_connections_per_ip,
             threads: self.threads,
             backlog: self.backlog,
             shutdown_grace: Duration::from_secs_f64(self.shutdown_grace),

@@ -13,6 +13,13 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default for `--idle-timeout`: five minutes, long enough for any interactive client.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Default for `--line-timeout`: a line that has started must end within 30 seconds, as
+/// nginx's `client_header_timeout` (60 s) bounds a request header. An interactive user types
+/// a line in far less; a client that dribbles a byte at a time without ever ending a line
+/// (slowloris) would otherwise keep its slot for as long as it keeps dribbling, since every
+/// byte resets the idle timeout.
+pub const DEFAULT_LINE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Default for `--backlog`. std and mio use 128, which overflows (and costs the client a
 /// one-second SYN retransmit) when thousands of clients connect at once; the kernel caps
 /// the value at `net.core.somaxconn` anyway.
@@ -36,6 +43,12 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Close a connection that sends nothing for this long; `None` never does.
     pub idle_timeout: Option<Duration>,
+    /// A line that has started must end within this long, else the client is told
+    /// `ERR line timeout` and the connection is closed; `None` never times a line.
+    pub line_timeout: Option<Duration>,
+    /// Connections beyond this many from one IP address are told `ERR too many connections
+    /// from your address` and closed; 0 means no limit.
+    pub max_connections_per_ip: usize,
     /// Independent single-threaded loops sharing the port via SO_REUSEPORT.
     pub threads: usize,
     /// Listen backlog.
@@ -56,6 +69,8 @@ impl Default for ServerConfig {
             protocol: ProtocolConfig::default(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            line_timeout: Some(DEFAULT_LINE_TIMEOUT),
+            max_connections_per_ip: 0,
             threads: 1,
             backlog: DEFAULT_BACKLOG,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,

@@ -22,7 +22,7 @@ use mio::Interest;
 
 use crate::config::ServerConfig;
 use crate::net::LINGER_TIMEOUT;
-use crate::protocol::{Flow, Session};
+use crate::protocol::{Flow, Session, LINE_TIMEOUT};
 use crate::stats::Stats;
 
 /// Above this many bytes of unsent output the connection stops reading, so a client that
@@ -201,6 +201,12 @@ pub struct Connection<S> {
     /// The last time anything moved: bytes read or written, or a change of state. The
     /// deadlines count from here (except lingering's, which reads do not extend).
     last_progress: Instant,
+    /// When the unfinished line held in the session began, if one is held.
+    line_started: Option<Instant>,
+    /// Counts the changes that can move the deadline earlier: a change of state, a line
+    /// starting. Every other change (progress) moves it later. The loop asks for the
+    /// deadline again only when this count moved, which keeps that off the per-message path.
+    earlier_deadlines: u8,
 }
 
 impl<S: Stream> Connection<S> {
@@ -212,6 +218,8 @@ impl<S: Stream> Connection<S> {
             session: Session::new(),
             output: Output::default(),
             last_progress: now,
+            line_started: None,
+            earlier_deadlines: 0,
         };
         conn.write(greeting, stats, now);
         conn
@@ -245,14 +253,29 @@ impl<S: Stream> Connection<S> {
     }
 
     /// When this connection next needs attention if nothing happens before: `None` when it
-    /// never does (no idle timeout, or closed). The loop calls
+    /// never does (no timeouts, or closed). The loop calls
     /// [`on_deadline`](Self::on_deadline) at or after this time.
     pub fn deadline(&self, config: &ServerConfig) -> Option<Instant> {
         match self.state {
+            State::Reading => earliest(self.idle_deadline(config), self.line_deadline(config)),
             State::Lingering => Some(self.last_progress + LINGER_TIMEOUT),
             State::Closed => None,
-            _ => config.idle_timeout.map(|idle| self.last_progress + idle),
+            _ => self.idle_deadline(config),
         }
+    }
+
+    /// Changes whenever the deadline may have moved earlier (see `earlier_deadlines`); the
+    /// loop compares it with the value it last scheduled under.
+    pub fn earlier_deadlines(&self) -> u8 {
+        self.earlier_deadlines
+    }
+
+    fn idle_deadline(&self, config: &ServerConfig) -> Option<Instant> {
+        config.idle_timeout.map(|idle| self.last_progress + idle)
+    }
+
+    fn line_deadline(&self, config: &ServerConfig) -> Option<Instant> {
+        Some(self.line_started? + config.line_timeout?)
     }
 
     /// Acts on a deadline that has passed; does nothing if it has not (the loop may call
@@ -270,6 +293,18 @@ impl<S: Stream> Connection<S> {
             return;
         }
         match self.state {
+            State::Reading
+                if self
+                    .line_deadline(ctx.config)
+                    .is_some_and(|at| at <= ctx.now) =>
+            {
+                log::debug!(
+                    "a line unfinished for {:?}: closing",
+                    ctx.config.line_timeout
+                );
+                self.write(LINE_TIMEOUT, ctx.stats, ctx.now);
+                self.close_gracefully(ctx);
+            }
             State::Greeting | State::Reading => {
                 log::debug!("idle for {:?}: closing", ctx.config.idle_timeout);
                 self.close_gracefully(ctx);
@@ -322,6 +357,23 @@ impl<S: Stream> Connection<S> {
         self.write(&[], ctx.stats, ctx.now);
     }
 
+    /// Server shutdown: like [`close_gracefully`](Self::close_gracefully), except that a
+    /// connection that owed nothing, held no unfinished line and had no unread input closes
+    /// at once instead of lingering. Its client has every reply and our FIN; waiting for its
+    /// EOF would only hold the exit up, since no input of its is at risk of a reset.
+    pub fn shut_down(&mut self, ctx: &mut Context<'_>) {
+        let idle = matches!(self.state, State::Reading)
+            && self.output.is_empty()
+            && self.session.buffered() == 0;
+        self.close_gracefully(ctx);
+        if idle
+            && matches!(self.state, State::Lingering)
+            && self.discard_input(ctx) == Progress::Wait
+        {
+            self.close_now(ctx.now);
+        }
+    }
+
     /// Closes without waiting any longer: the shutdown grace is over.
     pub fn close_now(&mut self, now: Instant) {
         self.transition(Trigger::GiveUp, now);
@@ -335,6 +387,7 @@ impl<S: Stream> Connection<S> {
         log::trace!("{:?} --{:?}--> {:?}", self.state, trigger, next);
         self.state = next;
         self.last_progress = now;
+        self.earlier_deadlines = self.earlier_deadlines.wrapping_add(1);
         match next {
             // Our side is done, so the peer reads every reply and then a clean EOF.
             State::Lingering => {
@@ -369,9 +422,11 @@ impl<S: Stream> Connection<S> {
                     ctx.stats.bytes_in += n as u64;
                     self.last_progress = ctx.now;
                     ctx.replies.clear();
+                    let answered = self.session.messages();
                     if self.session.on_input(protocol, &buf[..n], ctx.replies) == Flow::Close {
                         self.transition(Trigger::InputEnded, ctx.now);
                     }
+                    self.note_line_start(answered, ctx.now);
                     self.write(ctx.replies, ctx.stats, ctx.now);
                     if n < limit && short_read_drains {
                         break;
@@ -386,6 +441,17 @@ impl<S: Stream> Connection<S> {
             }
         }
         Progress::Wait
+    }
+
+    /// Keeps `line_started` true to the session after input: a line held unfinished began
+    /// now unless it is the same line as before (no line was answered meanwhile).
+    fn note_line_start(&mut self, answered_before: u64, now: Instant) {
+        if self.session.buffered() == 0 {
+            self.line_started = None;
+        } else if self.line_started.is_none() || self.session.messages() != answered_before {
+            self.line_started = Some(now);
+            self.earlier_deadlines = self.earlier_deadlines.wrapping_add(1);
+        }
     }
 
     /// The one write path: `fresh` goes behind anything already owed, then as much as the
@@ -453,6 +519,14 @@ impl<S: Stream> Connection<S> {
     fn fail(&mut self, what: &str, e: io::Error) {
         log::debug!("{what} failed, closing the connection: {e}");
         self.transition(Trigger::Failed, self.last_progress);
+    }
+}
+
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

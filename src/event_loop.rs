@@ -15,7 +15,7 @@
 //! closed.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,8 +26,8 @@ use slab::Slab;
 
 use crate::config::ServerConfig;
 use crate::connection::{Connection, Context, Progress, State};
-use crate::net::{self, ACCEPT_BACKOFF, SHORT_READ_DRAINS};
-use crate::protocol::SERVER_BUSY;
+use crate::net::{self, ConnectionsPerAddress, ACCEPT_BACKOFF, SHORT_READ_DRAINS};
+use crate::protocol::{SERVER_BUSY, TOO_MANY_FROM_ADDRESS};
 use crate::stats::Stats;
 use crate::timers::{Timer, Timers};
 use crate::udp::UdpEndpoint;
@@ -63,29 +63,32 @@ struct Slot {
     conn: Connection<TcpStream>,
     /// Serial number, unique for the life of the loop (slab keys are not).
     serial: u64,
+    /// The client's address, counted in `per_address` until the connection closes.
+    peer: IpAddr,
     /// The interest the socket is registered with.
     registered: Interest,
     /// The time of this connection's live entry in the timers, if any. Entries with another
     /// time are stale: the deadline moved since they were scheduled.
     scheduled: Option<Instant>,
-    /// The connection's state when `scheduled` was last checked against its deadline.
-    scheduled_in: State,
+    /// The connection's [`earlier_deadlines`](Connection::earlier_deadlines) count when
+    /// `scheduled` was last checked against its deadline.
+    scheduled_at_change: u8,
 }
 
 impl Slot {
     /// Makes sure `timers` holds an entry no later than this connection's deadline. Called
-    /// after every event, so it must be cheap. A deadline counts from the connection's last
-    /// progress, which only moves forward, so it can move earlier only when the state
-    /// changes (into `Lingering`, say) or when nothing is scheduled: only then is it asked
-    /// for. When it moved later (every message moves the idle deadline), the entry already
-    /// scheduled fires early, finds nothing due, and is scheduled again for the new time.
+    /// after every event, so it must be cheap: the deadline is asked for only when nothing
+    /// is scheduled or the connection says it may have moved earlier (a change of state, a
+    /// line starting). When it moved later (every message moves the idle deadline), the
+    /// entry already scheduled fires early, finds nothing due, and is scheduled again for
+    /// the new time.
     #[inline]
     fn schedule(&mut self, key: usize, timers: &mut Timers, config: &ServerConfig) {
-        let state = self.conn.state();
-        if self.scheduled.is_some() && state == self.scheduled_in {
+        let change = self.conn.earlier_deadlines();
+        if self.scheduled.is_some() && change == self.scheduled_at_change {
             return;
         }
-        self.scheduled_in = state;
+        self.scheduled_at_change = change;
         let Some(deadline) = self.conn.deadline(config) else {
             return;
         };
@@ -146,6 +149,8 @@ pub(crate) struct EventLoop {
     /// Open connections across every loop of the server, for `--max-connections` and
     /// [`Running::open_connections`](crate::Running::open_connections).
     open_connections: Arc<AtomicUsize>,
+    /// Connections per client address across every loop, for `--max-connections-per-ip`.
+    per_address: Arc<ConnectionsPerAddress>,
     shutdown_deadline: Option<Instant>,
     signals_seen: usize,
     greeting: Vec<u8>,
@@ -156,12 +161,14 @@ pub(crate) struct EventLoop {
 
 impl EventLoop {
     /// Registers the bound sockets (and, if the config says so, SIGINT/SIGTERM) with a new
-    /// poll. `stop_requested` and `open_connections` are shared with the other loops.
+    /// poll. `stop_requested`, `open_connections` and `per_address` are shared with the
+    /// other loops.
     pub(crate) fn new(
         bound: net::Bound,
         config: Arc<ServerConfig>,
         stop_requested: Arc<AtomicBool>,
         open_connections: Arc<AtomicUsize>,
+        per_address: Arc<ConnectionsPerAddress>,
     ) -> io::Result<EventLoop> {
         let poll = Poll::new()?;
         let registry = poll.registry();
@@ -210,6 +217,7 @@ impl EventLoop {
             accept_paused_until: None,
             accept_starved: false,
             open_connections,
+            per_address,
             shutdown_deadline: None,
             signals_seen: 0,
             greeting,
@@ -344,6 +352,12 @@ impl EventLoop {
             log::debug!("refused {peer}: at --max-connections");
             return;
         }
+        if !self.per_address.admit(peer.ip()) {
+            net::refuse(socket2::SockRef::from(&stream), TOO_MANY_FROM_ADDRESS);
+            self.scratch.stats.refused_per_ip += 1;
+            log::debug!("refused {peer}: its address is at --max-connections-per-ip");
+            return;
+        }
         // Replies are small and written whole; waiting for Nagle's algorithm to coalesce
         // them would only add latency.
         if let Err(e) = stream.set_nodelay(true) {
@@ -353,6 +367,7 @@ impl EventLoop {
         let conn = Connection::accept(stream, &self.greeting, &mut self.scratch.stats, self.now);
         let Some(registered) = conn.interest() else {
             log::debug!("{peer} failed before its greeting was written");
+            self.per_address.release(peer.ip());
             return;
         };
         let entry = self.connections.vacant_entry();
@@ -362,9 +377,10 @@ impl EventLoop {
         let slot = entry.insert(Slot {
             conn,
             serial,
+            peer: peer.ip(),
             registered,
             scheduled: None,
-            scheduled_in: State::Closed,
+            scheduled_at_change: 0,
         });
         if let Err(e) = self
             .poll
@@ -373,6 +389,7 @@ impl EventLoop {
         {
             log::warn!("cannot register {peer}: {e}");
             self.connections.remove(token.0);
+            self.per_address.release(peer.ip());
             return;
         }
         self.open_connections.fetch_add(1, Ordering::Relaxed);
@@ -523,6 +540,7 @@ impl EventLoop {
                 // Dropping the stream closes the descriptor, which also removes it from the
                 // epoll set: no deregister call needed.
                 let slot = self.connections.remove(token.0);
+                self.per_address.release(slot.peer);
                 self.scratch.stats.messages += slot.conn.messages();
                 self.open_connections.fetch_sub(1, Ordering::Relaxed);
                 log::debug!("closed {token:?}");
@@ -580,7 +598,7 @@ impl EventLoop {
         for token in tokens {
             self.connections[token.0]
                 .conn
-                .close_gracefully(&mut self.scratch.context(&self.config, self.now));
+                .shut_down(&mut self.scratch.context(&self.config, self.now));
             self.after_io(token);
         }
         self.sweep_closed();

@@ -17,6 +17,12 @@ pub const LINE_TOO_LONG: &[u8] = b"ERR line too long\n";
 /// Sent to a client accepted while the server is at `--max-connections`.
 pub const SERVER_BUSY: &[u8] = b"ERR server busy\n";
 
+/// Sent to a client whose address already holds `--max-connections-per-ip` connections.
+pub const TOO_MANY_FROM_ADDRESS: &[u8] = b"ERR too many connections from your address\n";
+
+/// Sent before closing a connection whose unfinished line outlived `--line-timeout`.
+pub const LINE_TIMEOUT: &[u8] = b"ERR line timeout\n";
+
 /// Default for `--max-line`: a 64 KiB line is far beyond any interactive use, and the limit
 /// caps the input one connection can make the server hold.
 pub const DEFAULT_MAX_LINE: usize = 64 * 1024;

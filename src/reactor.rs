@@ -62,12 +62,20 @@ impl Server {
         }
         let requested = Arc::new(AtomicBool::new(false));
         let open_connections = Arc::new(AtomicUsize::new(0));
+        let per_address = Arc::new(net::ConnectionsPerAddress::new(
+            config.max_connections_per_ip,
+        ));
         let config = Arc::new(config);
         let loops = bound
             .into_iter()
             .map(|b| {
-                let (config, requested) = (Arc::clone(&config), Arc::clone(&requested));
-                EventLoop::new(b, config, requested, Arc::clone(&open_connections))
+                EventLoop::new(
+                    b,
+                    Arc::clone(&config),
+                    Arc::clone(&requested),
+                    Arc::clone(&open_connections),
+                    Arc::clone(&per_address),
+                )
             })
             .collect::<io::Result<Vec<_>>>()?;
         let wakers = loops.iter().map(EventLoop::waker).collect();

@@ -8,6 +8,8 @@ pub struct Stats {
     pub connections: u64,
     /// TCP connections refused with `ERR server busy`.
     pub refused: u64,
+    /// TCP connections refused because their address was at `--max-connections-per-ip`.
+    pub refused_per_ip: u64,
     /// Messages answered, TCP and UDP.
     pub messages: u64,
     /// Bytes read from clients, TCP and UDP.
@@ -23,6 +25,7 @@ impl Stats {
     pub fn add(&mut self, other: &Stats) {
         self.connections += other.connections;
         self.refused += other.refused;
+        self.refused_per_ip += other.refused_per_ip;
         self.messages += other.messages;
         self.bytes_in += other.bytes_in;
         self.bytes_out += other.bytes_out;
@@ -34,8 +37,8 @@ impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "served {} connections ({} refused busy), {} messages, {} bytes in, {} bytes out, {} udp replies dropped",
-            self.connections, self.refused, self.messages, self.bytes_in, self.bytes_out, self.udp_dropped
+            "served {} connections ({} refused busy, {} refused per address), {} messages, {} bytes in, {} bytes out, {} udp replies dropped",
+            self.connections, self.refused, self.refused_per_ip, self.messages, self.bytes_in, self.bytes_out, self.udp_dropped
         )
     }
 }

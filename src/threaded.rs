@@ -25,7 +25,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::config::ServerConfig;
-use crate::net::{self, ACCEPT_BACKOFF, LINGER_TIMEOUT, MAX_DATAGRAM};
+use crate::net::{self, ConnectionsPerAddress, ACCEPT_BACKOFF, LINGER_TIMEOUT, MAX_DATAGRAM};
 use crate::protocol::{self, Flow, ProtocolConfig, Session};
 use crate::running::Running;
 use crate::stats::Stats;
@@ -95,6 +95,8 @@ struct Shared {
     connections: Mutex<HashMap<u64, Arc<TcpStream>>>,
     /// Signalled whenever `connections` becomes empty.
     all_closed: Condvar,
+    /// Connections per client address, for `--max-connections-per-ip`.
+    per_address: ConnectionsPerAddress,
     totals: Totals,
 }
 
@@ -105,6 +107,7 @@ struct Totals {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     udp_dropped: AtomicU64,
+    refused_per_ip: AtomicU64,
 }
 
 impl Totals {
@@ -203,6 +206,7 @@ impl Server {
             udp_wake: udp_addr.map(reachable),
             connections: Mutex::new(HashMap::new()),
             all_closed: Condvar::new(),
+            per_address: ConnectionsPerAddress::new(config.max_connections_per_ip),
             totals: Totals::default(),
         });
         Ok(Server {
@@ -311,6 +315,7 @@ impl Server {
         let stats = Stats {
             connections,
             refused,
+            refused_per_ip: totals.refused_per_ip.load(Ordering::Relaxed),
             messages: totals.messages.load(Ordering::Relaxed),
             bytes_in: totals.bytes_in.load(Ordering::Relaxed),
             bytes_out: totals.bytes_out.load(Ordering::Relaxed),
@@ -347,18 +352,30 @@ impl Server {
                 }
             };
             next_id += 1;
-            if self.start_connection(next_id, stream, peer) {
-                served += 1;
-            } else {
-                refused += 1;
+            match self.start_connection(next_id, stream, peer) {
+                Admission::Served => served += 1,
+                Admission::Busy => refused += 1,
+                Admission::TooManyFromAddress => {}
             }
         }
         (served, refused)
     }
 
-    /// Registers the connection and starts its thread; false if it was refused instead.
-    fn start_connection(&self, id: u64, stream: TcpStream, peer: SocketAddr) -> bool {
+    /// Registers the connection and starts its thread, or refuses it.
+    fn start_connection(&self, id: u64, stream: TcpStream, peer: SocketAddr) -> Admission {
         let stream = Arc::new(stream);
+        if !self.shared.per_address.admit(peer.ip()) {
+            debug!("refusing {peer}: its address is at --max-connections-per-ip");
+            net::refuse(
+                socket2::SockRef::from(&*stream),
+                protocol::TOO_MANY_FROM_ADDRESS,
+            );
+            self.shared
+                .totals
+                .refused_per_ip
+                .fetch_add(1, Ordering::Relaxed);
+            return Admission::TooManyFromAddress;
+        }
         {
             let mut live = self.shared.connections();
             if live.len() >= self.config.max_connections {
@@ -368,13 +385,17 @@ impl Server {
                     self.config.max_connections
                 );
                 net::refuse(socket2::SockRef::from(&*stream), protocol::SERVER_BUSY);
-                return false;
+                self.shared.per_address.release(peer.ip());
+                return Admission::Busy;
             }
             live.insert(id, Arc::clone(&stream));
         }
         let shared = Arc::clone(&self.shared);
         let protocol = self.config.protocol.clone();
-        let idle_timeout = self.config.idle_timeout;
+        let timeouts = Timeouts {
+            idle: self.config.idle_timeout,
+            line: self.config.line_timeout,
+        };
         let thread_stream = Arc::clone(&stream);
         let spawned = thread::Builder::new()
             .name(format!("conn-{id}"))
@@ -385,7 +406,7 @@ impl Server {
                     id,
                 };
                 let mut connection = Connection::new(&thread_stream, &protocol);
-                if let Err(e) = connection.serve(idle_timeout, &shared.stopping) {
+                if let Err(e) = connection.serve(timeouts, &shared.stopping) {
                     debug!("{peer}: {e}");
                 }
                 let lingered = close_politely(&thread_stream, &mut connection.read_buffer);
@@ -394,12 +415,13 @@ impl Server {
                     connection.bytes_in + lingered,
                     connection.bytes_out,
                 );
+                shared.per_address.release(peer.ip());
                 debug!("{peer}: closed");
             });
         match spawned {
             Ok(_detached) => {
                 debug!("{peer}: connected");
-                true
+                Admission::Served
             }
             // Out of memory or threads (RLIMIT_NPROC, kernel.threads-max): this client is
             // turned away, the ones already served are not disturbed.
@@ -407,10 +429,27 @@ impl Server {
                 warn!("cannot start a thread for {peer}: {e}; refusing it");
                 self.shared.connections().remove(&id);
                 net::refuse(socket2::SockRef::from(&*stream), protocol::SERVER_BUSY);
-                false
+                self.shared.per_address.release(peer.ip());
+                Admission::Busy
             }
         }
     }
+}
+
+/// What became of an accepted connection.
+enum Admission {
+    Served,
+    /// Told `ERR server busy`: at `--max-connections` or out of threads.
+    Busy,
+    /// Told its address is at `--max-connections-per-ip`.
+    TooManyFromAddress,
+}
+
+/// The timeouts a connection thread enforces with its socket's read timeout.
+#[derive(Clone, Copy)]
+struct Timeouts {
+    idle: Option<Duration>,
+    line: Option<Duration>,
 }
 
 /// The most connection threads the kernel's limit on mappings per process leaves room for,
@@ -476,7 +515,8 @@ impl<'a> Connection<'a> {
 
     /// Greets, then answers until the protocol says close, the peer goes away or idles out,
     /// or the server stops. An error ends this connection only.
-    fn serve(&mut self, idle_timeout: Option<Duration>, stopping: &AtomicBool) -> io::Result<()> {
+    fn serve(&mut self, timeouts: Timeouts, stopping: &AtomicBool) -> io::Result<()> {
+        let idle_timeout = timeouts.idle;
         // Each write is a whole batch of replies; Nagle's algorithm would only hold the next
         // batch back until the previous one is acknowledged, which with delayed ACKs on the
         // client costs up to 40 ms per pipelined round trip.
@@ -488,7 +528,26 @@ impl<'a> Connection<'a> {
 
         self.protocol.greeting(&mut self.pending_output);
         self.flush()?;
+        // When the unfinished line held in the session began. While one is held, the read
+        // timeout is what is left of `--line-timeout` (or the idle timeout, if sooner), so a
+        // client dribbling bytes cannot stretch it; a whole line costs no extra syscall.
+        let mut line_started: Option<Instant> = None;
+        let mut read_timeout = idle_timeout;
         loop {
+            let wanted = match (line_started, timeouts.line) {
+                (Some(started), Some(line)) => {
+                    let left = line
+                        .saturating_sub(started.elapsed())
+                        .max(Duration::from_millis(1));
+                    Some(idle_timeout.map_or(left, |idle| idle.min(left)))
+                }
+                _ => idle_timeout,
+            };
+            if wanted != read_timeout {
+                self.stream.set_read_timeout(wanted)?;
+                read_timeout = wanted;
+            }
+            let answered = self.session.messages();
             let limit = self.protocol.read_limit(self.read_buffer.len());
             let flow = match self.stream.read(&mut self.read_buffer[..limit]) {
                 Ok(0) => {
@@ -515,10 +574,24 @@ impl<'a> Connection<'a> {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
+                    let line_over = line_started
+                        .zip(timeouts.line)
+                        .is_some_and(|(started, line)| started.elapsed() >= line);
+                    if !line_over {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
+                    }
+                    debug!("a line unfinished for {:?}: closing", timeouts.line);
+                    self.pending_output
+                        .extend_from_slice(protocol::LINE_TIMEOUT);
+                    return self.flush();
                 }
                 Err(e) => return Err(e),
             };
+            if self.session.buffered() == 0 {
+                line_started = None;
+            } else if line_started.is_none() || self.session.messages() != answered {
+                line_started = Some(Instant::now());
+            }
             self.flush()?;
             if flow == Flow::Close {
                 return Ok(());
