@@ -1,6 +1,9 @@
 //! loadgen against both real servers: every reply verified, zero errors, for lockstep,
 //! pipelined and UDP load, in hello and echo mode, on one engine thread and on several.
 
+// Only `common::start` and its `Spawn` are used here; the rest is for the server suites
+// and tests/limits.rs.
+#[allow(dead_code)]
 mod common;
 
 use evloop::loadgen::{self, Options, Transport};

@@ -1,11 +1,20 @@
 //! Test support shared by the integration tests: a blocking line client with generous
-//! timeouts (they only stop a broken test from hanging; nothing waits on them), and the
-//! protocol suite every server must pass, instantiated per server with `protocol_suite!`.
+//! timeouts (they only stop a broken test from hanging; nothing waits on them), a server
+//! binary started on a free port, and the two suites every server must pass, the protocol
+//! suite (`protocol_suite!`, against the library) and the binary suite (`binary_suite!`,
+//! against the executable). Each suite is a macro holding its tests' bodies, so a test
+//! crate that instantiates it gets every test, and a test cannot be written and then left
+//! out for one of the servers.
 //!
 //! Tests drop their clients before stopping the server: at shutdown the server shuts down
 //! its write side and waits (up to its linger timeout) for each client's EOF, so a client
 //! left open would only make the test slower.
-#![allow(dead_code)]
+//!
+//! Every test crate that declares `mod common;` compiles all of it, and none uses all of
+//! it: a helper that some crates have no use for says so with an `#[allow(dead_code)]` of
+//! its own, and `tests/loadgen_servers.rs`, which needs only [`start`] and [`Spawn`],
+//! allows dead code on its `mod common;`. Anything else unused is a warning, so a helper
+//! that no test needs any more does not linger.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
@@ -13,7 +22,6 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use evloop::protocol::{Framing, Mode};
 use evloop::{Running, ServerConfig};
 
 /// How a test starts a server: `evloop::reactor::spawn` or `evloop::threaded::spawn`.
@@ -63,6 +71,7 @@ impl Client {
     }
 
     /// Reads exactly `n` bytes.
+    #[allow(dead_code)] // the protocol suite's; tests/limits.rs has no use for it
     pub fn exactly(&mut self, n: usize) -> Vec<u8> {
         let mut buf = vec![0; n];
         self.reader.read_exact(&mut buf).expect("read");
@@ -78,10 +87,12 @@ impl Client {
         rest
     }
 
+    #[allow(dead_code)] // the protocol suite's; tests/limits.rs has no use for it
     pub fn half_close(&mut self) {
         self.writer.shutdown(Shutdown::Write).unwrap();
     }
 
+    #[allow(dead_code)] // for tests/limits.rs; the suites never need the raw socket
     pub fn stream(&self) -> &TcpStream {
         &self.writer
     }
@@ -113,7 +124,9 @@ pub fn start(spawn: Spawn, configure: impl FnOnce(&mut ServerConfig)) -> Running
 pub struct Binary {
     pub child: Child,
     pub tcp: SocketAddr,
+    #[allow(dead_code)] // read by the binary suite; tests/limits.rs has no use for it
     pub udp: Option<SocketAddr>,
+    #[allow(dead_code)] // read by the binary suite; tests/limits.rs has no use for it
     pub first_line: String,
 }
 
@@ -169,6 +182,7 @@ impl Binary {
         }
     }
 
+    #[allow(dead_code)] // for tests/limits.rs and tests/threaded.rs, not tests/reactor.rs
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -199,529 +213,528 @@ impl Drop for Binary {
     }
 }
 
-/// Runs a binary to completion; returns its exit code and stderr.
-pub fn run(exe: &str, args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(exe).args(args).output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Each test of the suite takes the server's spawn function.
-pub mod suite {
-    use super::*;
-
-    pub fn greeting_then_one_reply_per_line(spawn: Spawn) {
-        let server = start(spawn, |_| {});
-        let mut c = Client::greeted(server.tcp);
-        c.send(b"alice\n");
-        assert_eq!(c.line(), b"Hello, alice!\n");
-        c.send(b"bob\r\n\n");
-        assert_eq!(c.line(), b"Hello, bob!\n");
-        assert_eq!(c.line(), b"Hello, !\n");
-        drop(c);
-        server.shutdown().unwrap();
-    }
-
-    pub fn empty_greeting_sends_nothing(spawn: Spawn) {
-        let server = start(spawn, |c| c.protocol.greeting.clear());
-        let mut c = Client::connect(server.tcp);
-        c.send(b"x\n");
-        assert_eq!(c.line(), b"Hello, x!\n");
-        drop(c);
-        server.shutdown().unwrap();
-    }
-
-    pub fn bytes_are_bytes(spawn: Spawn) {
-        let server = start(spawn, |_| {});
-        let mut c = Client::greeted(server.tcp);
-        c.send(b"\xff\xfe\x00caf\xc3\xa9\r\r\n");
-        assert_eq!(c.line(), b"Hello, \xff\xfe\x00caf\xc3\xa9\r!\n");
-        drop(c);
-        server.shutdown().unwrap();
-    }
-
-    pub fn echo_mode(spawn: Spawn) {
-        let server = start(spawn, |c| c.protocol.mode = Mode::Echo);
-        let mut c = Client::greeted(server.tcp);
-        c.send(b"same\r\nagain\n");
-        assert_eq!(c.line(), b"same\n");
-        assert_eq!(c.line(), b"again\n");
-        drop(c);
-        server.shutdown().unwrap();
-    }
-
-    pub fn a_line_sent_one_byte_at_a_time(spawn: Spawn) {
-        let server = start(spawn, |_| {});
-        let mut c = Client::greeted(server.tcp);
-        for byte in b"one byte at a time\n" {
-            c.send(&[*byte]);
-        }
-        assert_eq!(c.line(), b"Hello, one byte at a time!\n");
-        drop(c);
-        server.shutdown().unwrap();
-    }
-
-    pub fn a_thousand_lines_in_one_write(spawn: Spawn) {
-        let server = start(spawn, |_| {});
-        let mut c = Client::greeted(server.tcp);
-        let batch: Vec<u8> = (0..1000)
-            .flat_map(|i| format!("line {i}\n").into_bytes())
-            .collect();
-        c.send(&batch);
-        for i in 0..1000 {
-            assert_eq!(c.line(), format!("Hello, line {i}!\n").as_bytes());
-        }
-        drop(c);
-        server.shutdown().unwrap();
-    }
-
-    pub fn exit_sends_what_is_owed_then_closes_cleanly(spawn: Spawn) {
-        let server = start(spawn, |_| {});
-        let mut c = Client::greeted(server.tcp);
-        // Lines after `exit`, and a lot of them, must not turn the close into a reset that
-        // destroys the replies the client has not read yet.
-        let mut input = b"a\nb\nexit\n".to_vec();
-        input.extend(std::iter::repeat_n(b"ignored\n".as_slice(), 128 * 1024).flatten());
-        c.send(&input);
-        assert_eq!(c.rest(), b"Hello, a!\nHello, b!\n");
-        drop(c);
-        server.shutdown().unwrap();
-    }
-
-    pub fn half_close_answers_the_final_line(spawn: Spawn) {
-        let server = start(spawn, |_| {});
-        let mut c = Client::greeted(server.tcp);
-        c.send(b"first\nlast without newline");
-        c.half_close();
-        assert_eq!(c.rest(), b"Hello, first!\nHello, last without newline!\n");
-        drop(c);
-        server.shutdown().unwrap();
-    }
-
-    pub fn a_line_too_long_is_refused_and_closed(spawn: Spawn) {
-        let server = start(spawn, |c| c.protocol.max_line = 16);
-        let mut c = Client::greeted(server.tcp);
-        c.send(b"exactly sixteen!\n");
-        assert_eq!(c.line(), b"Hello, exactly sixteen!!\n");
-        // No newline ever comes: the server must refuse once the 17th byte arrives.
-        c.send(b"seventeen bytes..");
-        assert_eq!(c.rest(), b"ERR line too long\n");
-        drop(c);
-        server.shutdown().unwrap();
-    }
-
-    pub fn raw_framing_answers_messages_without_newlines(spawn: Spawn) {
-        let server = start(spawn, |c| c.protocol.framing = Framing::Raw);
-        let mut c = Client::connect(server.tcp);
-        assert_eq!(c.exactly(8), b"Welcome!");
-        c.send(b"bob");
-        assert_eq!(c.exactly(11), b"Hello, bob!");
-        c.send(b"alice\r\n");
-        assert_eq!(c.exactly(13), b"Hello, alice!");
-        c.send(b"exit\n");
-        assert_eq!(c.rest(), b"");
-        drop(c);
-        server.shutdown().unwrap();
-    }
-
-    pub fn raw_echo_is_a_plain_echo_server(spawn: Spawn) {
-        let server = start(spawn, |c| {
-            c.protocol.framing = Framing::Raw;
-            c.protocol.mode = Mode::Echo;
-            c.protocol.greeting.clear();
-        });
-        let mut c = Client::connect(server.tcp);
-        c.send(b"as is\r\n");
-        assert_eq!(c.exactly(7), b"as is\r\n");
-        drop(c);
-        server.shutdown().unwrap();
-    }
-
-    pub fn udp_hello_and_empty_datagram(spawn: Spawn) {
-        let server = start(spawn, |_| {});
-        let udp = server.udp.expect("udp is on by default");
-        assert_eq!(
-            udp.port(),
-            server.tcp.port(),
-            "TCP and UDP share the port number"
-        );
-        let socket = udp_client();
-        assert_eq!(udp_roundtrip(&socket, udp, b"bob\n"), b"Hello, bob!");
-        assert_eq!(
-            udp_roundtrip(&socket, udp, b"no newline"),
-            b"Hello, no newline!"
-        );
-        assert_eq!(udp_roundtrip(&socket, udp, b""), b"Hello, !");
-        server.shutdown().unwrap();
-    }
-
-    pub fn udp_echo_returns_the_payload(spawn: Spawn) {
-        let server = start(spawn, |c| c.protocol.mode = Mode::Echo);
-        let socket = udp_client();
-        let udp = server.udp.unwrap();
-        assert_eq!(udp_roundtrip(&socket, udp, b"as is\n"), b"as is\n");
-        let big = vec![b'x'; 60_000];
-        assert_eq!(udp_roundtrip(&socket, udp, &big), big);
-        server.shutdown().unwrap();
-    }
-
-    pub fn no_udp_serves_tcp_only(spawn: Spawn) {
-        let server = start(spawn, |c| c.udp = None);
-        assert!(server.udp.is_none());
-        let mut c = Client::greeted(server.tcp);
-        c.send(b"x\n");
-        assert_eq!(c.line(), b"Hello, x!\n");
-        drop(c);
-        server.shutdown().unwrap();
-    }
-
-    pub fn max_connections_refuses_then_recovers(spawn: Spawn) {
-        let server = start(spawn, |c| c.max_connections = 2);
-        let mut first = Client::greeted(server.tcp);
-        let second = Client::greeted(server.tcp);
-        let mut third = Client::connect(server.tcp);
-        assert_eq!(third.rest(), b"ERR server busy\n");
-        first.send(b"still served\n");
-        assert_eq!(first.line(), b"Hello, still served!\n");
-        first.send(b"exit\n");
-        assert_eq!(first.rest(), b"");
-        drop(first);
-        // The server frees the slot when it sees our close, just after we make it: retry
-        // until admitted, with a deadline only to fail rather than hang.
-        let deadline = std::time::Instant::now() + IO_TIMEOUT;
-        loop {
-            let mut c = Client::connect(server.tcp);
-            if c.line() == b"Welcome!\n" {
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "never admitted again");
-        }
-        drop((second, third));
-        let stats = server.shutdown().unwrap();
-        assert!(stats.refused >= 1);
-    }
-
-    pub fn stop_delivers_and_counts(spawn: Spawn) {
-        let server = start(spawn, |_| {});
-        let mut c = Client::greeted(server.tcp);
-        c.send(b"a\nb\n");
-        assert_eq!(c.line(), b"Hello, a!\n");
-        assert_eq!(c.line(), b"Hello, b!\n");
-        let udp = udp_client();
-        udp_roundtrip(&udp, server.udp.unwrap(), b"u");
-        server.stop();
-        // The server closes the connection at shutdown with a clean EOF.
-        assert_eq!(c.rest(), b"");
-        drop(c);
-        let stats = server.join().unwrap();
-        assert_eq!(stats.connections, 1);
-        assert_eq!(stats.messages, 3);
-    }
-
-    pub fn idle_timeout_closes_a_silent_connection(spawn: Spawn) {
-        let server = start(spawn, |c| c.idle_timeout = Some(Duration::from_millis(200)));
-        let mut c = Client::greeted(server.tcp);
-        let started = std::time::Instant::now();
-        assert_eq!(c.rest(), b"");
-        assert!(started.elapsed() >= Duration::from_millis(150));
-        drop(c);
-        server.shutdown().unwrap();
-    }
-
-    pub fn graceful_stop_answers_what_it_read_and_counts_exactly(spawn: Spawn) {
-        let server = start(spawn, |c| c.shutdown_grace = IO_TIMEOUT);
-        let mut busy = Client::greeted(server.tcp);
-        busy.send(b"one\ntwo\n");
-        assert_eq!(busy.line(), b"Hello, one!\n");
-        assert_eq!(busy.line(), b"Hello, two!\n");
-        // A line that never ends is owed nothing: stopping is not the client's EOF.
-        let mut partial = Client::greeted(server.tcp);
-        partial.send(b"unfinished");
-        assert_eq!(
-            udp_roundtrip(&udp_client(), server.udp.unwrap(), b"udp\n"),
-            b"Hello, udp!"
-        );
-
-        server.stop();
-        assert_eq!(busy.rest(), b"");
-        assert_eq!(partial.rest(), b"");
-        drop((busy, partial));
-        let stats = server.join().unwrap();
-        let greetings = 2 * b"Welcome!\n".len() as u64;
-        let tcp_out = greetings + b"Hello, one!\nHello, two!\n".len() as u64;
-        let udp = (b"udp\n".len() as u64, b"Hello, udp!".len() as u64);
-        // Whether the server read the unfinished line before it stopped is up to scheduling.
-        let tcp_in = b"one\ntwo\n".len() as u64;
-        let partial_in = b"unfinished".len() as u64;
-        assert_eq!(
-            (stats.connections, stats.refused, stats.messages),
-            (2, 0, 3)
-        );
-        assert!(
-            [tcp_in + udp.0, tcp_in + partial_in + udp.0].contains(&stats.bytes_in),
-            "{stats:?}"
-        );
-        assert_eq!(stats.bytes_out, tcp_out + udp.1);
-        assert_eq!(stats.udp_dropped, 0);
-    }
-
-    /// Every reply is `BIG_REPLY` bytes, so a few lines owe the client more than the
-    /// kernel's socket buffers on both ends hold: the server is sure to be stuck writing.
-    fn big_replies(config: &mut ServerConfig, shutdown_grace: Duration) {
-        config.protocol.mode = Mode::Custom(std::sync::Arc::new(|_: &[u8], out: &mut Vec<u8>| {
-            out.resize(out.len() + BIG_REPLY, b'x')
-        }));
-        config.protocol.greeting.clear();
-        config.shutdown_grace = shutdown_grace;
-    }
-
-    const BIG_REPLY: usize = 1 << 20;
-    const BIG_LINES: usize = 16;
-
-    pub fn stop_delivers_every_reply_already_owed(spawn: Spawn) {
-        let server = start(spawn, |c| big_replies(c, IO_TIMEOUT));
-        let mut c = Client::connect(server.tcp);
-        c.send(&b"x\n".repeat(BIG_LINES));
-        // The first byte back proves the server has read the lines: every reply is owed.
-        c.exactly(1);
-        server.stop();
-        let rest = c.rest();
-        assert_eq!(1 + rest.len(), BIG_LINES * (BIG_REPLY + 1));
-        drop(c);
-        let stats = server.join().unwrap();
-        assert_eq!(stats.messages, BIG_LINES as u64);
-        assert_eq!(stats.bytes_out, (BIG_LINES * (BIG_REPLY + 1)) as u64);
-    }
-
-    pub fn stop_gives_up_on_a_client_that_never_reads_after_the_grace(spawn: Spawn) {
-        let grace = Duration::from_millis(200);
-        let server = start(spawn, |c| big_replies(c, grace));
-        let mut c = Client::connect(server.tcp);
-        c.send(&b"x\n".repeat(BIG_LINES));
-        c.exactly(1);
-        let started = std::time::Instant::now();
-        let stats = server.shutdown().unwrap();
-        let took = started.elapsed();
-        assert!(took >= grace, "owed replies get the grace: {took:?}");
-        assert!(
-            took < IO_TIMEOUT / 2,
-            "then the server stops anyway: {took:?}"
-        );
-        assert_eq!(stats.connections, 1);
-    }
-
-    /// `clients` connections open at once, each doing `rounds` lockstep round trips.
-    pub fn many_concurrent_clients(spawn: Spawn, clients: usize, rounds: usize) {
-        evloop::net::raise_fd_limit().unwrap();
-        let server = start(spawn, |_| {});
-        let workers = 50;
-        let per_worker = clients / workers;
-        let all_open = std::sync::Barrier::new(workers);
-        std::thread::scope(|scope| {
-            for w in 0..workers {
-                let all_open = &all_open;
-                let addr = server.tcp;
-                std::thread::Builder::new()
-                    .stack_size(256 * 1024)
-                    .spawn_scoped(scope, move || {
-                        let mut conns: Vec<Client> =
-                            (0..per_worker).map(|_| Client::greeted(addr)).collect();
-                        // Every connection of every worker is open before any round trip.
-                        all_open.wait();
-                        for round in 0..rounds {
-                            for (i, c) in conns.iter_mut().enumerate() {
-                                c.send(format!("w{w} c{i} r{round}\n").as_bytes());
-                            }
-                            for (i, c) in conns.iter_mut().enumerate() {
-                                let expected = format!("Hello, w{w} c{i} r{round}!\n");
-                                assert_eq!(c.line(), expected.as_bytes());
-                            }
-                        }
-                        drop(conns);
-                    })
-                    .unwrap();
-            }
-        });
-        let stats = server.shutdown().unwrap();
-        assert_eq!(stats.connections, (per_worker * workers) as u64);
-        assert_eq!(stats.messages, (per_worker * workers * rounds) as u64);
-    }
-}
-
-/// Instantiates the protocol suite as `#[test]`s for one server.
+/// The protocol suite: `protocol_suite!(evloop::reactor::spawn)` defines each test below as a
+/// `#[test]` of the same name at the root of the test crate, run against the server the
+/// given spawn function starts, and a module `protocol_suite` with what the tests use.
+/// Each test is written only here, so each runs against every server the suite is
+/// instantiated for. The crate must declare `mod common;`.
 #[macro_export]
 macro_rules! protocol_suite {
     ($spawn:path) => {
-        $crate::protocol_suite!(@tests $spawn;
-            greeting_then_one_reply_per_line,
-            empty_greeting_sends_nothing,
-            bytes_are_bytes,
-            echo_mode,
-            a_line_sent_one_byte_at_a_time,
-            a_thousand_lines_in_one_write,
-            exit_sends_what_is_owed_then_closes_cleanly,
-            half_close_answers_the_final_line,
-            a_line_too_long_is_refused_and_closed,
-            raw_framing_answers_messages_without_newlines,
-            raw_echo_is_a_plain_echo_server,
-            udp_hello_and_empty_datagram,
-            udp_echo_returns_the_payload,
-            no_udp_serves_tcp_only,
-            max_connections_refuses_then_recovers,
-            stop_delivers_and_counts,
-            idle_timeout_closes_a_silent_connection,
-            graceful_stop_answers_what_it_read_and_counts_exactly,
-            stop_delivers_every_reply_already_owed,
-            stop_gives_up_on_a_client_that_never_reads_after_the_grace,
-        );
+        /// What the tests of the suite use: the shared helpers, the settings they give the
+        /// server, and the suite's own helpers.
+        mod protocol_suite {
+            pub use evloop::protocol::{Framing, Mode};
+            pub use evloop::ServerConfig;
+            pub use std::time::Duration;
+
+            pub use $crate::common::{start, udp_client, udp_roundtrip, Client, IO_TIMEOUT};
+
+            /// Every reply is `BIG_REPLY` bytes, so a few lines owe the client more than the
+            /// kernel's socket buffers on both ends hold: the server is sure to be stuck writing.
+            pub fn big_replies(config: &mut ServerConfig, shutdown_grace: Duration) {
+                config.protocol.mode =
+                    Mode::Custom(std::sync::Arc::new(|_: &[u8], out: &mut Vec<u8>| {
+                        out.resize(out.len() + BIG_REPLY, b'x')
+                    }));
+                config.protocol.greeting.clear();
+                config.shutdown_grace = shutdown_grace;
+            }
+
+            pub const BIG_REPLY: usize = 1 << 20;
+            pub const BIG_LINES: usize = 16;
+        }
 
         #[test]
-        fn a_thousand_concurrent_clients() {
-            common::suite::many_concurrent_clients($spawn, 1000, 5);
+        fn greeting_then_one_reply_per_line() {
+            use protocol_suite::*;
+            let server = start($spawn, |_| {});
+            let mut c = Client::greeted(server.tcp);
+            c.send(b"alice\n");
+            assert_eq!(c.line(), b"Hello, alice!\n");
+            c.send(b"bob\r\n\n");
+            assert_eq!(c.line(), b"Hello, bob!\n");
+            assert_eq!(c.line(), b"Hello, !\n");
+            drop(c);
+            server.shutdown().unwrap();
         }
-    };
-    (@tests $spawn:path; $($name:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                common::suite::$name($spawn);
+
+        #[test]
+        fn empty_greeting_sends_nothing() {
+            use protocol_suite::*;
+            let server = start($spawn, |c| c.protocol.greeting.clear());
+            let mut c = Client::connect(server.tcp);
+            c.send(b"x\n");
+            assert_eq!(c.line(), b"Hello, x!\n");
+            drop(c);
+            server.shutdown().unwrap();
+        }
+
+        #[test]
+        fn bytes_are_bytes() {
+            use protocol_suite::*;
+            let server = start($spawn, |_| {});
+            let mut c = Client::greeted(server.tcp);
+            c.send(b"\xff\xfe\x00caf\xc3\xa9\r\r\n");
+            assert_eq!(c.line(), b"Hello, \xff\xfe\x00caf\xc3\xa9\r!\n");
+            drop(c);
+            server.shutdown().unwrap();
+        }
+
+        #[test]
+        fn echo_mode() {
+            use protocol_suite::*;
+            let server = start($spawn, |c| c.protocol.mode = Mode::Echo);
+            let mut c = Client::greeted(server.tcp);
+            c.send(b"same\r\nagain\n");
+            assert_eq!(c.line(), b"same\n");
+            assert_eq!(c.line(), b"again\n");
+            drop(c);
+            server.shutdown().unwrap();
+        }
+
+        #[test]
+        fn a_line_sent_one_byte_at_a_time() {
+            use protocol_suite::*;
+            let server = start($spawn, |_| {});
+            let mut c = Client::greeted(server.tcp);
+            for byte in b"one byte at a time\n" {
+                c.send(&[*byte]);
             }
-        )*
+            assert_eq!(c.line(), b"Hello, one byte at a time!\n");
+            drop(c);
+            server.shutdown().unwrap();
+        }
+
+        #[test]
+        fn a_thousand_lines_in_one_write() {
+            use protocol_suite::*;
+            let server = start($spawn, |_| {});
+            let mut c = Client::greeted(server.tcp);
+            let batch: Vec<u8> = (0..1000)
+                .flat_map(|i| format!("line {i}\n").into_bytes())
+                .collect();
+            c.send(&batch);
+            for i in 0..1000 {
+                assert_eq!(c.line(), format!("Hello, line {i}!\n").as_bytes());
+            }
+            drop(c);
+            server.shutdown().unwrap();
+        }
+
+        #[test]
+        fn exit_sends_what_is_owed_then_closes_cleanly() {
+            use protocol_suite::*;
+            let server = start($spawn, |_| {});
+            let mut c = Client::greeted(server.tcp);
+            // Lines after `exit`, and a lot of them, must not turn the close into a reset that
+            // destroys the replies the client has not read yet.
+            let mut input = b"a\nb\nexit\n".to_vec();
+            input.extend(std::iter::repeat_n(b"ignored\n".as_slice(), 128 * 1024).flatten());
+            c.send(&input);
+            assert_eq!(c.rest(), b"Hello, a!\nHello, b!\n");
+            drop(c);
+            server.shutdown().unwrap();
+        }
+
+        #[test]
+        fn half_close_answers_the_final_line() {
+            use protocol_suite::*;
+            let server = start($spawn, |_| {});
+            let mut c = Client::greeted(server.tcp);
+            c.send(b"first\nlast without newline");
+            c.half_close();
+            assert_eq!(c.rest(), b"Hello, first!\nHello, last without newline!\n");
+            drop(c);
+            server.shutdown().unwrap();
+        }
+
+        #[test]
+        fn a_line_too_long_is_refused_and_closed() {
+            use protocol_suite::*;
+            let server = start($spawn, |c| c.protocol.max_line = 16);
+            let mut c = Client::greeted(server.tcp);
+            c.send(b"exactly sixteen!\n");
+            assert_eq!(c.line(), b"Hello, exactly sixteen!!\n");
+            // No newline ever comes: the server must refuse once the 17th byte arrives.
+            c.send(b"seventeen bytes..");
+            assert_eq!(c.rest(), b"ERR line too long\n");
+            drop(c);
+            server.shutdown().unwrap();
+        }
+
+        #[test]
+        fn raw_framing_answers_messages_without_newlines() {
+            use protocol_suite::*;
+            let server = start($spawn, |c| c.protocol.framing = Framing::Raw);
+            let mut c = Client::connect(server.tcp);
+            assert_eq!(c.exactly(8), b"Welcome!");
+            c.send(b"bob");
+            assert_eq!(c.exactly(11), b"Hello, bob!");
+            c.send(b"alice\r\n");
+            assert_eq!(c.exactly(13), b"Hello, alice!");
+            c.send(b"exit\n");
+            assert_eq!(c.rest(), b"");
+            drop(c);
+            server.shutdown().unwrap();
+        }
+
+        #[test]
+        fn raw_echo_is_a_plain_echo_server() {
+            use protocol_suite::*;
+            let server = start($spawn, |c| {
+                c.protocol.framing = Framing::Raw;
+                c.protocol.mode = Mode::Echo;
+                c.protocol.greeting.clear();
+            });
+            let mut c = Client::connect(server.tcp);
+            c.send(b"as is\r\n");
+            assert_eq!(c.exactly(7), b"as is\r\n");
+            drop(c);
+            server.shutdown().unwrap();
+        }
+
+        #[test]
+        fn udp_hello_and_empty_datagram() {
+            use protocol_suite::*;
+            let server = start($spawn, |_| {});
+            let udp = server.udp.expect("udp is on by default");
+            assert_eq!(
+                udp.port(),
+                server.tcp.port(),
+                "TCP and UDP share the port number"
+            );
+            let socket = udp_client();
+            assert_eq!(udp_roundtrip(&socket, udp, b"bob\n"), b"Hello, bob!");
+            assert_eq!(
+                udp_roundtrip(&socket, udp, b"no newline"),
+                b"Hello, no newline!"
+            );
+            assert_eq!(udp_roundtrip(&socket, udp, b""), b"Hello, !");
+            server.shutdown().unwrap();
+        }
+
+        #[test]
+        fn udp_echo_returns_the_payload() {
+            use protocol_suite::*;
+            let server = start($spawn, |c| c.protocol.mode = Mode::Echo);
+            let socket = udp_client();
+            let udp = server.udp.unwrap();
+            assert_eq!(udp_roundtrip(&socket, udp, b"as is\n"), b"as is\n");
+            let big = vec![b'x'; 60_000];
+            assert_eq!(udp_roundtrip(&socket, udp, &big), big);
+            server.shutdown().unwrap();
+        }
+
+        #[test]
+        fn no_udp_serves_tcp_only() {
+            use protocol_suite::*;
+            let server = start($spawn, |c| c.udp = None);
+            assert!(server.udp.is_none());
+            let mut c = Client::greeted(server.tcp);
+            c.send(b"x\n");
+            assert_eq!(c.line(), b"Hello, x!\n");
+            drop(c);
+            server.shutdown().unwrap();
+        }
+
+        #[test]
+        fn max_connections_refuses_then_recovers() {
+            use protocol_suite::*;
+            let server = start($spawn, |c| c.max_connections = 2);
+            let mut first = Client::greeted(server.tcp);
+            let second = Client::greeted(server.tcp);
+            let mut third = Client::connect(server.tcp);
+            assert_eq!(third.rest(), b"ERR server busy\n");
+            first.send(b"still served\n");
+            assert_eq!(first.line(), b"Hello, still served!\n");
+            first.send(b"exit\n");
+            assert_eq!(first.rest(), b"");
+            drop(first);
+            // The server frees the slot when it sees our close, just after we make it: retry
+            // until admitted, with a deadline only to fail rather than hang.
+            let deadline = std::time::Instant::now() + IO_TIMEOUT;
+            loop {
+                let mut c = Client::connect(server.tcp);
+                if c.line() == b"Welcome!\n" {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "never admitted again");
+            }
+            drop((second, third));
+            let stats = server.shutdown().unwrap();
+            assert!(stats.refused >= 1);
+        }
+
+        #[test]
+        fn stop_delivers_and_counts() {
+            use protocol_suite::*;
+            let server = start($spawn, |_| {});
+            let mut c = Client::greeted(server.tcp);
+            c.send(b"a\nb\n");
+            assert_eq!(c.line(), b"Hello, a!\n");
+            assert_eq!(c.line(), b"Hello, b!\n");
+            let udp = udp_client();
+            udp_roundtrip(&udp, server.udp.unwrap(), b"u");
+            server.stop();
+            // The server closes the connection at shutdown with a clean EOF.
+            assert_eq!(c.rest(), b"");
+            drop(c);
+            let stats = server.join().unwrap();
+            assert_eq!(stats.connections, 1);
+            assert_eq!(stats.messages, 3);
+        }
+
+        #[test]
+        fn idle_timeout_closes_a_silent_connection() {
+            use protocol_suite::*;
+            let server = start($spawn, |c| {
+                c.idle_timeout = Some(Duration::from_millis(200))
+            });
+            let mut c = Client::greeted(server.tcp);
+            let started = std::time::Instant::now();
+            assert_eq!(c.rest(), b"");
+            assert!(started.elapsed() >= Duration::from_millis(150));
+            drop(c);
+            server.shutdown().unwrap();
+        }
+
+        #[test]
+        fn graceful_stop_answers_what_it_read_and_counts_exactly() {
+            use protocol_suite::*;
+            let server = start($spawn, |c| c.shutdown_grace = IO_TIMEOUT);
+            let mut busy = Client::greeted(server.tcp);
+            busy.send(b"one\ntwo\n");
+            assert_eq!(busy.line(), b"Hello, one!\n");
+            assert_eq!(busy.line(), b"Hello, two!\n");
+            // A line that never ends is owed nothing: stopping is not the client's EOF.
+            let mut partial = Client::greeted(server.tcp);
+            partial.send(b"unfinished");
+            assert_eq!(
+                udp_roundtrip(&udp_client(), server.udp.unwrap(), b"udp\n"),
+                b"Hello, udp!"
+            );
+
+            server.stop();
+            assert_eq!(busy.rest(), b"");
+            assert_eq!(partial.rest(), b"");
+            drop((busy, partial));
+            let stats = server.join().unwrap();
+            let greetings = 2 * b"Welcome!\n".len() as u64;
+            let tcp_out = greetings + b"Hello, one!\nHello, two!\n".len() as u64;
+            let udp = (b"udp\n".len() as u64, b"Hello, udp!".len() as u64);
+            // Whether the server read the unfinished line before it stopped is up to scheduling.
+            let tcp_in = b"one\ntwo\n".len() as u64;
+            let partial_in = b"unfinished".len() as u64;
+            assert_eq!(
+                (stats.connections, stats.refused, stats.messages),
+                (2, 0, 3)
+            );
+            assert!(
+                [tcp_in + udp.0, tcp_in + partial_in + udp.0].contains(&stats.bytes_in),
+                "{stats:?}"
+            );
+            assert_eq!(stats.bytes_out, tcp_out + udp.1);
+            assert_eq!(stats.udp_dropped, 0);
+        }
+
+        #[test]
+        fn stop_delivers_every_reply_already_owed() {
+            use protocol_suite::*;
+            let server = start($spawn, |c| big_replies(c, IO_TIMEOUT));
+            let mut c = Client::connect(server.tcp);
+            c.send(&b"x\n".repeat(BIG_LINES));
+            // The first byte back proves the server has read the lines: every reply is owed.
+            c.exactly(1);
+            server.stop();
+            let rest = c.rest();
+            assert_eq!(1 + rest.len(), BIG_LINES * (BIG_REPLY + 1));
+            drop(c);
+            let stats = server.join().unwrap();
+            assert_eq!(stats.messages, BIG_LINES as u64);
+            assert_eq!(stats.bytes_out, (BIG_LINES * (BIG_REPLY + 1)) as u64);
+        }
+
+        #[test]
+        fn stop_gives_up_on_a_client_that_never_reads_after_the_grace() {
+            use protocol_suite::*;
+            let grace = Duration::from_millis(200);
+            let server = start($spawn, |c| big_replies(c, grace));
+            let mut c = Client::connect(server.tcp);
+            c.send(&b"x\n".repeat(BIG_LINES));
+            c.exactly(1);
+            let started = std::time::Instant::now();
+            let stats = server.shutdown().unwrap();
+            let took = started.elapsed();
+            assert!(took >= grace, "owed replies get the grace: {took:?}");
+            assert!(
+                took < IO_TIMEOUT / 2,
+                "then the server stops anyway: {took:?}"
+            );
+            assert_eq!(stats.connections, 1);
+        }
+
+        /// A thousand connections open at once, each doing five lockstep round trips.
+        #[test]
+        fn a_thousand_concurrent_clients() {
+            use protocol_suite::*;
+            let (clients, rounds) = (1000, 5);
+            evloop::net::raise_fd_limit().unwrap();
+            let server = start($spawn, |_| {});
+            let workers = 50;
+            let per_worker = clients / workers;
+            let all_open = std::sync::Barrier::new(workers);
+            std::thread::scope(|scope| {
+                for w in 0..workers {
+                    let all_open = &all_open;
+                    let addr = server.tcp;
+                    std::thread::Builder::new()
+                        .stack_size(256 * 1024)
+                        .spawn_scoped(scope, move || {
+                            let mut conns: Vec<Client> =
+                                (0..per_worker).map(|_| Client::greeted(addr)).collect();
+                            // Every connection of every worker is open before any round trip.
+                            all_open.wait();
+                            for round in 0..rounds {
+                                for (i, c) in conns.iter_mut().enumerate() {
+                                    c.send(format!("w{w} c{i} r{round}\n").as_bytes());
+                                }
+                                for (i, c) in conns.iter_mut().enumerate() {
+                                    let expected = format!("Hello, w{w} c{i} r{round}!\n");
+                                    assert_eq!(c.line(), expected.as_bytes());
+                                }
+                            }
+                            drop(conns);
+                        })
+                        .unwrap();
+                }
+            });
+            let stats = server.shutdown().unwrap();
+            assert_eq!(stats.connections, (per_worker * workers) as u64);
+            assert_eq!(stats.messages, (per_worker * workers * rounds) as u64);
+        }
     };
 }
 
-/// What every server binary must do, whichever server it runs.
-pub mod binary {
-    use super::*;
-    use std::net::TcpListener;
-
-    pub fn binary_prints_the_startup_line_and_serves_tcp_and_udp(exe: &str) {
-        let server = Binary::start(exe, &[]);
-        assert!(server.first_line.starts_with("listening tcp=127.0.0.1:"));
-        assert!(server.first_line.ends_with('\n'));
-        let udp = server.udp.expect("udp on by default");
-        assert_eq!(udp.port(), server.tcp.port());
-        let mut c = Client::greeted(server.tcp);
-        c.send(b"binary\n");
-        assert_eq!(c.line(), b"Hello, binary!\n");
-        assert_eq!(udp_roundtrip(&udp_client(), udp, b"x\n"), b"Hello, x!");
-    }
-
-    pub fn binary_startup_line_says_udp_off(exe: &str) {
-        let server = Binary::start(exe, &["--no-udp"]);
-        assert!(
-            server.first_line.trim_end().ends_with("udp=off"),
-            "{}",
-            server.first_line
-        );
-        assert!(server.udp.is_none());
-    }
-
-    pub fn sigterm_delivers_owed_replies_and_exits_zero(exe: &str) {
-        let server = Binary::start(exe, &[]);
-        let mut c = Client::greeted(server.tcp);
-        c.send(b"before\n");
-        assert_eq!(c.line(), b"Hello, before!\n");
-        server.signal(libc::SIGTERM);
-        assert_eq!(c.rest(), b"", "closed with a clean EOF");
-        drop(c);
-        let (code, stderr) = server.wait();
-        assert_eq!(code, Some(0), "{stderr}");
-        assert!(
-            stderr.contains("served 1 connections"),
-            "summary missing: {stderr}"
-        );
-        assert!(stderr.contains("1 messages"), "{stderr}");
-    }
-
-    pub fn sigint_exits_zero_too(exe: &str) {
-        let server = Binary::start(exe, &["--no-udp"]);
-        server.signal(libc::SIGINT);
-        let (code, stderr) = server.wait();
-        assert_eq!(code, Some(0), "{stderr}");
-    }
-
-    pub fn bad_flags_give_one_line_and_a_nonzero_exit(exe: &str) {
-        for args in [
-            &["--listen", "not-an-address"][..],
-            &["--mode", "shout"],
-            &["--max-line", "0"],
-            &["--no-such-flag"],
-            &["--idle-timeout", "-1"],
-            &["--threads", "0"],
-        ] {
-            let (code, stderr) = run(exe, args);
-            assert_eq!(code, Some(2), "{args:?}: {stderr}");
-            assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
-            assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
-            assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
-        }
-    }
-
-    pub fn an_address_in_use_is_one_line_and_a_nonzero_exit(exe: &str) {
-        let held = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = held.local_addr().unwrap().to_string();
-        let (code, stderr) = run(exe, &["--listen", &addr, "--no-udp"]);
-        assert_ne!(code, Some(0));
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(
-            stderr.contains(&addr) && stderr.contains("in use"),
-            "{stderr}"
-        );
-    }
-
-    pub fn help_explains_and_exits_zero(exe: &str) {
-        let out = Command::new(exe).arg("--help").output().unwrap();
-        assert_eq!(out.status.code(), Some(0));
-        let help = String::from_utf8_lossy(&out.stdout);
-        for flag in [
-            "--listen",
-            "--udp",
-            "--no-udp",
-            "--framing",
-            "--mode",
-            "--greeting",
-            "--max-line",
-        ] {
-            assert!(help.contains(flag), "--help lacks {flag}");
-        }
-    }
-}
-
-/// Instantiates the binary suite as `#[test]`s for one executable.
+/// The binary suite: `binary_suite!(env!("CARGO_BIN_EXE_reactor"))` defines each test below
+/// as a `#[test]` of the same name in a module `binary` of the test crate, run against the
+/// given executable: what every server binary must do, whichever server it runs. The crate
+/// must declare `mod common;`.
 #[macro_export]
 macro_rules! binary_suite {
     ($exe:expr) => {
         mod binary {
+            use std::net::TcpListener;
+            use std::process::Command;
+
+            use $crate::common::{udp_client, udp_roundtrip, Binary, Client};
+
+            /// Runs a binary to completion; returns its exit code and stderr.
+            fn run(exe: &str, args: &[&str]) -> (Option<i32>, String) {
+                let out = Command::new(exe).args(args).output().unwrap();
+                (
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                )
+            }
+
             #[test]
             fn binary_prints_the_startup_line_and_serves_tcp_and_udp() {
-                super::common::binary::binary_prints_the_startup_line_and_serves_tcp_and_udp($exe);
+                let server = Binary::start($exe, &[]);
+                assert!(server.first_line.starts_with("listening tcp=127.0.0.1:"));
+                assert!(server.first_line.ends_with('\n'));
+                let udp = server.udp.expect("udp on by default");
+                assert_eq!(udp.port(), server.tcp.port());
+                let mut c = Client::greeted(server.tcp);
+                c.send(b"binary\n");
+                assert_eq!(c.line(), b"Hello, binary!\n");
+                assert_eq!(udp_roundtrip(&udp_client(), udp, b"x\n"), b"Hello, x!");
             }
+
             #[test]
             fn binary_startup_line_says_udp_off() {
-                super::common::binary::binary_startup_line_says_udp_off($exe);
+                let server = Binary::start($exe, &["--no-udp"]);
+                assert!(
+                    server.first_line.trim_end().ends_with("udp=off"),
+                    "{}",
+                    server.first_line
+                );
+                assert!(server.udp.is_none());
             }
+
             #[test]
             fn sigterm_delivers_owed_replies_and_exits_zero() {
-                super::common::binary::sigterm_delivers_owed_replies_and_exits_zero($exe);
+                let server = Binary::start($exe, &[]);
+                let mut c = Client::greeted(server.tcp);
+                c.send(b"before\n");
+                assert_eq!(c.line(), b"Hello, before!\n");
+                server.signal(libc::SIGTERM);
+                assert_eq!(c.rest(), b"", "closed with a clean EOF");
+                drop(c);
+                let (code, stderr) = server.wait();
+                assert_eq!(code, Some(0), "{stderr}");
+                assert!(
+                    stderr.contains("served 1 connections"),
+                    "summary missing: {stderr}"
+                );
+                assert!(stderr.contains("1 messages"), "{stderr}");
             }
+
             #[test]
             fn sigint_exits_zero_too() {
-                super::common::binary::sigint_exits_zero_too($exe);
+                let server = Binary::start($exe, &["--no-udp"]);
+                server.signal(libc::SIGINT);
+                let (code, stderr) = server.wait();
+                assert_eq!(code, Some(0), "{stderr}");
             }
+
             #[test]
             fn bad_flags_give_one_line_and_a_nonzero_exit() {
-                super::common::binary::bad_flags_give_one_line_and_a_nonzero_exit($exe);
+                for args in [
+                    &["--listen", "not-an-address"][..],
+                    &["--mode", "shout"],
+                    &["--max-line", "0"],
+                    &["--no-such-flag"],
+                    &["--idle-timeout", "-1"],
+                    &["--threads", "0"],
+                ] {
+                    let (code, stderr) = run($exe, args);
+                    assert_eq!(code, Some(2), "{args:?}: {stderr}");
+                    assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+                    assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+                    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+                }
             }
+
             #[test]
             fn an_address_in_use_is_one_line_and_a_nonzero_exit() {
-                super::common::binary::an_address_in_use_is_one_line_and_a_nonzero_exit($exe);
+                let held = TcpListener::bind("127.0.0.1:0").unwrap();
+                let addr = held.local_addr().unwrap().to_string();
+                let (code, stderr) = run($exe, &["--listen", &addr, "--no-udp"]);
+                assert_ne!(code, Some(0));
+                assert_eq!(stderr.lines().count(), 1, "{stderr}");
+                assert!(
+                    stderr.contains(&addr) && stderr.contains("in use"),
+                    "{stderr}"
+                );
             }
+
             #[test]
             fn help_explains_and_exits_zero() {
-                super::common::binary::help_explains_and_exits_zero($exe);
+                let out = Command::new($exe).arg("--help").output().unwrap();
+                assert_eq!(out.status.code(), Some(0));
+                let help = String::from_utf8_lossy(&out.stdout);
+                for flag in [
+                    "--listen",
+                    "--udp",
+                    "--no-udp",
+                    "--framing",
+                    "--mode",
+                    "--greeting",
+                    "--max-line",
+                ] {
+                    assert!(help.contains(flag), "--help lacks {flag}");
+                }
             }
         }
     };

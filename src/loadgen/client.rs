@@ -1,0 +1,423 @@
+//! The client state machines: one TCP connection ([`TcpClient`]: connect, greeting, then
+//! pipelined requests whose replies must come back in order) or one connected UDP socket
+//! ([`UdpClient`]: each datagram on its own), behind the [`Client`] the engine drives by
+//! token. A failure that ends a client is returned as a [`Failure`], for the engine to
+//! count and close; a client never closes itself, and counts only what does not end it
+//! (a UDP datagram lost or wrong). The bytes it sends and expects come from the
+//! [`Script`]; a client adds nothing but the newline that ends a TCP request.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use mio::net::{TcpStream, UdpSocket};
+use mio::{Interest, Registry, Token};
+
+use super::engine::{Failure, InFlight, Shared};
+use super::options::{Options, Transport};
+use super::script::{compare, Match, Script};
+
+/// One client, or the empty slot a failed one leaves. Slots are never reused, so a late
+/// event for a closed client finds `Closed` and is ignored.
+pub(super) enum Client {
+    Tcp(TcpClient),
+    Udp(UdpClient),
+    Closed,
+}
+
+impl Client {
+    pub(super) fn on_event(
+        &mut self,
+        id: usize,
+        shared: &mut Shared,
+        now: Instant,
+    ) -> Result<(), Failure> {
+        match self {
+            Client::Tcp(tcp) => tcp.on_event(id, shared, now),
+            Client::Udp(udp) => udp.on_event(id, shared, now),
+            Client::Closed => Ok(()),
+        }
+    }
+
+    /// Checks timeouts; a UDP socket that gave up on a lost datagram sends the next.
+    pub(super) fn on_tick(
+        &mut self,
+        id: usize,
+        shared: &mut Shared,
+        now: Instant,
+    ) -> Result<(), Failure> {
+        match self {
+            Client::Tcp(tcp) => tcp.check_timeout(shared, now),
+            Client::Udp(udp) => udp.on_tick(id, shared, now),
+            Client::Closed => Ok(()),
+        }
+    }
+
+    /// Fills the pipeline when the load begins: nothing else would wake a quiet client.
+    pub(super) fn start(
+        &mut self,
+        id: usize,
+        shared: &mut Shared,
+        now: Instant,
+    ) -> Result<(), Failure> {
+        match self {
+            Client::Tcp(tcp) => tcp.send(id, shared, now),
+            Client::Udp(udp) => udp.send(id, shared, now),
+            Client::Closed => Ok(()),
+        }
+    }
+
+    /// Opens client `token` (for TCP, starts a non-blocking connect) and registers it.
+    pub(super) fn open(options: &Options, token: Token, registry: &Registry) -> io::Result<Client> {
+        Ok(match options.transport {
+            Transport::Tcp => Client::Tcp(TcpClient::open(options.addr, token, registry)?),
+            Transport::Udp => Client::Udp(UdpClient::open(options.addr, token, registry)?),
+        })
+    }
+
+    pub(super) fn is_setting_up(&self) -> bool {
+        matches!(self, Client::Tcp(tcp) if tcp.phase != Phase::Ready)
+    }
+
+    pub(super) fn in_flight(&self) -> usize {
+        match self {
+            Client::Tcp(tcp) => tcp.in_flight.len(),
+            Client::Udp(udp) => udp.in_flight.len(),
+            Client::Closed => 0,
+        }
+    }
+
+    pub(super) fn deregister(&mut self, registry: &Registry) {
+        // The socket is closed when dropped right after; a failure here changes nothing.
+        let _ = match self {
+            Client::Tcp(tcp) => registry.deregister(&mut tcp.stream),
+            Client::Udp(udp) => registry.deregister(&mut udp.socket),
+            Client::Closed => Ok(()),
+        };
+    }
+}
+
+/// Where a TCP client is in its life; `Closed` is [`Client::Closed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// The non-blocking connect has not completed.
+    Connecting,
+    /// Connected; the greeting has not fully arrived.
+    Greeting,
+    /// Sending requests and checking replies.
+    Ready,
+}
+
+/// One TCP connection.
+///
+/// It is registered for readable and writable readiness once, and never reregistered:
+/// Linux reports a TCP socket writable again only after a write found its send buffer
+/// full, so the writable interest costs nothing until the one moment it is needed.
+pub(super) struct TcpClient {
+    stream: TcpStream,
+    phase: Phase,
+    /// When `phase` began; a setup phase lasting `timeout` fails the client.
+    phase_since: Instant,
+    in_flight: VecDeque<InFlight>,
+    next_seq: u64,
+    /// Bytes received and not yet matched. Between reads it holds only the start of a
+    /// reply (or the greeting) that has not fully arrived: anything longer that does not
+    /// match is a mismatch at once, so a misbehaving server cannot make it grow.
+    input: Vec<u8>,
+    /// Requests queued and not yet accepted by the kernel, from `written` on.
+    output: Vec<u8>,
+    written: usize,
+}
+
+impl TcpClient {
+    fn open(addr: SocketAddr, token: Token, registry: &Registry) -> io::Result<TcpClient> {
+        let mut tcp = TcpClient {
+            stream: TcpStream::connect(addr)?,
+            phase: Phase::Connecting,
+            phase_since: Instant::now(),
+            in_flight: VecDeque::new(),
+            next_seq: 0,
+            input: Vec::new(),
+            output: Vec::new(),
+            written: 0,
+        };
+        registry.register(
+            &mut tcp.stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        Ok(tcp)
+    }
+
+    fn on_event(&mut self, id: usize, shared: &mut Shared, now: Instant) -> Result<(), Failure> {
+        if self.phase == Phase::Connecting && !self.finish_connect(shared, now)? {
+            return Ok(());
+        }
+        self.receive(id, shared, now)?;
+        self.send(id, shared, now)
+    }
+
+    /// The readiness dance mio documents for a non-blocking connect: an error, or a peer
+    /// address once the handshake is done. Returns whether it is done.
+    fn finish_connect(&mut self, shared: &mut Shared, now: Instant) -> Result<bool, Failure> {
+        match self.stream.take_error() {
+            Ok(None) => {}
+            Ok(Some(e)) | Err(e) => return Err(Failure::Connection(e)),
+        }
+        match self.stream.peer_addr() {
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == io::ErrorKind::NotConnected
+                    || e.raw_os_error() == Some(libc::EINPROGRESS) =>
+            {
+                return Ok(false)
+            }
+            Err(e) => return Err(Failure::Connection(e)),
+        }
+        // Requests are small and latency is the point: Nagle would hold back a request
+        // while an earlier one is unacknowledged.
+        self.stream.set_nodelay(true).map_err(Failure::Connection)?;
+        if shared.script.greeting_line.is_empty() {
+            self.become_ready(shared);
+        } else {
+            self.phase = Phase::Greeting;
+            self.phase_since = now;
+        }
+        Ok(true)
+    }
+
+    fn become_ready(&mut self, shared: &mut Shared) {
+        self.phase = Phase::Ready;
+        shared.setting_up -= 1;
+    }
+
+    /// Reads until WouldBlock, as edge-triggered readiness requires, checking as it goes.
+    fn receive(&mut self, id: usize, shared: &mut Shared, now: Instant) -> Result<(), Failure> {
+        loop {
+            match self.stream.read(&mut shared.read_buffer) {
+                Ok(0) => {
+                    return Err(Failure::Connection(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the server closed the connection",
+                    )))
+                }
+                Ok(n) => {
+                    self.input.extend_from_slice(&shared.read_buffer[..n]);
+                    self.check_input(id, shared, now)?;
+                    // A read that did not fill the buffer emptied the socket: where the
+                    // kernel says so (see `net::SHORT_READ_DRAINS`), skip the read that
+                    // would only return WouldBlock, a third of the syscalls in lockstep.
+                    if crate::net::SHORT_READ_DRAINS && n < shared.read_buffer.len() {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Failure::Connection(e)),
+            }
+        }
+    }
+
+    /// Matches the input against the greeting, then against each request in flight in
+    /// order, keeping the unfinished tail of the last one.
+    fn check_input(&mut self, id: usize, shared: &mut Shared, now: Instant) -> Result<(), Failure> {
+        let mut consumed = 0;
+        while consumed < self.input.len() {
+            let input = &self.input[consumed..];
+            let expected = match self.phase {
+                Phase::Greeting => shared.script.greeting_line.as_slice(),
+                _ => match self.in_flight.front() {
+                    Some(request) => shared.script.tcp_reply(id, request.seq),
+                    // Bytes when no reply is owed: the server is not speaking the protocol.
+                    None => return Err(Failure::Mismatch),
+                },
+            };
+            match compare(input, expected) {
+                Match::Wrong => return Err(Failure::Mismatch),
+                Match::Partial => break,
+                Match::Complete => consumed += expected.len(),
+            }
+            if self.phase == Phase::Greeting {
+                self.become_ready(shared);
+            } else if let Some(request) = self.in_flight.pop_front() {
+                shared.answered(request, now);
+            }
+        }
+        self.input.drain(..consumed);
+        Ok(())
+    }
+
+    /// Tops the pipeline up and writes until done or WouldBlock.
+    fn send(&mut self, id: usize, shared: &mut Shared, now: Instant) -> Result<(), Failure> {
+        if self.phase != Phase::Ready {
+            return Ok(());
+        }
+        while self.in_flight.len() < shared.options.pipeline && shared.may_send() {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.output
+                .extend_from_slice(shared.script.request(id, seq));
+            self.output.push(b'\n');
+            shared.issue(&mut self.in_flight, seq, now);
+        }
+        while self.written < self.output.len() {
+            match self.stream.write(&self.output[self.written..]) {
+                Ok(0) => return Err(Failure::Connection(io::ErrorKind::WriteZero.into())),
+                Ok(n) => self.written += n,
+                // The rest goes when the writable event comes.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Failure::Connection(e)),
+            }
+        }
+        self.output.clear();
+        self.written = 0;
+        Ok(())
+    }
+
+    /// On a byte stream a missing reply puts every later one out of step, so the first
+    /// timeout fails the whole connection.
+    fn check_timeout(&self, shared: &Shared, now: Instant) -> Result<(), Failure> {
+        let timeout = shared.options.timeout;
+        let started = match self.phase {
+            Phase::Connecting | Phase::Greeting => self.phase_since,
+            Phase::Ready => match self.in_flight.front() {
+                Some(request) => request.sent_at,
+                None => return Ok(()),
+            },
+        };
+        if now.saturating_duration_since(started) < timeout {
+            return Ok(());
+        }
+        Err(match self.phase {
+            Phase::Connecting => {
+                Failure::Connection(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
+            }
+            _ => Failure::Timeout,
+        })
+    }
+}
+
+/// One connected UDP socket. Datagrams can be lost, so each request in flight times out
+/// on its own, is counted, and frees its place in the pipeline for the next request.
+///
+/// It is registered for readable readiness only. The kernel reports a UDP socket writable
+/// again each time the buffer of a datagram it sent is freed, which in a lockstep run is
+/// one extra wakeup (and one wasted `recv`) per request; so writable interest is added
+/// only while a send is blocked, and dropped once sends go through again.
+pub(super) struct UdpClient {
+    socket: UdpSocket,
+    token: Token,
+    in_flight: VecDeque<InFlight>,
+    next_seq: u64,
+    /// Registered for writable readiness too, because a send would have blocked.
+    awaiting_writable: bool,
+}
+
+impl UdpClient {
+    fn open(addr: SocketAddr, token: Token, registry: &Registry) -> io::Result<UdpClient> {
+        let any: SocketAddr = if addr.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            ([0u16; 8], 0).into()
+        };
+        let socket = UdpSocket::bind(any)?;
+        // Connected: the kernel drops datagrams from anyone else, and a closed port comes
+        // back as ECONNREFUSED instead of silence.
+        socket.connect(addr)?;
+        let mut udp = UdpClient {
+            socket,
+            token,
+            in_flight: VecDeque::new(),
+            next_seq: 0,
+            awaiting_writable: false,
+        };
+        registry.register(&mut udp.socket, token, Interest::READABLE)?;
+        Ok(udp)
+    }
+
+    fn on_event(&mut self, id: usize, shared: &mut Shared, now: Instant) -> Result<(), Failure> {
+        loop {
+            match self.socket.recv(&mut shared.read_buffer) {
+                Ok(n) => {
+                    let Shared {
+                        read_buffer,
+                        script,
+                        ..
+                    } = shared;
+                    match self.take_request_answered_by(&read_buffer[..n], id, script) {
+                        Some(request) => shared.answered(request, now),
+                        // No request in flight expects this datagram: a wrong reply, or one
+                        // so late that its request already counted as a timeout.
+                        None => shared.count(&Failure::Mismatch),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Failure::Connection(e)),
+            }
+        }
+        self.send(id, shared, now)
+    }
+
+    /// Finds the request `datagram` answers. Usually the oldest; after a loss it is a later
+    /// one, and the lost request stays until it times out.
+    fn take_request_answered_by(
+        &mut self,
+        datagram: &[u8],
+        id: usize,
+        script: &mut Script,
+    ) -> Option<InFlight> {
+        let position = self
+            .in_flight
+            .iter()
+            .position(|request| script.udp_reply(id, request.seq) == datagram)?;
+        self.in_flight.remove(position)
+    }
+
+    fn send(&mut self, id: usize, shared: &mut Shared, now: Instant) -> Result<(), Failure> {
+        let mut blocked = false;
+        while self.in_flight.len() < shared.options.pipeline && shared.may_send() {
+            let seq = self.next_seq;
+            match self.socket.send(shared.script.request(id, seq)) {
+                Ok(_) => {
+                    self.next_seq += 1;
+                    shared.issue(&mut self.in_flight, seq, now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    blocked = true;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Failure::Connection(e)),
+            }
+        }
+        if blocked != self.awaiting_writable {
+            let interest = if blocked {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            shared
+                .registry
+                .reregister(&mut self.socket, self.token, interest)
+                .map_err(Failure::Connection)?;
+            self.awaiting_writable = blocked;
+        }
+        Ok(())
+    }
+
+    fn on_tick(&mut self, id: usize, shared: &mut Shared, now: Instant) -> Result<(), Failure> {
+        // Requests are sent in order, so the oldest is at the front.
+        while let Some(request) = self.in_flight.front() {
+            if now.saturating_duration_since(request.sent_at) < shared.options.timeout {
+                break;
+            }
+            self.in_flight.pop_front();
+            shared.outstanding -= 1;
+            shared.count(&Failure::Timeout);
+        }
+        self.send(id, shared, now)
+    }
+}

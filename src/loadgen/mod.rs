@@ -1,0 +1,49 @@
+//! The load generator's engine: many clients driven from one thread and one `mio::Poll`,
+//! every reply checked byte for byte, latency recorded in an HDR histogram. With
+//! [`Options::threads`] above one, that many engines run side by side, each on its own
+//! thread with its own poll and an equal share of the clients, and their counts and
+//! histograms are added up at the end.
+//!
+//! This module owns the client side of the protocol: opening TCP connections (or connected
+//! UDP sockets), checking the greeting, keeping up to `pipeline` requests in flight per
+//! client, matching each reply to its request, and counting what went wrong. It is built on
+//! the same kind of loop as the reactor so that it is not the bottleneck it measures: a
+//! thread per client would spend the machine's two cores switching between clients instead
+//! of loading the server. It never prints: the binary turns the [`Report`] into text.
+//!
+//! A run has two phases. First every client connects and reads its greeting, each with
+//! `timeout` to do so (at most 128 at a time, see [`MAX_SETUPS_IN_FLIGHT`]); only then does
+//! the clock start and the load begin, so connection setup is not counted as throughput
+//! and every client starts together (with several engines, each waits for the others to
+//! finish setting up). The load phase ends when `duration` has passed (requests still in
+//! flight are abandoned, counted neither as messages nor as errors), when `messages`
+//! requests have all been settled, when no client is left, or when the server has stopped
+//! answering altogether.
+//!
+//! Errors are counted per failure, not per request: a TCP connection that gets a wrong
+//! reply, times out or is reset is closed and counted once, and the requests queued behind
+//! the failure are abandoned with it. Closed connections are not reopened, which keeps the
+//! numbers easy to read: `connections - connected` never got going, and a run whose
+//! clients have all failed ends at once. UDP has no stream to fall out of step, so a lost
+//! or wrong datagram is counted on its own and the socket carries on.
+//!
+//! Reading order:
+//! 1. `options.rs`: what to run, [`Options`], and the check that it can end.
+//! 2. `report.rs`: what comes back, the [`Report`], and the [`Progress`] during the load.
+//! 3. `driver.rs`: [`run`]: one engine per thread, started together, their counts added up.
+//! 4. `engine.rs`: one engine: the poll loop over many clients, what they share, what it
+//!    counts.
+//! 5. `client.rs`: one client's state machine, a TCP connection or a UDP socket.
+//! 6. `script.rs`: the bytes each client sends and expects, with no I/O.
+
+mod client;
+mod driver;
+mod engine;
+mod options;
+mod report;
+mod script;
+
+pub use driver::{run, run_with_progress};
+pub use engine::MAX_SETUPS_IN_FLIGHT;
+pub use options::{Options, Transport, MAX_UDP_SIZE};
+pub use report::{Progress, Report};

@@ -1,0 +1,167 @@
+//! What to run: [`Options`], the flags of the `loadgen` binary as data, the check that a
+//! combination makes a run that can end ([`Options::validate`]), and how a run's clients and
+//! messages are shared out among its engines. Data and arithmetic only: nothing here opens
+//! a socket, reads the clock or knows how a run goes.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::protocol::Mode;
+
+/// The largest `size` a UDP request may have: the largest UDP payload over IPv4 (65,507
+/// bytes) less the 8 bytes `Hello, ` and `!` add to the reply.
+pub const MAX_UDP_SIZE: usize = 65_507 - 8;
+
+/// Which transport the clients use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// One TCP connection per client, line framing.
+    Tcp,
+    /// One connected UDP socket per client, one datagram per request.
+    Udp,
+}
+
+/// What to run: the flags of the `loadgen` binary, as data.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The server to drive.
+    pub addr: SocketAddr,
+    /// Concurrent TCP connections, or UDP sockets.
+    pub connections: usize,
+    /// Stop sending this long after the load begins. With `messages` too, whichever comes
+    /// first ends the run.
+    pub duration: Option<Duration>,
+    /// Send this many requests in total and stop once each is answered or has failed.
+    pub messages: Option<u64>,
+    /// Bytes in each request, before the newline.
+    pub size: usize,
+    /// Requests in flight per client; 1 is lockstep.
+    pub pipeline: usize,
+    /// TCP or UDP.
+    pub transport: Transport,
+    /// Which reply to expect; the expected bytes come from [`Mode::reply`], the very code
+    /// the servers answer with.
+    pub mode: Mode,
+    /// The line each TCP connection must receive first (without its `\n`); empty: none.
+    pub greeting: Vec<u8>,
+    /// A connect, greeting or request unanswered this long is an error.
+    pub timeout: Duration,
+    /// Engines, each on a thread of its own with an equal share of `connections` (and of
+    /// `messages`). A lockstep client costs about as much CPU per message as a lean server
+    /// (both are mostly the kernel's `read` and `write`), so one engine can keep about one
+    /// server core busy; use more to load a server that has more cores.
+    pub threads: usize,
+}
+
+impl Default for Options {
+    /// The defaults the README gives the `loadgen` flags.
+    fn default() -> Self {
+        Options {
+            addr: ([127, 0, 0, 1], 9999).into(),
+            connections: 100,
+            duration: Some(Duration::from_secs(10)),
+            messages: None,
+            size: 16,
+            pipeline: 1,
+            transport: Transport::Tcp,
+            mode: Mode::Hello,
+            greeting: b"Welcome!".to_vec(),
+            timeout: Duration::from_secs(2),
+            threads: 1,
+        }
+    }
+}
+
+impl Options {
+    /// Checks the combination makes a run that can end; explains the first problem.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.connections == 0 {
+            return Err("connections must be at least 1".into());
+        }
+        if self.pipeline == 0 {
+            return Err("pipeline must be at least 1".into());
+        }
+        if self.threads == 0 {
+            return Err("threads must be at least 1".into());
+        }
+        if self.threads > self.connections {
+            return Err(format!(
+                "{} threads need at least as many connections, not {}",
+                self.threads, self.connections
+            ));
+        }
+        if self.messages.is_some_and(|m| m < self.threads as u64) {
+            return Err(format!(
+                "{} threads need at least as many messages",
+                self.threads
+            ));
+        }
+        if self.duration.is_none() && self.messages.is_none() {
+            return Err("give a duration, a message count, or both".into());
+        }
+        if self.timeout.is_zero() {
+            return Err("timeout must be more than zero".into());
+        }
+        if self.transport == Transport::Udp && self.size > MAX_UDP_SIZE {
+            return Err(format!(
+                "size {} does not fit in one UDP datagram with its reply (at most {MAX_UDP_SIZE})",
+                self.size
+            ));
+        }
+        Ok(())
+    }
+
+    /// The options of each engine: `connections` and `messages` shared out as evenly as
+    /// they go, the first engines taking one more when they do not divide.
+    pub(super) fn shares(&self) -> Vec<Options> {
+        let share = |total: u64, i: u64| {
+            let n = self.threads as u64;
+            total / n + u64::from(i < total % n)
+        };
+        (0..self.threads as u64)
+            .map(|i| Options {
+                connections: share(self.connections as u64, i) as usize,
+                messages: self.messages.map(|m| share(m, i)),
+                ..self.clone()
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_that_could_never_end_are_refused() {
+        assert!(Options::default().validate().is_ok());
+        let endless = Options {
+            duration: None,
+            messages: None,
+            ..Options::default()
+        };
+        assert!(endless.validate().is_err());
+        let huge_udp = Options {
+            transport: Transport::Udp,
+            size: MAX_UDP_SIZE + 1,
+            ..Options::default()
+        };
+        assert!(huge_udp.validate().is_err());
+        for bad in [
+            Options {
+                connections: 0,
+                ..Options::default()
+            },
+            Options {
+                pipeline: 0,
+                ..Options::default()
+            },
+            Options {
+                timeout: Duration::ZERO,
+                ..Options::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+}

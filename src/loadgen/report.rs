@@ -1,0 +1,179 @@
+//! What a run hands back: the [`Report`] of what it measured, with its text and JSON forms,
+//! and the [`Progress`] snapshots the callback gets during the load. It only turns numbers
+//! into text: it measures nothing and prints nothing (the binary decides where the text
+//! goes), and the JSON key names are an interface the bench parses.
+
+use std::fmt;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+/// A snapshot handed during the load to the progress callback of
+/// [`run_with_progress`](super::run_with_progress).
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    /// Time since the load began.
+    pub elapsed: Duration,
+    /// Correct replies so far.
+    pub messages: u64,
+    /// Errors so far.
+    pub errors: u64,
+}
+
+/// What a run measured.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// Requests answered with exactly the expected reply.
+    pub messages: u64,
+    /// Length of the load phase (connection setup excluded).
+    pub duration: Duration,
+    /// Clients asked for.
+    pub connections: usize,
+    /// Clients that connected and received their greeting.
+    pub connected: usize,
+    /// Wrong replies, wrong greetings, and bytes nobody asked for.
+    pub mismatches: u64,
+    /// Requests (or greetings) unanswered after `timeout`.
+    pub timeouts: u64,
+    /// Connections refused, reset, closed by the server, or not set up within `timeout`.
+    pub connection_errors: u64,
+    /// Latency of each correct reply, in microseconds, from queueing the request to
+    /// reading the last byte of its reply.
+    pub latency: Histogram<u64>,
+    /// CPU time (user + system) the engines' threads used during the load phase: the
+    /// evidence that the load generator was not the bottleneck.
+    pub client_cpu: Duration,
+}
+
+impl Report {
+    /// Every error of any kind.
+    pub fn errors(&self) -> u64 {
+        self.mismatches + self.timeouts + self.connection_errors
+    }
+
+    /// Correct replies per second of the load phase.
+    pub fn msgs_per_sec(&self) -> f64 {
+        per_second(self.messages as f64, self.duration)
+    }
+
+    /// The latency at `quantile` (0.5 for the median), in microseconds; 0 with no replies.
+    pub fn latency_us(&self, quantile: f64) -> u64 {
+        if self.latency.is_empty() {
+            return 0;
+        }
+        self.latency.value_at_quantile(quantile)
+    }
+
+    /// The share of one core the engines used during the load (1.0 = a whole core; above 1
+    /// with several threads).
+    pub fn client_cpu_fraction(&self) -> f64 {
+        per_second(self.client_cpu.as_secs_f64(), self.duration)
+    }
+
+    /// The report as one line of JSON: a flat object of numbers. The key names are an
+    /// interface (the bench parses them); add keys, never rename them.
+    pub fn to_json(&self) -> String {
+        format!(
+            concat!(
+                "{{\"messages\":{},\"duration_s\":{:.6},\"msgs_per_sec\":{:.1},",
+                "\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},",
+                "\"mean_us\":{:.1},\"errors\":{},\"mismatches\":{},\"timeouts\":{},",
+                "\"connection_errors\":{},\"connections\":{},\"connected\":{},",
+                "\"client_cpu_s\":{:.6}}}"
+            ),
+            self.messages,
+            self.duration.as_secs_f64(),
+            self.msgs_per_sec(),
+            self.latency_us(0.5),
+            self.latency_us(0.9),
+            self.latency_us(0.99),
+            self.latency_us(0.999),
+            self.latency.max(),
+            finite_or_zero(self.latency.mean()),
+            self.errors(),
+            self.mismatches,
+            self.timeouts,
+            self.connection_errors,
+            self.connections,
+            self.connected,
+            self.client_cpu.as_secs_f64(),
+        )
+    }
+}
+
+impl fmt::Display for Report {
+    /// The human-readable summary, several lines.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "messages     {}", self.messages)?;
+        writeln!(f, "duration     {:.3} s", self.duration.as_secs_f64())?;
+        writeln!(f, "throughput   {:.0} msgs/s", self.msgs_per_sec())?;
+        writeln!(
+            f,
+            "latency      p50 {} µs, p90 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
+            self.latency_us(0.5),
+            self.latency_us(0.9),
+            self.latency_us(0.99),
+            self.latency_us(0.999),
+            self.latency.max()
+        )?;
+        writeln!(
+            f,
+            "errors       {} (mismatches {}, timeouts {}, connection errors {})",
+            self.errors(),
+            self.mismatches,
+            self.timeouts,
+            self.connection_errors
+        )?;
+        writeln!(
+            f,
+            "connections  {} of {} set up",
+            self.connected, self.connections
+        )?;
+        write!(
+            f,
+            "client cpu   {:.3} s ({:.0}% of one core)",
+            self.client_cpu.as_secs_f64(),
+            100.0 * self.client_cpu_fraction()
+        )
+    }
+}
+
+fn per_second(amount: f64, duration: Duration) -> f64 {
+    finite_or_zero(amount / duration.as_secs_f64())
+}
+
+/// JSON has no NaN or infinity; a run too short to measure reports 0.
+fn finite_or_zero(x: f64) -> f64 {
+    if x.is_finite() {
+        x
+    } else {
+        0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loadgen::engine::Tally;
+
+    #[test]
+    fn an_empty_report_is_valid_json_with_zeros() {
+        let report = Report {
+            messages: 0,
+            duration: Duration::ZERO,
+            connections: 3,
+            connected: 0,
+            mismatches: 1,
+            timeouts: 2,
+            connection_errors: 3,
+            latency: Tally::new().unwrap().latency,
+            client_cpu: Duration::ZERO,
+        };
+        let json = report.to_json();
+        assert!(json.starts_with('{') && json.ends_with('}'), "{json}");
+        assert!(!json.contains("NaN") && !json.contains("inf"), "{json}");
+        assert!(json.contains("\"msgs_per_sec\":0.0,"), "{json}");
+        assert!(json.contains("\"errors\":6,"), "{json}");
+        assert!(json.contains("\"p99_us\":0,"), "{json}");
+    }
+}
