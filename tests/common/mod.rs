@@ -38,7 +38,22 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
+        Client::from_stream(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// Connects from the loopback address `from` (127.0.0.2, 127.0.0.3, ...), so one test
+    /// can play clients on several addresses.
+    pub fn connect_from(from: std::net::Ipv4Addr, addr: SocketAddr) -> Client {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket
+            .bind(&SocketAddr::from((from, 0)).into())
+            .expect("bind a loopback source address");
+        socket.connect(&addr.into()).expect("connect");
+        Client::from_stream(socket.into())
+    }
+
+    fn from_stream(stream: TcpStream) -> Client {
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
         Client {
@@ -497,6 +512,102 @@ macro_rules! protocol_suite {
             assert!(started.elapsed() >= Duration::from_millis(150));
             drop(c);
             server.shutdown().unwrap();
+        }
+
+        #[test]
+        fn a_line_that_never_ends_times_out_however_it_dribbles() {
+            use protocol_suite::*;
+            let line_timeout = Duration::from_millis(300);
+            let server = start($spawn, |c| c.line_timeout = Some(line_timeout));
+            let mut c = Client::greeted(server.tcp);
+            c.send(b"ok\nslow");
+            assert_eq!(c.line(), b"Hello, ok!\n");
+            let started = std::time::Instant::now();
+            // A slowloris client: a byte every 50 ms, never a newline. Every byte is input,
+            // so only the line's own deadline can end this.
+            let mut dribbler = c.stream().try_clone().unwrap();
+            let dribbling = std::thread::spawn(move || {
+                for _ in 0..100 {
+                    if std::io::Write::write_all(&mut dribbler, b"z").is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            });
+            assert_eq!(c.rest(), b"ERR line timeout\n");
+            assert!(started.elapsed() >= line_timeout - Duration::from_millis(50));
+            dribbling.join().unwrap();
+            server.shutdown().unwrap();
+        }
+
+        #[test]
+        fn whole_lines_are_never_timed_however_slowly_they_come() {
+            use protocol_suite::*;
+            let server = start($spawn, |c| {
+                c.line_timeout = Some(Duration::from_millis(200))
+            });
+            let mut c = Client::greeted(server.tcp);
+            for i in 0..4 {
+                std::thread::sleep(Duration::from_millis(100));
+                c.send(format!("{i}\n").as_bytes());
+                assert_eq!(c.line(), format!("Hello, {i}!\n").as_bytes());
+            }
+            c.send(b"exit\n");
+            assert_eq!(c.rest(), b"");
+            server.shutdown().unwrap();
+        }
+
+        #[test]
+        fn connections_beyond_the_per_address_limit_are_refused() {
+            use protocol_suite::*;
+            use std::net::Ipv4Addr;
+            let server = start($spawn, |c| c.max_connections_per_ip = 2);
+            let local = Ipv4Addr::LOCALHOST;
+            let mut first = Client::connect_from(local, server.tcp);
+            assert_eq!(first.line(), b"Welcome!\n");
+            let mut second = Client::connect_from(local, server.tcp);
+            assert_eq!(second.line(), b"Welcome!\n");
+            assert_eq!(
+                Client::connect_from(local, server.tcp).rest(),
+                b"ERR too many connections from your address\n"
+            );
+            // Another address is another client, served at once.
+            let mut other = Client::connect_from(Ipv4Addr::new(127, 0, 0, 2), server.tcp);
+            assert_eq!(other.line(), b"Welcome!\n");
+            // A close gives the address its slot back.
+            first.send(b"exit\n");
+            assert_eq!(first.rest(), b"");
+            let served = (0..200).find_map(|_| {
+                let mut c = Client::connect_from(local, server.tcp);
+                match c.line().as_slice() {
+                    b"Welcome!\n" => Some(c),
+                    _ => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        None
+                    }
+                }
+            });
+            assert!(served.is_some(), "the freed slot is usable again");
+            drop((second, other, served));
+            let stats = server.shutdown().unwrap();
+            assert!(stats.refused_per_ip >= 1, "{stats:?}");
+            assert_eq!(stats.refused, 0, "per-address refusals are counted apart");
+        }
+
+        #[test]
+        fn stop_closes_an_idle_client_at_once() {
+            use protocol_suite::*;
+            let server = start($spawn, |_| {});
+            let mut idle = Client::greeted(server.tcp);
+            let stopped = std::time::Instant::now();
+            server.stop();
+            assert_eq!(idle.rest(), b"", "a clean EOF");
+            server.join().unwrap();
+            // It owed nothing and held no line, so nothing waits for its EOF (the lingering
+            // close would take 2 s), though the client keeps its end open.
+            let took = stopped.elapsed();
+            assert!(took < Duration::from_secs(1), "stop took {took:?}");
+            drop(idle);
         }
 
         #[test]
