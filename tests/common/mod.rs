@@ -42,7 +42,8 @@ impl Client {
     }
 
     /// Connects from the loopback address `from` (127.0.0.2, 127.0.0.3, ...), so one test
-    /// can play clients on several addresses.
+    /// can play clients on several addresses. (Used by the protocol suite only.)
+    #[allow(dead_code)]
     pub fn connect_from(from: std::net::Ipv4Addr, addr: SocketAddr) -> Client {
         let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
             .expect("socket");
