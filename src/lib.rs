@@ -12,7 +12,8 @@
 //!    reply and measuring latency.
 //!
 //! [`config`], [`net`], [`cli`] and [`running`] are the plumbing the binaries share;
-//! [`procfs`] measures a server process for the tests and benches.
+//! [`procfs`] measures a server process for the tests and benches, and [`measure`] is the
+//! arithmetic the bench's figures come from.
 
 #![warn(missing_docs)]
 
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod loadgen;
+pub mod measure;
 pub mod net;
 pub mod procfs;
 pub mod protocol;

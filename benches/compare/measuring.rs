@@ -2,13 +2,13 @@
 //! memory and threads read from `/proc`), the idle test (resident memory per idle
 //! connection), and the machine it all ran on.
 
-use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use evloop::measure::{bytes_per_connection, cpu_us_per_message, CpuTicks, LoadReport};
 use evloop::procfs;
 
 use crate::plan::{ServerSpec, Settings, Workload};
@@ -38,51 +38,6 @@ const SPARE_FDS: u64 = 64;
 /// How long the bench watches the idle machine before it starts.
 const BUSY_SAMPLE: Duration = Duration::from_secs(1);
 
-/// What loadgen printed with `--json`: a flat object whose values are all numbers.
-#[derive(Clone, Default)]
-pub struct LoadReport {
-    pub messages: f64,
-    pub duration_s: f64,
-    pub msgs_per_sec: f64,
-    pub p50_us: f64,
-    pub p90_us: f64,
-    pub p99_us: f64,
-    pub p999_us: f64,
-    pub max_us: f64,
-    pub errors: f64,
-    /// Absent from older loadgen builds.
-    pub client_cpu_s: Option<f64>,
-}
-
-impl LoadReport {
-    fn parse(json: &str) -> Option<LoadReport> {
-        // loadgen promises one flat object of numbers (docs/loadgen.md), which is all this
-        // has to read; a full JSON parser would be a dependency for nothing.
-        let body = json.trim().strip_prefix('{')?.strip_suffix('}')?;
-        let mut fields = HashMap::new();
-        for pair in body.split(',') {
-            let (key, value) = pair.split_once(':')?;
-            fields.insert(
-                key.trim().trim_matches('"'),
-                value.trim().parse::<f64>().ok()?,
-            );
-        }
-        let get = |key: &str| fields.get(key).copied();
-        Some(LoadReport {
-            messages: get("messages")?,
-            duration_s: get("duration_s")?,
-            msgs_per_sec: get("msgs_per_sec")?,
-            p50_us: get("p50_us")?,
-            p90_us: get("p90_us").unwrap_or(0.0),
-            p99_us: get("p99_us")?,
-            p999_us: get("p999_us").unwrap_or(0.0),
-            max_us: get("max_us").unwrap_or(0.0),
-            errors: get("errors")?,
-            client_cpu_s: get("client_cpu_s"),
-        })
-    }
-}
-
 /// One run of one (server, workload) row.
 pub struct Row {
     pub server: &'static str,
@@ -105,8 +60,7 @@ pub struct Measured {
 
 impl Measured {
     pub fn cpu_us_per_msg(&self) -> Option<f64> {
-        (self.report.messages > 0.0)
-            .then(|| self.server_cpu.as_secs_f64() * 1e6 / self.report.messages)
+        cpu_us_per_message(self.server_cpu, self.report.messages)
     }
 
     /// The server's average CPU use over the run, in cores (1.0 = one core all the time).
@@ -200,7 +154,8 @@ fn measure(
     let peak_rss = procfs::peak_rss(pid).map_err(proc_error)?;
 
     let json = fs::read_to_string(&run.json).unwrap_or_default();
-    let report = LoadReport::parse(&json).ok_or_else(|| {
+    // A missing or unreadable report means loadgen failed; the last line of its log says why.
+    let report = LoadReport::parse(&json).map_err(|_| {
         format!(
             "loadgen ({}) printed no report: {}",
             run.status,
@@ -235,7 +190,7 @@ pub struct IdleMeasured {
 
 impl IdleMeasured {
     pub fn per_connection(&self) -> f64 {
-        (self.rss_after as f64 - self.rss_before as f64) / self.established.max(1) as f64
+        bytes_per_connection(self.rss_before, self.rss_after, self.established)
     }
 }
 
@@ -387,23 +342,8 @@ pub fn machine_description() -> String {
 /// average alone misleads here: it decays over minutes, so right after a run of the
 /// threaded server it still counts that server's thousands of threads.
 fn cpu_busy_share(window: Duration) -> Option<f64> {
-    // The first line is `cpu  user nice system idle iowait irq softirq steal ...`, in ticks.
-    let sample = || -> Option<(u64, u64)> {
-        let stat = fs::read_to_string("/proc/stat").ok()?;
-        let ticks: Vec<u64> = stat
-            .lines()
-            .next()?
-            .split_whitespace()
-            .skip(1)
-            .map(|t| t.parse().ok())
-            .collect::<Option<_>>()?;
-        let idle = ticks.get(3)? + ticks.get(4)?;
-        Some((ticks.iter().take(8).sum(), idle))
-    };
-    let (total_before, idle_before) = sample()?;
+    let sample = || CpuTicks::parse(&fs::read_to_string("/proc/stat").ok()?);
+    let before = sample()?;
     thread::sleep(window);
-    let (total_after, idle_after) = sample()?;
-    let total = total_after.checked_sub(total_before)?;
-    let idle = idle_after.checked_sub(idle_before)?;
-    (total > 0).then(|| 1.0 - idle as f64 / total as f64)
+    sample()?.busy_since(&before)
 }

@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use evloop::measure::{format_cpu_list, parse_cpu_list};
+
 use crate::processes::allowed_cpus;
 
 /// Seconds of load per row. 28 rows of 8 s, plus set-up and the idle test, take about four
@@ -164,8 +166,8 @@ impl Settings {
         match &self.pinning {
             Some(p) => format!(
                 "Pinned: servers on CPU {}, loadgen on CPU {} (EVLOOP_BENCH_PIN)",
-                cpu_list(&p.server),
-                cpu_list(&p.loadgen)
+                format_cpu_list(&p.server),
+                format_cpu_list(&p.loadgen)
             ),
             None => "Not pinned: servers and loadgen share every CPU (EVLOOP_BENCH_PIN)".into(),
         }
@@ -253,7 +255,7 @@ impl Pinning {
                     match cpus.iter().find(|cpu| !allowed.contains(cpu)) {
                         Some(cpu) => Err(bad(format!(
                             "CPU {cpu} is not one this process may use ({})",
-                            cpu_list(&allowed)
+                            format_cpu_list(&allowed)
                         ))),
                         None => Ok(cpus),
                     }
@@ -265,35 +267,4 @@ impl Pinning {
             }
         }
     }
-}
-
-/// `0,2-3` as [0, 2, 3]: the format of `taskset -c` and `/sys/devices/system/cpu/online`.
-fn parse_cpu_list(list: &str) -> Result<Vec<usize>, String> {
-    let mut cpus = Vec::new();
-    for part in list.split(',').map(str::trim) {
-        let number = |n: &str| {
-            n.trim()
-                .parse::<usize>()
-                .ok()
-                .filter(|&n| n < libc::CPU_SETSIZE as usize)
-                .ok_or_else(|| format!("{n:?} is not a CPU number"))
-        };
-        let (first, last) = match part.split_once('-') {
-            Some((a, b)) => (number(a)?, number(b)?),
-            None => (number(part)?, number(part)?),
-        };
-        if first > last {
-            return Err(format!("{part:?} is an empty range"));
-        }
-        cpus.extend(first..=last);
-    }
-    cpus.sort_unstable();
-    cpus.dedup();
-    Ok(cpus)
-}
-
-/// [0, 2, 3] as `0,2,3`.
-fn cpu_list(cpus: &[usize]) -> String {
-    let names: Vec<String> = cpus.iter().map(usize::to_string).collect();
-    names.join(",")
 }

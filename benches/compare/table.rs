@@ -4,6 +4,8 @@
 
 use std::fmt::Write as _;
 
+use evloop::measure::{median, median_ratio, ratio};
+
 use crate::measuring::{IdleRow, Measured, Row};
 use crate::plan::{Workload, BASELINE};
 
@@ -80,29 +82,13 @@ impl Table {
     }
 }
 
-/// This row's msgs/s and CPU µs/msg divided by the baseline server's in the same workload
-/// and round.
-fn vs_baseline(rows: &[Row], row: &Row) -> (Option<f64>, Option<f64>) {
-    let Ok(m) = &row.outcome else {
-        return (None, None);
-    };
-    let Some(base) = rows
-        .iter()
+/// The baseline server's run in the same workload and round as `row`, if it succeeded.
+fn baseline_of<'a>(rows: &'a [Row], row: &Row) -> Option<&'a Measured> {
+    rows.iter()
         .find(|r| {
             r.server == BASELINE && r.workload.name == row.workload.name && r.round == row.round
         })
         .and_then(|r| r.outcome.as_ref().ok())
-    else {
-        return (None, None);
-    };
-    let ratio = |value: Option<f64>, base: Option<f64>| match (value, base) {
-        (Some(v), Some(b)) if b > 0.0 => Some(v / b),
-        _ => None,
-    };
-    (
-        ratio(Some(m.report.msgs_per_sec), Some(base.report.msgs_per_sec)),
-        ratio(m.cpu_us_per_msg(), base.cpu_us_per_msg()),
-    )
 }
 
 /// One (server, workload) pair over every round: a line of the printed table and a point
@@ -110,10 +96,9 @@ fn vs_baseline(rows: &[Row], row: &Row) -> (Option<f64>, Option<f64>) {
 pub struct Summary<'a> {
     pub server: &'static str,
     pub workload: &'static Workload,
-    /// This pair's runs, one per round.
-    runs: Vec<&'a Row>,
-    /// Each run's msgs/s and CPU µs/msg against the baseline's in its round, where both ran.
-    ratios: Vec<(Option<f64>, Option<f64>)>,
+    /// This pair's runs, one per round, each with the baseline's run in that round if it
+    /// succeeded.
+    runs: Vec<(&'a Row, Option<&'a Measured>)>,
 }
 
 /// The rows grouped by (server, workload), in the order they first ran.
@@ -128,25 +113,33 @@ pub fn summaries(rows: &[Row]) -> Vec<Summary<'_>> {
                     server: row.server,
                     workload: row.workload,
                     runs: Vec::new(),
-                    ratios: Vec::new(),
                 });
                 out.len() - 1
             }
         };
-        out[at].runs.push(row);
-        out[at].ratios.push(vs_baseline(rows, row));
+        out[at].runs.push((row, baseline_of(rows, row)));
     }
     out
 }
 
 impl Summary<'_> {
     fn measured(&self) -> impl Iterator<Item = &Measured> {
-        self.runs.iter().filter_map(|r| r.outcome.as_ref().ok())
+        self.runs
+            .iter()
+            .filter_map(|(r, _)| r.outcome.as_ref().ok())
     }
 
     /// The median of `value` over the successful runs that have one.
     pub fn median(&self, value: impl Fn(&Measured) -> Option<f64>) -> Option<f64> {
-        median(self.measured().filter_map(value).collect())
+        median(self.measured().filter_map(value))
+    }
+
+    /// The median of each round's `value` divided by the baseline's in that round.
+    fn median_ratio(&self, value: impl Fn(&Measured) -> Option<f64>) -> Option<f64> {
+        median_ratio(self.runs.iter().map(|(run, base)| {
+            let run = run.outcome.as_ref().ok();
+            (run.and_then(&value), base.and_then(&value))
+        }))
     }
 
     fn max(&self, value: impl Fn(&Measured) -> u64) -> Option<u64> {
@@ -157,7 +150,7 @@ impl Summary<'_> {
         let failed: Vec<&String> = self
             .runs
             .iter()
-            .filter_map(|r| r.outcome.as_ref().err())
+            .filter_map(|(r, _)| r.outcome.as_ref().err())
             .collect();
         let errors: f64 = self.measured().map(|m| m.report.errors).sum();
         match failed.first() {
@@ -166,17 +159,6 @@ impl Summary<'_> {
             None if errors > 0.0 => format!("{errors} errors"),
             None => "ok".into(),
         }
-    }
-}
-
-/// The middle value, or the mean of the two middle ones; `None` for no values.
-fn median(mut values: Vec<f64>) -> Option<f64> {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(values[n / 2]),
-        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
     }
 }
 
@@ -207,7 +189,7 @@ pub fn results_table(summaries: &[Summary]) -> Table {
         if s.measured().next().is_some() {
             let errors: f64 = s.measured().map(|m| m.report.errors).sum();
             line.extend([
-                rounded(s.median(|m| Some(m.report.msgs_per_sec))),
+                rounded(s.median(msgs_per_sec)),
                 rounded(s.median(|m| Some(m.report.p50_us))),
                 rounded(s.median(|m| Some(m.report.p99_us))),
                 thousands(errors),
@@ -217,8 +199,8 @@ pub fn results_table(summaries: &[Summary]) -> Table {
                 s.max(|m| m.threads).map_or("-".into(), |t| t.to_string()),
                 percent(s.median(|m| Some(m.server_cores()))),
                 percent(s.median(Measured::loadgen_cores)),
-                optional(median(s.ratios.iter().filter_map(|r| r.0).collect())),
-                optional(median(s.ratios.iter().filter_map(|r| r.1).collect())),
+                optional(s.median_ratio(msgs_per_sec)),
+                optional(s.median_ratio(Measured::cpu_us_per_msg)),
             ]);
         } else {
             line.extend(std::iter::repeat_n("-".to_string(), 11));
@@ -276,7 +258,7 @@ pub fn results_csv(rows: &[Row]) -> Table {
         match &row.outcome {
             Ok(m) => {
                 let r = &m.report;
-                let (msgs_ratio, cpu_ratio) = vs_baseline(rows, row);
+                let base = baseline_of(rows, row);
                 line.extend([
                     r.messages.to_string(),
                     format!("{:.3}", r.duration_s),
@@ -294,8 +276,11 @@ pub fn results_csv(rows: &[Row]) -> Table {
                     m.peak_rss.to_string(),
                     m.threads.to_string(),
                     optional(r.client_cpu_s),
-                    optional(msgs_ratio),
-                    optional(cpu_ratio),
+                    optional(ratio(msgs_per_sec(m), base.and_then(msgs_per_sec))),
+                    optional(ratio(
+                        m.cpu_us_per_msg(),
+                        base.and_then(Measured::cpu_us_per_msg),
+                    )),
                 ]);
             }
             Err(_) => line.extend(std::iter::repeat_n(String::new(), COLUMNS.len() - 7)),
@@ -341,6 +326,11 @@ pub fn idle_table(rows: &[IdleRow]) -> Table {
         table.rows.push(line);
     }
     table
+}
+
+/// A run's msgs/s, shaped like the other figures a [`Summary`] takes medians and ratios of.
+fn msgs_per_sec(m: &Measured) -> Option<f64> {
+    Some(m.report.msgs_per_sec)
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
