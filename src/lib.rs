@@ -6,19 +6,22 @@
 //! 1. [`protocol`]: the protocol with no I/O at all: framing, replies, `exit`, `--max-line`.
 //! 2. [`connection`]: one TCP connection as an explicit state machine around a socket,
 //!    with its own deadlines.
-//! 3. [`event_loop`]: the poll loop: tokens, the slab of connections, accept, the ready
-//!    list, the [`timers`], the sweep, shutdown.
-//! 4. [`udp`]: the datagram endpoint served by the same loop.
-//! 5. [`reactor`]: one or more loops as a server (`--threads`, the stop handle).
-//! 6. [`threaded`]: the baseline, blocking I/O and one thread per connection, same protocol.
-//! 7. [`loadgen`]: the client side: one poll loop driving many clients, checking every
+//! 3. [`udp`]: the datagram endpoint, served by the same loop.
+//! 4. [`timers`]: the loop's deadlines, nearest first.
+//! 5. [`event_loop`]: the poll loop: tokens, the slab of connections, accept, the ready
+//!    list, the timers, the sweep, shutdown.
+//! 6. [`reactor`]: one or more loops as a server (`--threads`, the stop handle).
+//! 7. [`threaded`]: the baseline, blocking I/O and one thread per connection, same protocol.
+//! 8. [`loadgen`]: the client side: one poll loop driving many clients, checking every
 //!    reply and measuring latency.
 //!
 //! [`config`], [`stats`], [`net`], [`cli`] and [`running`] are the plumbing the binaries
-//! share; [`procfs`] measures a server process for the tests and benches.
+//! share; [`procfs`] measures a server process for the tests and benches, and [`measure`]
+//! is the arithmetic the bench's figures come from.
 //!
-//! Layering: each module uses only those above it in this list or the plumbing; the
-//! plumbing uses nothing but itself and [`protocol`].
+//! Layering: each numbered module uses only those above it and the plumbing; the plumbing
+//! uses nothing but itself and [`protocol`]; [`procfs`] and [`measure`] (which reads
+//! loadgen's report) serve the tests and benches and nothing in the servers uses them.
 
 #![warn(missing_docs)]
 
@@ -27,6 +30,7 @@ pub mod config;
 pub mod connection;
 pub mod event_loop;
 pub mod loadgen;
+pub mod measure;
 pub mod net;
 pub mod procfs;
 pub mod protocol;

@@ -1,5 +1,6 @@
-//! SVG line charts of the lockstep rows: one line per server, connections on a logarithmic x
-//! axis (1 to 5,000 connections would otherwise crowd the first four points into a corner).
+//! The two SVG charts of the lockstep rows, `throughput.svg` and `latency.svg`: one line per
+//! server, connections on a logarithmic x axis (1 to 5,000 connections would otherwise
+//! crowd the first four points into a corner).
 
 use std::error::Error;
 use std::path::Path;
@@ -7,15 +8,75 @@ use std::path::Path;
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 
+use crate::measuring::Measured;
+use crate::plan::ServerSpec;
+use crate::table::Summary;
+
+/// Draws both charts into `out_dir` from the medians in `summaries`, one line per server
+/// in `servers`; a chart with no lockstep row to show is not written.
+pub fn draw_lockstep(
+    out_dir: &Path,
+    summaries: &[Summary],
+    servers: &[&ServerSpec],
+) -> Result<(), String> {
+    for (file, title, y_label, scale, value) in [
+        (
+            "throughput.svg",
+            "Throughput, lockstep TCP",
+            "replies per second",
+            Scale::Linear,
+            (|m: &Measured| m.report.msgs_per_sec) as fn(&Measured) -> f64,
+        ),
+        (
+            "latency.svg",
+            "p99 latency, lockstep TCP",
+            "p99 latency (µs, log scale)",
+            Scale::Log,
+            |m: &Measured| m.report.p99_us,
+        ),
+    ] {
+        let path = out_dir.join(file);
+        let series = lockstep_series(summaries, servers, value);
+        if series.iter().all(|s| s.points.is_empty()) {
+            continue;
+        }
+        draw(&path, title, y_label, scale, &series)
+            .map_err(|e| format!("cannot draw {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// One chart line per server: the median `value` of its lockstep TCP rows.
+fn lockstep_series(
+    summaries: &[Summary],
+    servers: &[&ServerSpec],
+    value: fn(&Measured) -> f64,
+) -> Vec<Series> {
+    servers
+        .iter()
+        .map(|spec| Series {
+            name: spec.name.to_string(),
+            points: summaries
+                .iter()
+                .filter(|s| s.server == spec.name && s.workload.is_lockstep_tcp())
+                .filter_map(|s| {
+                    let y = s.median(|m| (m.report.messages > 0.0).then(|| value(m)))?;
+                    Some((s.workload.connections as f64, y))
+                })
+                .collect(),
+        })
+        .collect()
+}
+
 /// One server's line: (connections, value) points, in order of connections.
-pub struct Series {
-    pub name: String,
-    pub points: Vec<(f64, f64)>,
+struct Series {
+    name: String,
+    points: Vec<(f64, f64)>,
 }
 
 /// How the y axis is scaled.
 #[derive(Clone, Copy)]
-pub enum Scale {
+enum Scale {
     /// From zero: throughput, where the eye compares heights.
     Linear,
     /// Logarithmic: latency, which spans microseconds to hundreds of milliseconds.
@@ -48,7 +109,7 @@ const COLOURS: [RGBColor; 6] = [
 ];
 
 /// Draws `series` into an SVG file at `path`.
-pub fn draw(
+fn draw(
     path: &Path,
     title: &str,
     y_label: &str,

@@ -1,0 +1,270 @@
+//! What the bench runs: the servers, the workloads, and the settings read from the
+//! environment (how long, how many rounds, which rows, where the children are pinned).
+//! Nothing here starts a process or measures anything.
+
+use std::path::{Path, PathBuf};
+
+use evloop::measure::{format_cpu_list, parse_cpu_list};
+
+use crate::processes::allowed_cpus;
+
+/// Seconds of load per row. 28 rows of 8 s, plus set-up and the idle test, take about four
+/// minutes; shorter rows make the figures jumpier on a machine that is doing anything else.
+const DEFAULT_SECS: f64 = 8.0;
+
+/// Idle connections the idle test holds open unless `EVLOOP_BENCH_IDLE` says otherwise.
+const DEFAULT_IDLE: usize = 10_000;
+
+/// How a server is started.
+#[derive(Clone, Copy)]
+pub enum Program {
+    Reactor,
+    Threaded,
+    /// This bench binary again, with `--serve-tokio`.
+    Tokio,
+}
+
+pub struct ServerSpec {
+    /// Name in the tables, the CSV, the charts and `EVLOOP_BENCH_SERVERS`.
+    pub name: &'static str,
+    pub program: Program,
+    /// Flags beyond the address and the connection limit.
+    pub extra_args: &'static [&'static str],
+}
+
+pub const SERVERS: [ServerSpec; 4] = [
+    ServerSpec {
+        name: "reactor",
+        program: Program::Reactor,
+        extra_args: &[],
+    },
+    ServerSpec {
+        name: "threaded",
+        program: Program::Threaded,
+        extra_args: &[],
+    },
+    ServerSpec {
+        name: "reactor-t2",
+        program: Program::Reactor,
+        extra_args: &["--threads", "2"],
+    },
+    ServerSpec {
+        name: "tokio",
+        program: Program::Tokio,
+        extra_args: &[],
+    },
+];
+
+/// The server every row is compared with.
+pub const BASELINE: &str = "threaded";
+
+pub struct Workload {
+    /// Name in the tables, the CSV and `EVLOOP_BENCH_WORKLOADS`.
+    pub name: &'static str,
+    pub connections: usize,
+    /// Requests in flight per connection; 1 is lockstep.
+    pub pipeline: usize,
+    pub udp: bool,
+}
+
+impl Workload {
+    /// The rows drawn in the charts: TCP, one request at a time.
+    pub fn is_lockstep_tcp(&self) -> bool {
+        self.pipeline == 1 && !self.udp
+    }
+}
+
+const fn lockstep(name: &'static str, connections: usize) -> Workload {
+    Workload {
+        name,
+        connections,
+        pipeline: 1,
+        udp: false,
+    }
+}
+
+pub const WORKLOADS: [Workload; 7] = [
+    lockstep("tcp-1", 1),
+    lockstep("tcp-10", 10),
+    lockstep("tcp-100", 100),
+    lockstep("tcp-1000", 1_000),
+    lockstep("tcp-5000", 5_000),
+    Workload {
+        name: "pipeline-100x16",
+        connections: 100,
+        pipeline: 16,
+        udp: false,
+    },
+    Workload {
+        name: "udp-100",
+        connections: 100,
+        pipeline: 1,
+        udp: true,
+    },
+];
+
+/// What to run, from the environment.
+pub struct Settings {
+    pub secs: f64,
+    /// Rounds of every row; the printed table gives each row's median.
+    pub repeats: usize,
+    pub idle: usize,
+    /// Where the servers and loadgen run; `None` leaves them to the scheduler.
+    pub pinning: Option<Pinning>,
+    pub servers: Vec<&'static ServerSpec>,
+    pub workloads: Vec<&'static Workload>,
+    pub out_dir: PathBuf,
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Settings, String> {
+        let secs = match env_var("EVLOOP_BENCH_SECS") {
+            None => DEFAULT_SECS,
+            Some(v) => v
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .ok_or_else(|| format!("EVLOOP_BENCH_SECS={v}: expected seconds > 0"))?,
+        };
+        let repeats = match env_var("EVLOOP_BENCH_REPEATS") {
+            None => 1,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| format!("EVLOOP_BENCH_REPEATS={v}: expected a count > 0"))?,
+        };
+        let idle = match env_var("EVLOOP_BENCH_IDLE") {
+            None => DEFAULT_IDLE,
+            Some(v) => v
+                .parse()
+                .map_err(|_| format!("EVLOOP_BENCH_IDLE={v}: expected a number of connections"))?,
+        };
+        let servers = select("EVLOOP_BENCH_SERVERS", &SERVERS, |s| s.name)?;
+        let workloads = select("EVLOOP_BENCH_WORKLOADS", &WORKLOADS, |w| w.name)?;
+        let target = match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(dir) => PathBuf::from(dir),
+            None => Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
+        };
+        let pinning = Pinning::from_env()?;
+        Ok(Settings {
+            secs,
+            repeats,
+            idle,
+            pinning,
+            servers,
+            workloads,
+            out_dir: target.join("bench"),
+        })
+    }
+
+    pub fn logs(&self) -> PathBuf {
+        self.out_dir.join("logs")
+    }
+
+    pub fn describe_pinning(&self) -> String {
+        match &self.pinning {
+            Some(p) => format!(
+                "Pinned: servers on CPU {}, loadgen on CPU {} (EVLOOP_BENCH_PIN)",
+                format_cpu_list(&p.server),
+                format_cpu_list(&p.loadgen)
+            ),
+            None => "Not pinned: servers and loadgen share every CPU (EVLOOP_BENCH_PIN)".into(),
+        }
+    }
+
+    /// Names a round in progress lines and log files, when there is more than one.
+    pub fn round_suffix(&self, round: usize) -> String {
+        if self.repeats > 1 {
+            format!("-r{round}")
+        } else {
+            String::new()
+        }
+    }
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The items named in the comma-separated list in `var`, or all of them when it is unset.
+fn select<T>(
+    var: &str,
+    all: &'static [T],
+    name: impl Fn(&T) -> &'static str,
+) -> Result<Vec<&'static T>, String> {
+    let Some(list) = env_var(var) else {
+        return Ok(all.iter().collect());
+    };
+    let wanted: Vec<&str> = list.split(',').map(str::trim).collect();
+    let names: Vec<&str> = all.iter().map(&name).collect();
+    if let Some(unknown) = wanted.iter().find(|w| !names.contains(w)) {
+        return Err(format!(
+            "{var}: no such name {unknown:?}; choose from {}",
+            names.join(",")
+        ));
+    }
+    Ok(all.iter().filter(|t| wanted.contains(&name(t))).collect())
+}
+
+/// Which CPUs the servers run on and which ones loadgen runs on.
+///
+/// A server and its load generator left to share all CPUs take turns on them, and the
+/// figures then say as much about the scheduler as about the server: a server with a
+/// thread per connection can crowd loadgen on every core, a single-threaded one takes at
+/// most one. Pinned apart, every server gets the same CPUs and loadgen always has its own,
+/// so neither slows the other by taking its core. On a 2-core machine that is one core
+/// each, which also means `reactor-t2` has one core for its two loops. Pinned, loadgen
+/// runs one engine thread per CPU it has (`--threads`), so on a larger machine it can keep
+/// a server on several cores busy.
+pub struct Pinning {
+    pub server: Vec<usize>,
+    pub loadgen: Vec<usize>,
+}
+
+impl Pinning {
+    /// `EVLOOP_BENCH_PIN`: `auto` (the default) splits the CPUs this process may use, the
+    /// lower half to loadgen and the rest to the servers, or pins nothing when there is only
+    /// one; `off` pins nothing; `SERVER/LOADGEN` gives two CPU lists such as `1/0` or
+    /// `2-3/0-1`.
+    fn from_env() -> Result<Option<Pinning>, String> {
+        let spec = env_var("EVLOOP_BENCH_PIN");
+        let spec = spec.as_deref().map(str::trim);
+        if spec == Some("off") {
+            return Ok(None);
+        }
+        let allowed = allowed_cpus().map_err(|e| format!("sched_getaffinity: {e}"))?;
+        match spec {
+            None | Some("auto") => {
+                if allowed.len() < 2 {
+                    return Ok(None);
+                }
+                let (loadgen, server) = allowed.split_at(allowed.len() / 2);
+                Ok(Some(Pinning {
+                    server: server.to_vec(),
+                    loadgen: loadgen.to_vec(),
+                }))
+            }
+            Some(spec) => {
+                let bad = |why: String| format!("EVLOOP_BENCH_PIN={spec}: {why}");
+                let (server, loadgen) = spec
+                    .split_once('/')
+                    .ok_or_else(|| bad("expected auto, off or SERVER/LOADGEN CPU lists".into()))?;
+                let parse = |list: &str| {
+                    let cpus = parse_cpu_list(list).map_err(&bad)?;
+                    match cpus.iter().find(|cpu| !allowed.contains(cpu)) {
+                        Some(cpu) => Err(bad(format!(
+                            "CPU {cpu} is not one this process may use ({})",
+                            format_cpu_list(&allowed)
+                        ))),
+                        None => Ok(cpus),
+                    }
+                };
+                Ok(Some(Pinning {
+                    server: parse(server)?,
+                    loadgen: parse(loadgen)?,
+                }))
+            }
+        }
+    }
+}
