@@ -1,0 +1,400 @@
+//! The connection driven with an in-memory socket and a clock the tests move by hand: every
+//! state, every transition and every deadline, with no socket and no sleep.
+
+use super::*;
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// An in-memory socket: reads come from a script, writes go into `written` up to
+/// `accept` bytes before the fake reports WouldBlock.
+#[derive(Default)]
+struct FakeStream {
+    reads: VecDeque<io::Result<Vec<u8>>>,
+    written: Vec<u8>,
+    accept: usize,
+    shut_down: std::cell::Cell<bool>,
+}
+
+impl Read for FakeStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.reads.pop_front() {
+            None => Err(io::ErrorKind::WouldBlock.into()),
+            Some(Err(e)) => Err(e),
+            Some(Ok(mut bytes)) => {
+                let n = bytes.len().min(buf.len());
+                buf[..n].copy_from_slice(&bytes[..n]);
+                if n < bytes.len() {
+                    self.reads.push_front(Ok(bytes.split_off(n)));
+                }
+                Ok(n)
+            }
+        }
+    }
+}
+
+impl Write for FakeStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(self.accept);
+        if n == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.accept -= n;
+        self.written.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Stream for FakeStream {
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shut_down.set(true);
+        Ok(())
+    }
+}
+
+struct Harness {
+    read_buf: Vec<u8>,
+    replies: Vec<u8>,
+    config: ServerConfig,
+    stats: Stats,
+    /// The clock the tests move by hand.
+    now: Instant,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness {
+            read_buf: vec![0; 64],
+            replies: Vec::new(),
+            config: ServerConfig::default(),
+            stats: Stats::default(),
+            now: Instant::now(),
+        }
+    }
+
+    fn ctx(&mut self) -> Context<'_> {
+        Context {
+            read_buf: &mut self.read_buf,
+            replies: &mut self.replies,
+            config: &self.config,
+            stats: &mut self.stats,
+            now: self.now,
+        }
+    }
+
+    fn accept(&mut self, stream: FakeStream) -> Connection<FakeStream> {
+        let mut greeting = Vec::new();
+        self.config.protocol.greeting(&mut greeting);
+        Connection::accept(stream, &greeting, &mut self.stats, self.now)
+    }
+}
+
+fn stream(reads: &[&[u8]], accept: usize) -> FakeStream {
+    FakeStream {
+        reads: reads.iter().map(|r| Ok(r.to_vec())).collect(),
+        accept,
+        ..FakeStream::default()
+    }
+}
+
+fn readable(interest: Option<Interest>) -> bool {
+    interest.is_some_and(|i| i.is_readable())
+}
+
+fn writable(interest: Option<Interest>) -> bool {
+    interest.is_some_and(|i| i.is_writable())
+}
+
+#[test]
+fn the_transition_table() {
+    use State::*;
+    use Trigger::*;
+    assert_eq!(Greeting.on(Flushed), Reading);
+    assert_eq!(Greeting.on(BelowLowWater), Greeting);
+    assert_eq!(Reading.on(AboveHighWater), Replying);
+    assert_eq!(Reading.on(Flushed), Reading);
+    assert_eq!(Replying.on(BelowLowWater), Reading);
+    assert_eq!(Replying.on(Flushed), Reading);
+    assert_eq!(Replying.on(InputEnded), Closing { peer_eof: false });
+    assert_eq!(Reading.on(PeerEof), Closing { peer_eof: true });
+    assert_eq!(Closing { peer_eof: false }.on(Flushed), Lingering);
+    assert_eq!(Closing { peer_eof: true }.on(Flushed), Closed);
+    assert_eq!(
+        Closing { peer_eof: false }.on(AboveHighWater),
+        Closing { peer_eof: false }
+    );
+    assert_eq!(Lingering.on(PeerEof), Closed);
+    for state in [
+        Greeting,
+        Reading,
+        Replying,
+        Closing { peer_eof: false },
+        Lingering,
+    ] {
+        assert_eq!(state.on(Failed), Closed);
+        assert_eq!(state.on(GiveUp), Closed);
+    }
+    assert_eq!(Closed.on(Flushed), Closed);
+}
+
+#[test]
+fn greeting_written_at_once_then_reading() {
+    let mut h = Harness::new();
+    let conn = h.accept(stream(&[], 1000));
+    assert_eq!(conn.state(), State::Reading);
+    assert_eq!(conn.stream.written, b"Welcome!\n");
+    assert_eq!(conn.interest(), Some(Interest::READABLE));
+}
+
+#[test]
+fn a_partial_greeting_goes_out_before_any_input_is_read() {
+    let mut h = Harness::new();
+    let mut conn = h.accept(stream(&[b"bob\n"], 3));
+    assert_eq!(conn.state(), State::Greeting);
+    assert_eq!(conn.interest(), Some(Interest::WRITABLE));
+    assert_eq!(conn.on_readable(&mut h.ctx(), false), Progress::Wait);
+    assert_eq!(conn.stream.reads.len(), 1, "input waits in the socket");
+    conn.stream.accept = 1000;
+    assert_eq!(
+        conn.on_writable(&mut h.ctx()),
+        Progress::ReadAgain,
+        "the input that waited has no edge of its own"
+    );
+    assert_eq!(conn.state(), State::Reading);
+    conn.on_readable(&mut h.ctx(), false);
+    assert_eq!(conn.stream.written, b"Welcome!\nHello, bob!\n");
+    assert!(!writable(conn.interest()));
+    assert_eq!(
+        conn.output.bytes.capacity(),
+        0,
+        "an idle connection owns no buffer"
+    );
+}
+
+#[test]
+fn partial_writes_keep_the_rest_in_order() {
+    let mut h = Harness::new();
+    let mut conn = h.accept(stream(&[b"a\nb\n", b"c\n"], 12));
+    conn.on_readable(&mut h.ctx(), false);
+    assert_eq!(conn.state(), State::Reading);
+    assert!(writable(conn.interest()), "leftovers ask for WRITABLE");
+    for _ in 0..20 {
+        conn.stream.accept = 2;
+        conn.on_writable(&mut h.ctx());
+    }
+    assert_eq!(
+        conn.stream.written,
+        b"Welcome!\nHello, a!\nHello, b!\nHello, c!\n"
+    );
+    assert_eq!(conn.state(), State::Reading);
+}
+
+#[test]
+fn exit_flushes_then_shuts_down_and_lingers_until_eof() {
+    let mut h = Harness::new();
+    let mut conn = h.accept(stream(&[b"a\nexit\nb\n"], 1000));
+    conn.on_readable(&mut h.ctx(), false);
+    assert_eq!(conn.stream.written, b"Welcome!\nHello, a!\n");
+    assert_eq!(conn.state(), State::Lingering);
+    assert!(
+        conn.stream.shut_down.get(),
+        "write side shut down before lingering"
+    );
+    assert!(readable(conn.interest()));
+    conn.stream.reads.push_back(Ok(b"more\n".to_vec()));
+    conn.stream.reads.push_back(Ok(Vec::new()));
+    conn.on_readable(&mut h.ctx(), false);
+    assert_eq!(conn.state(), State::Closed);
+    assert_eq!(
+        conn.stream.written, b"Welcome!\nHello, a!\n",
+        "nothing after exit"
+    );
+}
+
+#[test]
+fn eof_answers_the_final_line_and_closes_without_lingering() {
+    let mut h = Harness::new();
+    let mut conn = h.accept(stream(&[b"a\nlast", b""], 1000));
+    conn.on_readable(&mut h.ctx(), false);
+    assert_eq!(conn.stream.written, b"Welcome!\nHello, a!\nHello, last!\n");
+    assert_eq!(conn.state(), State::Closed);
+}
+
+#[test]
+fn eof_with_output_owed_closes_once_it_is_written() {
+    let mut h = Harness::new();
+    let mut conn = h.accept(stream(&[b"a\n", b""], 9));
+    conn.on_readable(&mut h.ctx(), false);
+    assert_eq!(conn.state(), State::Closing { peer_eof: true });
+    conn.stream.accept = 1000;
+    conn.on_writable(&mut h.ctx());
+    assert_eq!(conn.state(), State::Closed);
+    assert_eq!(conn.stream.written, b"Welcome!\nHello, a!\n");
+}
+
+#[test]
+fn a_reset_closes_the_connection() {
+    let mut h = Harness::new();
+    let mut s = stream(&[b"a\n"], 1000);
+    s.reads
+        .push_back(Err(io::ErrorKind::ConnectionReset.into()));
+    let mut conn = h.accept(s);
+    conn.on_readable(&mut h.ctx(), false);
+    assert_eq!(conn.state(), State::Closed);
+    assert_eq!(conn.interest(), None);
+}
+
+#[test]
+fn interrupted_reads_are_retried() {
+    let mut h = Harness::new();
+    let mut s = stream(&[], 1000);
+    s.reads.push_back(Err(io::ErrorKind::Interrupted.into()));
+    s.reads.push_back(Ok(b"x\n".to_vec()));
+    let mut conn = h.accept(s);
+    conn.on_readable(&mut h.ctx(), false);
+    assert_eq!(conn.stream.written, b"Welcome!\nHello, x!\n");
+}
+
+#[test]
+fn a_short_read_ends_the_turn_only_when_the_caller_says_it_drains() {
+    let mut h = Harness::new();
+    let mut conn = h.accept(stream(&[b"a\n", b"b\n"], 1000));
+    conn.on_readable(&mut h.ctx(), true);
+    assert_eq!(
+        conn.stream.reads.len(),
+        1,
+        "one read, no extra WouldBlock read"
+    );
+    conn.on_readable(&mut h.ctx(), false);
+    assert!(conn.stream.reads.is_empty());
+    assert_eq!(conn.stream.written, b"Welcome!\nHello, a!\nHello, b!\n");
+}
+
+#[test]
+fn reading_stops_above_the_high_water_mark_and_resumes_below_the_low() {
+    let mut h = Harness::new();
+    h.read_buf = vec![0; 64 * 1024];
+    let flood = vec![b'\n'; 64 * 1024];
+    let reads: Vec<&[u8]> = (0..8).map(|_| flood.as_slice()).collect();
+    let mut conn = h.accept(stream(&reads, 9));
+    assert_eq!(conn.on_readable(&mut h.ctx(), false), Progress::Wait);
+    assert!(conn.output.unsent().len() > OUTPUT_HIGH_WATER);
+    assert_eq!(conn.state(), State::Replying);
+    assert!(!readable(conn.interest()), "backpressure: not reading");
+    assert!(conn.stream.reads.len() > 1, "input left in the socket");
+    // Draining to just under the high-water mark is not enough: the low one counts.
+    conn.stream.accept = conn.output.unsent().len() - OUTPUT_HIGH_WATER + 1;
+    assert_eq!(conn.on_writable(&mut h.ctx()), Progress::Wait);
+    assert_eq!(
+        conn.state(),
+        State::Replying,
+        "still paused between the marks"
+    );
+    conn.stream.accept = usize::MAX;
+    assert_eq!(conn.on_writable(&mut h.ctx()), Progress::ReadAgain);
+    assert_eq!(conn.state(), State::Reading);
+    assert!(readable(conn.interest()));
+}
+
+#[test]
+fn the_read_budget_yields_to_other_connections() {
+    let mut h = Harness::new();
+    h.read_buf = vec![0; 64 * 1024];
+    let line = vec![b'x'; 64 * 1024 - 1];
+    let mut chunk = line.clone();
+    chunk.push(b'\n');
+    h.config.protocol.mode = crate::protocol::Mode::Echo;
+    h.config.protocol.max_line = 64 * 1024;
+    let reads: Vec<&[u8]> = (0..6).map(|_| chunk.as_slice()).collect();
+    let mut conn = h.accept(stream(&reads, usize::MAX));
+    assert_eq!(conn.on_readable(&mut h.ctx(), false), Progress::ReadAgain);
+    assert_eq!(conn.stream.reads.len(), 2);
+}
+
+#[test]
+fn graceful_close_delivers_what_is_owed() {
+    let mut h = Harness::new();
+    let mut conn = h.accept(stream(&[b"a\n"], 9));
+    conn.on_readable(&mut h.ctx(), false);
+    conn.stream.accept = 1000;
+    conn.close_gracefully(&mut h.ctx());
+    assert_eq!(conn.stream.written, b"Welcome!\nHello, a!\n");
+    assert_eq!(conn.state(), State::Lingering);
+}
+
+#[test]
+fn an_idle_client_is_closed_politely_and_its_replies_delivered() {
+    let mut h = Harness::new();
+    let idle = Duration::from_secs(10);
+    h.config.idle_timeout = Some(idle);
+    let start = h.now;
+    let mut conn = h.accept(stream(&[b"a\n"], 9));
+    conn.on_readable(&mut h.ctx(), false);
+    assert_eq!(conn.deadline(&h.config), Some(start + idle));
+    h.now = start + idle - Duration::from_millis(1);
+    conn.on_deadline(&mut h.ctx());
+    assert_eq!(conn.state(), State::Reading, "not yet due: nothing happens");
+    h.now = start + idle;
+    conn.stream.accept = 1000;
+    conn.on_deadline(&mut h.ctx());
+    assert_eq!(conn.stream.written, b"Welcome!\nHello, a!\n");
+    assert_eq!(conn.state(), State::Lingering);
+    assert_eq!(conn.deadline(&h.config), Some(h.now + LINGER_TIMEOUT));
+    h.now += LINGER_TIMEOUT;
+    conn.on_deadline(&mut h.ctx());
+    assert_eq!(conn.state(), State::Closed);
+    assert_eq!(conn.deadline(&h.config), None);
+}
+
+#[test]
+fn activity_moves_the_idle_deadline() {
+    let mut h = Harness::new();
+    let idle = Duration::from_secs(10);
+    h.config.idle_timeout = Some(idle);
+    let mut conn = h.accept(stream(&[], 1000));
+    h.now += Duration::from_secs(7);
+    conn.stream.reads.push_back(Ok(b"x\n".to_vec()));
+    conn.on_readable(&mut h.ctx(), false);
+    assert_eq!(conn.deadline(&h.config), Some(h.now + idle));
+    h.config.idle_timeout = None;
+    assert_eq!(
+        conn.deadline(&h.config),
+        None,
+        "no idle timeout, no deadline"
+    );
+}
+
+#[test]
+fn a_client_that_takes_none_of_its_replies_is_cut_off_at_the_idle_timeout() {
+    let mut h = Harness::new();
+    let idle = Duration::from_secs(10);
+    h.config.idle_timeout = Some(idle);
+    h.read_buf = vec![0; 64 * 1024];
+    let flood = vec![b'\n'; 64 * 1024];
+    let mut conn = h.accept(stream(&[&flood], 9));
+    conn.on_readable(&mut h.ctx(), false);
+    assert_eq!(conn.state(), State::Replying);
+    h.now += idle;
+    conn.on_deadline(&mut h.ctx());
+    assert_eq!(
+        conn.state(),
+        State::Closed,
+        "no polite close for a peer that reads nothing"
+    );
+    assert_eq!(conn.output.bytes.capacity(), 0, "its output is dropped");
+}
+
+#[test]
+fn lingering_reads_do_not_extend_the_lingering_deadline() {
+    let mut h = Harness::new();
+    let mut conn = h.accept(stream(&[b"exit\n"], 1000));
+    conn.on_readable(&mut h.ctx(), false);
+    assert_eq!(conn.state(), State::Lingering);
+    let deadline = conn.deadline(&h.config);
+    h.now += Duration::from_secs(1);
+    conn.stream.reads.push_back(Ok(b"more".to_vec()));
+    conn.on_readable(&mut h.ctx(), false);
+    assert_eq!(conn.deadline(&h.config), deadline);
+}
