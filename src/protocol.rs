@@ -177,17 +177,33 @@ impl Session {
 
     /// Processes bytes that arrived (in any chunking), appending every reply owed to `out`.
     pub fn on_input(&mut self, config: &ProtocolConfig, input: &[u8], out: &mut Vec<u8>) -> Flow {
+        self.on_input_until(config, input, out, usize::MAX).0
+    }
+
+    /// As [`on_input`](Self::on_input), but stops answering lines once `out` holds
+    /// `out_limit` bytes or more, and returns how many bytes of `input` it consumed. The
+    /// caller keeps the rest and hands it in again later: this is how a server bounds the
+    /// output one read can make it owe (64 KiB of `\n` owes 576 KiB of `Hello, !\n`). The
+    /// limit is checked after each line, so `out` ends at most one reply past it. A raw
+    /// message is always answered whole. After [`Flow::Close`] the count does not matter.
+    pub fn on_input_until(
+        &mut self,
+        config: &ProtocolConfig,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        out_limit: usize,
+    ) -> (Flow, usize) {
         if self.closed {
-            return Flow::Close;
+            return (Flow::Close, input.len());
         }
-        let flow = match config.framing {
-            Framing::Line => self.on_line_input(config, input, out),
-            Framing::Raw => self.on_raw_message(config, input, out),
+        let (flow, consumed) = match config.framing {
+            Framing::Line => self.on_line_input(config, input, out, out_limit),
+            Framing::Raw => (self.on_raw_message(config, input, out), input.len()),
         };
         if flow == Flow::Close {
             self.close();
         }
-        flow
+        (flow, consumed)
     }
 
     /// The peer half-closed: answer a final unterminated line, if any, then close.
@@ -206,38 +222,48 @@ impl Session {
         self.partial = Vec::new();
     }
 
-    fn on_line_input(&mut self, config: &ProtocolConfig, input: &[u8], out: &mut Vec<u8>) -> Flow {
+    fn on_line_input(
+        &mut self,
+        config: &ProtocolConfig,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        out_limit: usize,
+    ) -> (Flow, usize) {
         let mut rest = input;
+        let consumed = |rest: &[u8]| input.len() - rest.len();
         // Finish a line begun in an earlier read. Only its tail is copied; lines that arrive
         // whole are answered straight from `input` with no copy at all.
         if !self.partial.is_empty() {
             match rest.iter().position(|&b| b == b'\n') {
-                None => return self.hold(config, rest, out),
+                None => return (self.hold(config, rest, out), input.len()),
                 Some(end) => {
                     if self.partial.len() + end > config.max_line {
                         out.extend_from_slice(LINE_TOO_LONG);
-                        return Flow::Close;
+                        return (Flow::Close, input.len());
                     }
                     let mut line = std::mem::take(&mut self.partial);
                     line.extend_from_slice(&rest[..end]);
                     rest = &rest[end + 1..];
                     if self.on_line(config, &line, out) == Flow::Close {
-                        return Flow::Close;
+                        return (Flow::Close, input.len());
                     }
                 }
             }
         }
-        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+        while out.len() < out_limit {
+            let Some(end) = rest.iter().position(|&b| b == b'\n') else {
+                return (self.hold(config, rest, out), input.len());
+            };
             if end > config.max_line {
                 out.extend_from_slice(LINE_TOO_LONG);
-                return Flow::Close;
+                return (Flow::Close, input.len());
             }
             if self.on_line(config, &rest[..end], out) == Flow::Close {
-                return Flow::Close;
+                return (Flow::Close, input.len());
             }
             rest = &rest[end + 1..];
         }
-        self.hold(config, rest, out)
+        (Flow::Continue, consumed(rest))
     }
 
     /// Keeps the start of an unfinished line, or refuses it once it cannot fit.
@@ -310,6 +336,41 @@ mod tests {
             closed |= session.on_eof(config, &mut out) == Flow::Close;
         }
         (out, closed)
+    }
+
+    proptest! {
+        /// Feeding input with an output limit, and handing back what was not consumed,
+        /// gives exactly the replies of feeding it whole; no call overshoots the limit by
+        /// more than one reply.
+        #[test]
+        fn an_output_limit_changes_when_lines_are_answered_not_what_is_answered(
+            lines in proptest::collection::vec("[a-z]{0,6}", 0..60),
+            limit in 1usize..64,
+        ) {
+            let mut input = Vec::new();
+            for line in &lines {
+                input.extend_from_slice(line.as_bytes());
+                input.push(b'\n');
+            }
+            input.extend_from_slice(b"tail");
+            let config = line_hello();
+            let (whole, _) = run(&config, &[&input], false);
+            let mut session = Session::new();
+            let (mut out, mut rest) = (Vec::new(), &input[..]);
+            loop {
+                let mut batch = Vec::new();
+                let (flow, used) = session.on_input_until(&config, rest, &mut batch, limit);
+                prop_assert_eq!(flow, Flow::Continue);
+                prop_assert!(batch.len() < limit + "Hello, abcdef!\n".len());
+                out.extend_from_slice(&batch);
+                rest = &rest[used..];
+                if rest.is_empty() {
+                    break;
+                }
+            }
+            prop_assert_eq!(out, whole);
+            prop_assert_eq!(session.buffered(), 4);
+        }
     }
 
     fn line_hello() -> ProtocolConfig {

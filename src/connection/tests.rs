@@ -279,7 +279,7 @@ fn reading_stops_above_the_high_water_mark_and_resumes_below_the_low() {
     let flood = vec![b'\n'; 64 * 1024];
     let reads: Vec<&[u8]> = (0..8).map(|_| flood.as_slice()).collect();
     let mut conn = h.accept(stream(&reads, 9));
-    assert_eq!(conn.on_readable(&mut h.ctx(), false), Progress::Wait);
+    serve_until_it_waits(&mut h, &mut conn);
     assert!(conn.output.unsent().len() > OUTPUT_HIGH_WATER);
     assert_eq!(conn.state(), State::Replying);
     assert!(!readable(conn.interest()), "backpressure: not reading");
@@ -298,19 +298,95 @@ fn reading_stops_above_the_high_water_mark_and_resumes_below_the_low() {
     assert!(readable(conn.interest()));
 }
 
+/// Calls `on_readable` as the loop would, turn after turn, until the connection waits.
+fn serve_until_it_waits(h: &mut Harness, conn: &mut Connection<FakeStream>) {
+    for _ in 0..1000 {
+        if conn.on_readable(&mut h.ctx(), false) == Progress::Wait {
+            return;
+        }
+    }
+    panic!("still reading after 1000 turns");
+}
+
 #[test]
 fn the_read_budget_yields_to_other_connections() {
     let mut h = Harness::new();
     h.read_buf = vec![0; 64 * 1024];
-    let line = vec![b'x'; 64 * 1024 - 1];
-    let mut chunk = line.clone();
-    chunk.push(b'\n');
-    h.config.protocol.mode = crate::protocol::Mode::Echo;
-    h.config.protocol.max_line = 64 * 1024;
+    // Bytes of a line that does not end yet: input that owes no reply at all.
+    let chunk = vec![b'x'; 64 * 1024];
+    h.config.protocol.max_line = 1024 * 1024;
     let reads: Vec<&[u8]> = (0..6).map(|_| chunk.as_slice()).collect();
     let mut conn = h.accept(stream(&reads, usize::MAX));
     assert_eq!(conn.on_readable(&mut h.ctx(), false), Progress::ReadAgain);
-    assert_eq!(conn.stream.reads.len(), 2);
+    assert_eq!(conn.stream.reads.len(), 2, "READ_BUDGET is four reads");
+}
+
+#[test]
+fn the_reply_budget_yields_and_keeps_the_unanswered_input_in_order() {
+    let mut h = Harness::new();
+    h.read_buf = vec![0; 64 * 1024];
+    let flood = vec![b'\n'; 64 * 1024];
+    let mut conn = h.accept(stream(&[&flood], usize::MAX));
+    let greeting = conn.stream.written.len();
+    assert_eq!(conn.on_readable(&mut h.ctx(), false), Progress::ReadAgain);
+    let replies = conn.stream.written.len() - greeting;
+    assert!(
+        replies >= REPLY_BUDGET && replies < REPLY_BUDGET + 9,
+        "{replies}"
+    );
+    assert!(!conn.held.is_empty() && conn.stream.reads.is_empty());
+    serve_until_it_waits(&mut h, &mut conn);
+    assert!(conn.held.is_empty());
+    assert_eq!(
+        conn.stream.written.len() - greeting,
+        64 * 1024 * b"Hello, !\n".len(),
+        "every line answered once"
+    );
+}
+
+proptest::proptest! {
+    /// Whatever the input and however it is split, against a peer that reads nothing:
+    /// unsent output stays within the high-water mark plus one reply, input held stays
+    /// within `--max-line` plus one read, and every line is answered once it drains.
+    #[test]
+    fn output_and_held_input_are_bounded_by_construction(
+        lines in proptest::collection::vec(0usize..300, 1..3000),
+        chunk in 1usize..9000,
+    ) {
+        let mut h = Harness::new();
+        h.read_buf = vec![0; 4096];
+        h.config.protocol.max_line = 512;
+        let mut input = Vec::new();
+        for len in &lines {
+            input.extend(std::iter::repeat_n(b'a', *len));
+            input.push(b'\n');
+        }
+        let reads: Vec<&[u8]> = input.chunks(chunk).collect();
+        let mut conn = h.accept(stream(&reads, usize::MAX));
+        conn.stream.accept = 0;
+        let one_reply = "Hello, !\n".len() + 512;
+        for _ in 0..200 {
+            let progress = conn.on_readable(&mut h.ctx(), false);
+            proptest::prop_assert!(conn.output.unsent().len() <= OUTPUT_HIGH_WATER + one_reply);
+            proptest::prop_assert!(conn.held.len() + conn.session.buffered() <= 512 + 4096);
+            if progress == Progress::Wait {
+                break;
+            }
+        }
+        conn.stream.accept = usize::MAX;
+        for _ in 0..10_000 {
+            if conn.on_writable(&mut h.ctx()) == Progress::Wait
+                && conn.on_readable(&mut h.ctx(), false) == Progress::Wait
+                && conn.output.is_empty()
+                && conn.stream.reads.is_empty()
+                && conn.held.is_empty()
+            {
+                break;
+            }
+        }
+        let expected: usize = 9 + lines.iter().map(|len| len + "Hello, !\n".len()).sum::<usize>();
+        proptest::prop_assert_eq!(conn.stream.written.len(), expected);
+    }
 }
 
 #[test]
@@ -373,8 +449,9 @@ fn a_client_that_takes_none_of_its_replies_is_cut_off_at_the_idle_timeout() {
     h.config.idle_timeout = Some(idle);
     h.read_buf = vec![0; 64 * 1024];
     let flood = vec![b'\n'; 64 * 1024];
-    let mut conn = h.accept(stream(&[&flood], 9));
-    conn.on_readable(&mut h.ctx(), false);
+    let reads: Vec<&[u8]> = (0..8).map(|_| flood.as_slice()).collect();
+    let mut conn = h.accept(stream(&reads, 9));
+    serve_until_it_waits(&mut h, &mut conn);
     assert_eq!(conn.state(), State::Replying);
     h.now += idle;
     conn.on_deadline(&mut h.ctx());
