@@ -361,9 +361,17 @@ impl<S: Stream> Connection<S> {
         }
     }
 
-    /// Stops answering input, delivers what is owed, then closes politely (idle timeout,
-    /// server shutdown).
+    /// Stops reading, delivers what is owed, then closes politely (idle timeout, server
+    /// shutdown). Input already read but held back by the output bound is owed too: it is
+    /// answered now, whole (at most one read's worth), before input ends.
     pub fn close_gracefully(&mut self, ctx: &mut Context<'_>) {
+        if !self.held.is_empty() {
+            let held = std::mem::take(&mut self.held);
+            ctx.replies.clear();
+            self.session
+                .on_input(&ctx.config.protocol, &held, ctx.replies);
+            self.write(ctx.replies, ctx.stats, ctx.now);
+        }
         self.transition(Trigger::InputEnded, ctx.now);
         self.write(&[], ctx.stats, ctx.now);
     }
