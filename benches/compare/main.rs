@@ -93,6 +93,7 @@ fn main() {
         return;
     }
     if !args.iter().any(|a| a == "--bench") {
+        // Run by `cargo test` (see "Command line" above).
         let passed = check::run();
         std::process::exit(if passed { 0 } else { 1 });
     }
