@@ -51,18 +51,25 @@
 //! lists such as `1/0`) where the children run; `EVLOOP_BENCH_IDLE` (default 10000, 0
 //! skips the test) idle connections; `EVLOOP_BENCH_SERVERS` and `EVLOOP_BENCH_WORKLOADS`
 //! comma-separated names to run only some rows (the names are printed in the table).
-//! Command-line arguments are ignored (`cargo bench` passes `--bench`), except
-//! `--serve-tokio ADDR`, which is how this binary runs the tokio server in a process of its
-//! own.
+//!
+//! # Command line
+//!
+//! The binary benches only when given `--bench`, which `cargo bench` passes; it ignores
+//! other arguments. `cargo test` runs it without `--bench` (`test = true` in Cargo.toml),
+//! and then it checks instead, in a fraction of a second, that every server speaks the
+//! protocol byte for byte (see [`check`]). `--serve-tokio ADDR` makes it the tokio server,
+//! which is how the bench runs that server in a process of its own.
 //!
 //! # Where things are
 //!
 //! This file runs the rows in order and writes what they found. [`plan`] says what to run
 //! (servers, workloads, the knobs above), [`processes`] starts the servers and loadgen,
 //! [`measuring`] turns one row or the idle test into figures, [`table`] and [`chart`] lay
-//! them out, and [`tokio_server`] is the tokio server itself.
+//! them out, [`tokio_server`] is the tokio server itself, and [`check`] is what `cargo
+//! test` runs. The arithmetic behind the figures is in the library, `evloop::measure`.
 
 mod chart;
+mod check;
 mod measuring;
 mod plan;
 mod processes;
@@ -80,10 +87,15 @@ use processes::{LISTEN, LOADGEN_TIMEOUT_SECS, SERVE_TOKIO};
 use table::{idle_table, results_csv, results_table, summaries};
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    if args.next().as_deref() == Some(SERVE_TOKIO) {
-        serve_tokio(args.next());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(SERVE_TOKIO) {
+        serve_tokio(args.get(1).map(String::as_str));
         return;
+    }
+    if !args.iter().any(|a| a == "--bench") {
+        // Run by `cargo test` (see "Command line" above).
+        let passed = check::run();
+        std::process::exit(if passed { 0 } else { 1 });
     }
     let settings = Settings::from_env().unwrap_or_else(|e| {
         eprintln!("error: {e}");
@@ -95,8 +107,8 @@ fn main() {
     }
 }
 
-fn serve_tokio(listen: Option<String>) {
-    let listen = listen.as_deref().unwrap_or(LISTEN);
+fn serve_tokio(listen: Option<&str>) {
+    let listen = listen.unwrap_or(LISTEN);
     let result = listen
         .parse()
         .map_err(|e| io::Error::other(format!("bad address {listen}: {e}")))

@@ -127,8 +127,8 @@ fn measure(
         settings.round_suffix(round)
     );
     let server_log = settings.logs().join(format!("{stem}.server.log"));
-    let mut server =
-        start_server(spec, &server_log, settings).map_err(|e| format!("server: {e}"))?;
+    let mut server = start_server(spec, &server_log, settings.server_cpus())
+        .map_err(|e| format!("server: {e}"))?;
     let pid = server.child.pid();
     let addr = if workload.udp {
         server.udp.ok_or("server has no UDP")?
@@ -231,7 +231,8 @@ fn measure_idle(
     let log = settings
         .logs()
         .join(format!("{}-idle.server.log", spec.name));
-    let mut server = start_server(spec, &log, settings).map_err(|e| format!("server: {e}"))?;
+    let mut server =
+        start_server(spec, &log, settings.server_cpus()).map_err(|e| format!("server: {e}"))?;
     let pid = server.child.pid();
     let proc_error = |e: io::Error| format!("reading /proc/{pid}: {e}");
     thread::sleep(IDLE_SETTLE);

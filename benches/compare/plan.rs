@@ -142,10 +142,6 @@ impl Settings {
         };
         let servers = select("EVLOOP_BENCH_SERVERS", &SERVERS, |s| s.name)?;
         let workloads = select("EVLOOP_BENCH_WORKLOADS", &WORKLOADS, |w| w.name)?;
-        let target = match std::env::var_os("CARGO_TARGET_DIR") {
-            Some(dir) => PathBuf::from(dir),
-            None => Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
-        };
         let pinning = Pinning::from_env()?;
         Ok(Settings {
             secs,
@@ -154,12 +150,17 @@ impl Settings {
             pinning,
             servers,
             workloads,
-            out_dir: target.join("bench"),
+            out_dir: out_dir(),
         })
     }
 
     pub fn logs(&self) -> PathBuf {
         self.out_dir.join("logs")
+    }
+
+    /// The CPUs the servers are pinned to, if they are.
+    pub fn server_cpus(&self) -> Option<&[usize]> {
+        self.pinning.as_ref().map(|p| p.server.as_slice())
     }
 
     pub fn describe_pinning(&self) -> String {
@@ -181,6 +182,15 @@ impl Settings {
             String::new()
         }
     }
+}
+
+/// Where the results and logs go: `bench/` in cargo's target directory.
+pub fn out_dir() -> PathBuf {
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
+    };
+    target.join("bench")
 }
 
 fn env_var(name: &str) -> Option<String> {

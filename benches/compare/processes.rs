@@ -69,11 +69,12 @@ pub struct ServerProcess {
     pub udp: Option<SocketAddr>,
 }
 
-/// Starts `spec` on a free port, its stderr going to `log`, and waits for its startup line.
+/// Starts `spec` on a free port, pinned to `cpus` if given, its stderr going to `log`, and
+/// waits for its startup line.
 pub fn start_server(
     spec: &ServerSpec,
     log: &Path,
-    settings: &Settings,
+    cpus: Option<&[usize]>,
 ) -> Result<ServerProcess, String> {
     let mut command = match spec.program {
         Program::Reactor => Command::new(env!("CARGO_BIN_EXE_reactor")),
@@ -92,8 +93,8 @@ pub fn start_server(
         }
     };
     command.args(spec.extra_args);
-    if let Some(pinning) = &settings.pinning {
-        pin(&mut command, &pinning.server);
+    if let Some(cpus) = cpus {
+        pin(&mut command, cpus);
     }
     let stderr = File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
     command
