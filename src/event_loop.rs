@@ -44,8 +44,18 @@ const SIGNALS: Token = Token(usize::MAX - 4);
 const READ_BUFFER: usize = 64 * 1024;
 const _: () = assert!(READ_BUFFER >= net::MAX_DATAGRAM);
 
-/// Events taken from the kernel per `poll` call.
-const EVENTS_CAPACITY: usize = 1024;
+/// Events taken from the kernel per `poll` call. With [`READY_PER_TURN`] this bounds the
+/// work of one turn: each event gets at most `READ_BUDGET` bytes read and `REPLY_BUDGET`
+/// bytes of replies, so a turn under any load takes milliseconds, and the listener, the UDP
+/// socket and the signals are looked at again between turns. Events the kernel did not
+/// hand over wait in epoll's ready list for the next `poll`; nothing is lost. Fewer events
+/// per call costs more `epoll_wait` calls only when more than this many sockets are ready
+/// at once, one per 256 events.
+const EVENTS_CAPACITY: usize = 256;
+
+/// Sources resumed from the ready list per turn; the rest wait for the next turn, after a
+/// `poll` that does not block.
+const READY_PER_TURN: usize = 256;
 
 /// Connections accepted per listener event before other sources get a turn.
 const ACCEPT_BUDGET: usize = 256;
@@ -70,12 +80,23 @@ struct Slot {
     /// The time of this connection's live entry in the timers, if any. Entries with another
     /// time are stale: the deadline moved since they were scheduled.
     scheduled: Option<Instant>,
+    /// On the ready list already: a connection is queued there at most once, however many
+    /// events said it has more to do.
+    queued: bool,
     /// The connection's [`earlier_deadlines`](Connection::earlier_deadlines) count when
     /// `scheduled` was last checked against its deadline.
     scheduled_at_change: u8,
 }
 
 impl Slot {
+    /// Puts the connection on the ready list, unless it is there already.
+    fn mark_ready(&mut self, token: Token, ready: &mut Vec<Ready>) {
+        if !self.queued {
+            self.queued = true;
+            ready.push(Ready::Connection(token, self.serial));
+        }
+    }
+
     /// Makes sure `timers` holds an entry no later than this connection's deadline. Called
     /// after every event, so it must be cheap: the deadline is asked for only when nothing
     /// is scheduled or the connection says it may have moved earlier (a change of state, a
@@ -275,6 +296,8 @@ impl EventLoop {
         self.resume_ready();
         self.fire_timers();
         self.sweep_closed();
+        let stats = &mut self.scratch.stats;
+        stats.longest_turn = stats.longest_turn.max(self.now.elapsed());
         Ok(())
     }
 
@@ -380,6 +403,7 @@ impl EventLoop {
             peer: peer.ip(),
             registered,
             scheduled: None,
+            queued: false,
             scheduled_at_change: 0,
         });
         if let Err(e) = self
@@ -407,12 +431,12 @@ impl EventLoop {
         }
         let mut ctx = self.scratch.context(&self.config, self.now);
         if event.is_writable() && slot.conn.on_writable(&mut ctx) == Progress::ReadAgain {
-            self.ready.push(Ready::Connection(token, slot.serial));
+            slot.mark_ready(token, &mut self.ready);
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
             let drains = SHORT_READ_DRAINS && !event.is_read_closed() && !event.is_error();
             if slot.conn.on_readable(&mut ctx, drains) == Progress::ReadAgain {
-                self.ready.push(Ready::Connection(token, slot.serial));
+                slot.mark_ready(token, &mut self.ready);
             }
         }
         self.after_io(token);
@@ -468,9 +492,15 @@ impl EventLoop {
         }
     }
 
-    /// Serves the sources that stopped before WouldBlock on an earlier turn.
+    /// Serves the sources that stopped before WouldBlock on an earlier turn, at most
+    /// [`READY_PER_TURN`] of them, oldest first.
     fn resume_ready(&mut self) {
-        for ready in std::mem::take(&mut self.ready) {
+        let batch: Vec<Ready> = if self.ready.len() > READY_PER_TURN {
+            self.ready.drain(..READY_PER_TURN).collect()
+        } else {
+            std::mem::take(&mut self.ready)
+        };
+        for ready in batch {
             match ready {
                 Ready::Listener => self.accept(),
                 Ready::Udp => self.serve_udp(true, false),
@@ -481,13 +511,14 @@ impl EventLoop {
                     if slot.serial != serial {
                         continue;
                     }
+                    slot.queued = false;
                     // No event told us the socket is drained: read until WouldBlock.
                     if slot
                         .conn
                         .on_readable(&mut self.scratch.context(&self.config, self.now), false)
                         == Progress::ReadAgain
                     {
-                        self.ready.push(Ready::Connection(token, serial));
+                        slot.mark_ready(token, &mut self.ready);
                     }
                     self.after_io(token);
                 }

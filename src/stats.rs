@@ -1,6 +1,8 @@
 //! What a server did: counts each loop (or each thread of the baseline) keeps for itself
 //! and adds up at the end, logged as the one-line summary at shutdown. Plain data, no I/O.
 
+use std::time::Duration;
+
 /// What a server did, logged as the one-line summary at shutdown.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -18,6 +20,10 @@ pub struct Stats {
     pub bytes_out: u64,
     /// UDP replies dropped because they could not be sent.
     pub udp_dropped: u64,
+    /// The longest loop turn, from `poll` returning to the end of the turn (the reactor
+    /// only: the threaded server has no turns). What a fresh client or a UDP ping may have
+    /// had to wait on top of its own turn.
+    pub longest_turn: Duration,
 }
 
 impl Stats {
@@ -30,6 +36,7 @@ impl Stats {
         self.bytes_in += other.bytes_in;
         self.bytes_out += other.bytes_out;
         self.udp_dropped += other.udp_dropped;
+        self.longest_turn = self.longest_turn.max(other.longest_turn);
     }
 }
 
@@ -39,6 +46,14 @@ impl std::fmt::Display for Stats {
             f,
             "served {} connections ({} refused busy, {} refused per address), {} messages, {} bytes in, {} bytes out, {} udp replies dropped",
             self.connections, self.refused, self.refused_per_ip, self.messages, self.bytes_in, self.bytes_out, self.udp_dropped
-        )
+        )?;
+        if !self.longest_turn.is_zero() {
+            write!(
+                f,
+                ", longest loop turn {:.1} ms",
+                self.longest_turn.as_secs_f64() * 1e3
+            )?;
+        }
+        Ok(())
     }
 }

@@ -320,6 +320,7 @@ impl Server {
             bytes_in: totals.bytes_in.load(Ordering::Relaxed),
             bytes_out: totals.bytes_out.load(Ordering::Relaxed),
             udp_dropped: totals.udp_dropped.load(Ordering::Relaxed),
+            longest_turn: Duration::ZERO,
         };
         info!("{stats}");
         Ok(stats)
