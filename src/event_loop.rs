@@ -540,9 +540,15 @@ impl EventLoop {
                 continue;
             }
             slot.scheduled = None;
-            slot.conn
-                .on_deadline(&mut self.scratch.context(&self.config, self.now));
-            self.after_io(Token(timer.key));
+            let token = Token(timer.key);
+            if slot
+                .conn
+                .on_deadline(&mut self.scratch.context(&self.config, self.now))
+                == Progress::ReadAgain
+            {
+                slot.mark_ready(token, &mut self.ready);
+            }
+            self.after_io(token);
         }
         // Stale entries are skipped when they come due; prune them if they outnumber live
         // connections, so churn cannot grow the heap without bound.
@@ -627,9 +633,14 @@ impl EventLoop {
         );
         let tokens: Vec<Token> = self.connections.iter().map(|(k, _)| Token(k)).collect();
         for token in tokens {
-            self.connections[token.0]
+            let slot = &mut self.connections[token.0];
+            if slot
                 .conn
-                .shut_down(&mut self.scratch.context(&self.config, self.now));
+                .shut_down(&mut self.scratch.context(&self.config, self.now))
+                == Progress::ReadAgain
+            {
+                slot.mark_ready(token, &mut self.ready);
+            }
             self.after_io(token);
         }
         self.sweep_closed();

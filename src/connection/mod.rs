@@ -86,11 +86,11 @@ pub enum State {
 /// (`Connection::write`) reports it, so no state copies what the buffer already knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trigger {
-    /// Everything owed has been written.
+    /// Everything owed has been written, and no input is held unanswered.
     Flushed,
     /// Unsent output is above [`OUTPUT_HIGH_WATER`].
     AboveHighWater,
-    /// Unsent output is below [`OUTPUT_LOW_WATER`] (but not empty).
+    /// Unsent output is below [`OUTPUT_LOW_WATER`] (but not empty, or input is still held).
     BelowLowWater,
     /// No more input will be answered: `exit`, a line too long, idle timeout, shutdown.
     InputEnded,
@@ -156,6 +156,7 @@ pub struct Context<'a> {
 
 /// What the loop must do after a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "a connection that says ReadAgain gets no socket event to come back for it"]
 pub enum Progress {
     /// Wait for the next readiness event.
     Wait,
@@ -299,12 +300,12 @@ impl<S: Stream> Connection<S> {
     /// idle timeout is closed politely (its replies are still delivered); one that took
     /// none of its replies for that long, or a peer that did not close within the
     /// lingering time, is cut off.
-    pub fn on_deadline(&mut self, ctx: &mut Context<'_>) {
+    pub fn on_deadline(&mut self, ctx: &mut Context<'_>) -> Progress {
         if self
             .deadline(ctx.config)
             .is_none_or(|deadline| deadline > ctx.now)
         {
-            return;
+            return Progress::Wait;
         }
         match self.state {
             State::Reading
@@ -317,11 +318,11 @@ impl<S: Stream> Connection<S> {
                     ctx.config.line_timeout
                 );
                 self.write(LINE_TIMEOUT, ctx.stats, ctx.now);
-                self.close_gracefully(ctx);
+                return self.close_gracefully(ctx);
             }
             State::Greeting | State::Reading => {
                 log::debug!("idle for {:?}: closing", ctx.config.idle_timeout);
-                self.close_gracefully(ctx);
+                return self.close_gracefully(ctx);
             }
             State::Replying | State::Closing { .. } => {
                 log::debug!(
@@ -333,6 +334,7 @@ impl<S: Stream> Connection<S> {
             State::Lingering => self.close_now(ctx.now),
             State::Closed => {}
         }
+        Progress::Wait
     }
 
     /// Reads and answers input until the socket would block, the read budget is spent or
@@ -343,11 +345,12 @@ impl<S: Stream> Connection<S> {
     pub fn on_readable(&mut self, ctx: &mut Context<'_>, short_read_drains: bool) -> Progress {
         match self.state {
             State::Reading => self.read_and_answer(ctx, short_read_drains),
+            // Closing reads nothing more, but answers what it read before input ended.
+            State::Closing { .. } => self.answer_held(ctx),
             State::Lingering => self.discard_input(ctx),
-            // The other states do not read: the greeting goes first, backpressure holds
-            // input in the socket, and closing answers nothing more. An event here is
-            // spurious, or an error the next write will report.
-            _ => Progress::Wait,
+            // The greeting goes first, and backpressure holds input in the socket. An event
+            // here is spurious, or an error the next write will report.
+            State::Greeting | State::Replying | State::Closed => Progress::Wait,
         }
     }
 
@@ -357,44 +360,59 @@ impl<S: Stream> Connection<S> {
     pub fn on_writable(&mut self, ctx: &mut Context<'_>) -> Progress {
         let before = self.state;
         self.write(&[], ctx.stats, ctx.now);
-        if self.state == State::Reading && before != State::Reading {
-            Progress::ReadAgain
-        } else {
-            Progress::Wait
+        match self.state {
+            State::Reading if before != State::Reading => Progress::ReadAgain,
+            State::Closing { .. } if self.output.unsent().len() < OUTPUT_LOW_WATER => {
+                self.answer_held(ctx)
+            }
+            _ => Progress::Wait,
         }
     }
 
     /// Stops reading, delivers what is owed, then closes politely (idle timeout, server
     /// shutdown). Input already read but held back by the output bound is owed too: it is
-    /// answered now, whole (at most one read's worth), before input ends.
-    pub fn close_gracefully(&mut self, ctx: &mut Context<'_>) {
-        if !self.held.is_empty() {
-            let held = std::mem::take(&mut self.held);
-            ctx.replies.clear();
-            self.session
-                .on_input(&ctx.config.protocol, &held, ctx.replies);
-            self.write(ctx.replies, ctx.stats, ctx.now);
-        }
+    /// answered in `Closing`, under the same bounds as before, turn by turn.
+    pub fn close_gracefully(&mut self, ctx: &mut Context<'_>) -> Progress {
         self.transition(Trigger::InputEnded, ctx.now);
         self.write(&[], ctx.stats, ctx.now);
+        self.answer_held(ctx)
+    }
+
+    /// Closing: answers held input as far as the output bound and one reply budget allow.
+    /// `ReadAgain` when the budget ran out with input still held and room to write, since
+    /// no socket event will come back for it.
+    fn answer_held(&mut self, ctx: &mut Context<'_>) -> Progress {
+        let mut reply_budget = REPLY_BUDGET;
+        while matches!(self.state, State::Closing { .. })
+            && !self.held.is_empty()
+            && self.output.unsent().len() < OUTPUT_HIGH_WATER
+        {
+            if reply_budget == 0 {
+                return Progress::ReadAgain;
+            }
+            let held = std::mem::take(&mut self.held);
+            self.answer(ctx, &held, &mut reply_budget);
+        }
+        Progress::Wait
     }
 
     /// Server shutdown: like [`close_gracefully`](Self::close_gracefully), except that a
     /// connection that owed nothing, held no unfinished line and had no unread input closes
     /// at once instead of lingering. Its client has every reply and our FIN; waiting for its
     /// EOF would only hold the exit up, since no input of its is at risk of a reset.
-    pub fn shut_down(&mut self, ctx: &mut Context<'_>) {
+    pub fn shut_down(&mut self, ctx: &mut Context<'_>) -> Progress {
         let idle = matches!(self.state, State::Reading)
             && self.output.is_empty()
             && self.held.is_empty()
             && self.session.buffered() == 0;
-        self.close_gracefully(ctx);
+        let progress = self.close_gracefully(ctx);
         if idle
             && matches!(self.state, State::Lingering)
             && self.discard_input(ctx) == Progress::Wait
         {
             self.close_now(ctx.now);
         }
+        progress
     }
 
     /// Closes without waiting any longer: the shutdown grace is over.
@@ -422,8 +440,9 @@ impl<S: Stream> Connection<S> {
                 self.output.clear();
                 self.held = Vec::new();
             }
-            // Input is over: what was held unanswered never will be.
-            State::Closing { .. } => self.held = Vec::new(),
+            // After `exit` (or a line too long) nothing more is answered, so what was held
+            // is dropped; after an idle timeout or at shutdown it is still answered.
+            State::Closing { .. } if self.session.is_closed() => self.held = Vec::new(),
             _ => {}
         }
     }
@@ -537,7 +556,7 @@ impl<S: Stream> Connection<S> {
             Err(e) => return self.fail("write", e),
         }
         let unsent = self.output.unsent().len();
-        let level = if unsent == 0 {
+        let level = if unsent == 0 && self.held.is_empty() {
             Trigger::Flushed
         } else if unsent > OUTPUT_HIGH_WATER {
             Trigger::AboveHighWater

@@ -1,6 +1,10 @@
 //! The connection driven with an in-memory socket and a clock the tests move by hand: every
 //! state, every transition and every deadline, with no socket and no sleep.
 
+// The tests look at the connection after each call rather than at what the loop should
+// do next, except where that is the point of the test.
+#![allow(unused_must_use)]
+
 use super::*;
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -474,4 +478,34 @@ fn lingering_reads_do_not_extend_the_lingering_deadline() {
     conn.stream.reads.push_back(Ok(b"more".to_vec()));
     conn.on_readable(&mut h.ctx(), false);
     assert_eq!(conn.deadline(&h.config), deadline);
+}
+
+#[test]
+fn a_graceful_close_answers_the_held_input_within_the_bounds() {
+    let mut h = Harness::new();
+    h.read_buf = vec![0; 64 * 1024];
+    let flood = vec![b'\n'; 64 * 1024];
+    let reads: Vec<&[u8]> = (0..3).map(|_| flood.as_slice()).collect();
+    let mut conn = h.accept(stream(&reads, 9));
+    serve_until_it_waits(&mut h, &mut conn);
+    assert_eq!(conn.state(), State::Replying);
+    assert!(!conn.held.is_empty());
+    let unread = conn.stream.reads.len();
+    // Shutdown: what was read is still owed, what is in the socket is not.
+    let mut progress = conn.close_gracefully(&mut h.ctx());
+    let one_reply = "Hello, !\n".len();
+    for _ in 0..10_000 {
+        assert!(conn.output.unsent().len() <= OUTPUT_HIGH_WATER + one_reply);
+        if conn.state() == State::Lingering {
+            break;
+        }
+        conn.stream.accept = 4096;
+        progress = match progress {
+            Progress::ReadAgain => conn.on_readable(&mut h.ctx(), false),
+            Progress::Wait => conn.on_writable(&mut h.ctx()),
+        };
+    }
+    assert_eq!(conn.state(), State::Lingering);
+    let answered_lines = (3 - unread) * 64 * 1024;
+    assert_eq!(conn.stream.written.len(), 9 + answered_lines * one_reply);
 }
