@@ -92,6 +92,17 @@ pub struct ServerArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub max_connections_per_ip: usize,
 
+    /// Bytes all connections' buffers may hold together, across every loop (suffixes K, M,
+    /// G for KiB, MiB, GiB). Over half of it, connections holding more than an equal share
+    /// stop being read until the total drains; nothing is lost.
+    #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = parse_bytes)]
+    pub max_buffer_memory: usize,
+
+    /// SO_SNDBUF for accepted connections (suffixes K, M, G) [default: the kernel's
+    /// autotuning]. Bounds the kernel memory a client that never reads can pin.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub send_buffer: Option<usize>,
+
     /// Independent single-threaded loops sharing the port via SO_REUSEPORT.
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..1025).map(|v| v as usize))]
@@ -138,12 +149,37 @@ impl ServerArgs {
             idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),
             line_timeout: (self.line_timeout > 0).then(|| Duration::from_secs(self.line_timeout)),
             max_connections_per_ip: self.max_connections_per_ip,
+            max_buffer_memory: self.max_buffer_memory,
+            send_buffer: self.send_buffer,
             threads: self.threads,
             backlog: self.backlog,
             shutdown_grace: Duration::from_secs_f64(self.shutdown_grace),
             handle_signals: true,
         })
     }
+}
+
+/// A size in bytes: digits, optionally followed by K, M or G (powers of 1,024).
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let (digits, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c.to_ascii_uppercase()),
+        _ => (s, 'B'),
+    };
+    let shift = match unit {
+        'B' => 0,
+        'K' => 10,
+        'M' => 20,
+        'G' => 30,
+        _ => return Err(format!("'{s}': the unit must be K, M or G")),
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size in bytes (for example 65536, 64K, 256M)"))?;
+    if n == 0 {
+        return Err(format!("'{s}': must be more than 0"));
+    }
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
 /// Accepts `IP:PORT` or `HOST:PORT` (resolved once, first address).
@@ -191,4 +227,20 @@ pub fn init_logging() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_suffixes_and_refuse_nonsense() {
+        assert_eq!(parse_bytes("65536"), Ok(65536));
+        assert_eq!(parse_bytes("64K"), Ok(64 << 10));
+        assert_eq!(parse_bytes("256m"), Ok(256 << 20));
+        assert_eq!(parse_bytes("1G"), Ok(1 << 30));
+        for bad in ["", "K", "0", "12X", "-1", "1.5M", "99999999999999999999G"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -46,6 +46,10 @@ pub struct ServerConfig {
     /// A line that has started must end within this long, else the client is told
     /// `ERR line timeout` and the connection is closed; `None` never times a line.
     pub line_timeout: Option<Duration>,
+    /// Bytes all connections' buffers may hold together (see [`crate::budget`]).
+    pub max_buffer_memory: usize,
+    /// SO_SNDBUF for accepted sockets; `None` leaves the kernel's autotuning.
+    pub send_buffer: Option<usize>,
     /// Connections beyond this many from one IP address are told `ERR too many connections
     /// from your address` and closed; 0 means no limit.
     pub max_connections_per_ip: usize,
@@ -71,6 +75,8 @@ impl Default for ServerConfig {
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             line_timeout: Some(DEFAULT_LINE_TIMEOUT),
             max_connections_per_ip: 0,
+            max_buffer_memory: crate::budget::DEFAULT_MAX_BUFFER_MEMORY,
+            send_buffer: None,
             threads: 1,
             backlog: DEFAULT_BACKLOG,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,

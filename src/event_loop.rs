@@ -24,6 +24,7 @@ use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
+use crate::budget::MemoryBudget;
 use crate::config::ServerConfig;
 use crate::connection::{Connection, Context, Progress, State};
 use crate::net::{self, ConnectionsPerAddress, ACCEPT_BACKOFF, SHORT_READ_DRAINS};
@@ -52,6 +53,10 @@ const _: () = assert!(READ_BUFFER >= net::MAX_DATAGRAM);
 /// per call costs more `epoll_wait` calls only when more than this many sockets are ready
 /// at once, one per 256 events.
 const EVENTS_CAPACITY: usize = 256;
+
+/// How often a loop holding connections paused by the memory budget looks at the server's
+/// total again, when nothing else wakes it: another loop of `--threads` may have freed it.
+const BUDGET_RECHECK: Duration = Duration::from_millis(20);
 
 /// Sources resumed from the ready list per turn; the rest wait for the next turn, after a
 /// `poll` that does not block.
@@ -83,6 +88,10 @@ struct Slot {
     /// On the ready list already: a connection is queued there at most once, however many
     /// events said it has more to do.
     queued: bool,
+    /// On the list of connections paused by the memory budget.
+    over_budget: bool,
+    /// What this connection's buffers held when last counted in the memory budget.
+    accounted: usize,
     /// The connection's [`earlier_deadlines`](Connection::earlier_deadlines) count when
     /// `scheduled` was last checked against its deadline.
     scheduled_at_change: u8,
@@ -94,6 +103,37 @@ impl Slot {
         if !self.queued {
             self.queued = true;
             ready.push(Ready::Connection(token, self.serial));
+        }
+    }
+
+    /// Remembers what the connection asked for after a call: nothing, another turn, or
+    /// another turn once the memory budget allows.
+    fn follow(
+        &mut self,
+        progress: Progress,
+        token: Token,
+        ready: &mut Vec<Ready>,
+        over_budget: &mut Vec<(Token, u64)>,
+    ) {
+        match progress {
+            Progress::Wait => {}
+            Progress::ReadAgain => self.mark_ready(token, ready),
+            Progress::OverBudget if !self.over_budget => {
+                self.over_budget = true;
+                over_budget.push((token, self.serial));
+            }
+            Progress::OverBudget => {}
+        }
+    }
+
+    /// Brings the memory budget up to date with what this connection holds. Free for a
+    /// connection that keeps up: it holds nothing before and after.
+    #[inline]
+    fn account(&mut self, budget: &MemoryBudget) {
+        let holds = self.conn.holds();
+        if holds != self.accounted {
+            budget.change(self.accounted, holds);
+            self.accounted = holds;
         }
     }
 
@@ -135,13 +175,19 @@ struct Scratch {
 impl Scratch {
     /// The context one connection is served with. A method of this part of the loop only,
     /// so that it can be borrowed beside the slot being served in `connections`.
-    fn context<'a>(&'a mut self, config: &'a ServerConfig, now: Instant) -> Context<'a> {
+    fn context<'a>(
+        &'a mut self,
+        config: &'a ServerConfig,
+        now: Instant,
+        share: Option<usize>,
+    ) -> Context<'a> {
         Context {
             read_buf: &mut self.read_buf,
             replies: &mut self.replies,
             config,
             stats: &mut self.stats,
             now,
+            share,
         }
     }
 }
@@ -172,6 +218,12 @@ pub(crate) struct EventLoop {
     open_connections: Arc<AtomicUsize>,
     /// Connections per client address across every loop, for `--max-connections-per-ip`.
     per_address: Arc<ConnectionsPerAddress>,
+    /// Bytes held in connection buffers across every loop, for `--max-buffer-memory`.
+    budget: Arc<MemoryBudget>,
+    /// What one connection may hold this turn under the budget (read once a turn).
+    share: Option<usize>,
+    /// Connections that stopped at their share of the budget, resumed when it drains.
+    over_budget: Vec<(Token, u64)>,
     shutdown_deadline: Option<Instant>,
     signals_seen: usize,
     greeting: Vec<u8>,
@@ -190,6 +242,7 @@ impl EventLoop {
         stop_requested: Arc<AtomicBool>,
         open_connections: Arc<AtomicUsize>,
         per_address: Arc<ConnectionsPerAddress>,
+        budget: Arc<MemoryBudget>,
     ) -> io::Result<EventLoop> {
         let poll = Poll::new()?;
         let registry = poll.registry();
@@ -239,6 +292,9 @@ impl EventLoop {
             accept_starved: false,
             open_connections,
             per_address,
+            budget,
+            share: None,
+            over_budget: Vec::new(),
             shutdown_deadline: None,
             signals_seen: 0,
             greeting,
@@ -280,6 +336,7 @@ impl EventLoop {
             Err(e) => return Err(e),
         }
         self.now = Instant::now();
+        self.share = self.budget_share();
         for event in events.iter() {
             match event.token() {
                 LISTENER => self.accept(),
@@ -296,9 +353,32 @@ impl EventLoop {
         self.resume_ready();
         self.fire_timers();
         self.sweep_closed();
+        self.resume_over_budget();
         let stats = &mut self.scratch.stats;
         stats.longest_turn = stats.longest_turn.max(self.now.elapsed());
+        stats.peak_buffered = stats.peak_buffered.max(self.budget.held());
         Ok(())
+    }
+
+    fn budget_share(&self) -> Option<usize> {
+        self.budget
+            .share(self.open_connections.load(Ordering::Relaxed))
+    }
+
+    /// Once the server's buffers hold less than half the budget again, the connections
+    /// that stopped at their share go back on the ready list.
+    fn resume_over_budget(&mut self) {
+        if self.over_budget.is_empty() || self.budget_share().is_some() {
+            return;
+        }
+        for (token, serial) in std::mem::take(&mut self.over_budget) {
+            if let Some(slot) = self.connections.get_mut(token.0) {
+                if slot.serial == serial {
+                    slot.over_budget = false;
+                    slot.mark_ready(token, &mut self.ready);
+                }
+            }
+        }
     }
 
     /// Block until the nearest deadline; not at all if a source still has work.
@@ -306,10 +386,12 @@ impl EventLoop {
         if !self.ready.is_empty() {
             return Some(Duration::ZERO);
         }
+        let budget_recheck = (!self.over_budget.is_empty()).then(|| self.now + BUDGET_RECHECK);
         [
             self.timers.next(),
             self.accept_paused_until,
             self.shutdown_deadline,
+            budget_recheck,
         ]
         .into_iter()
         .flatten()
@@ -386,6 +468,9 @@ impl EventLoop {
         if let Err(e) = stream.set_nodelay(true) {
             log::debug!("set_nodelay for {peer}: {e}");
         }
+        if let Some(bytes) = self.config.send_buffer {
+            net::set_send_buffer(&stream, bytes);
+        }
         self.scratch.stats.connections += 1;
         let conn = Connection::accept(stream, &self.greeting, &mut self.scratch.stats, self.now);
         let Some(registered) = conn.interest() else {
@@ -404,6 +489,8 @@ impl EventLoop {
             registered,
             scheduled: None,
             queued: false,
+            over_budget: false,
+            accounted: 0,
             scheduled_at_change: 0,
         });
         if let Err(e) = self
@@ -429,15 +516,15 @@ impl EventLoop {
         if matches!(slot.conn.state(), State::Closed) {
             return;
         }
-        let mut ctx = self.scratch.context(&self.config, self.now);
-        if event.is_writable() && slot.conn.on_writable(&mut ctx) == Progress::ReadAgain {
-            slot.mark_ready(token, &mut self.ready);
+        let mut ctx = self.scratch.context(&self.config, self.now, self.share);
+        if event.is_writable() {
+            let progress = slot.conn.on_writable(&mut ctx);
+            slot.follow(progress, token, &mut self.ready, &mut self.over_budget);
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
             let drains = SHORT_READ_DRAINS && !event.is_read_closed() && !event.is_error();
-            if slot.conn.on_readable(&mut ctx, drains) == Progress::ReadAgain {
-                slot.mark_ready(token, &mut self.ready);
-            }
+            let progress = slot.conn.on_readable(&mut ctx, drains);
+            slot.follow(progress, token, &mut self.ready, &mut self.over_budget);
         }
         self.after_io(token);
     }
@@ -463,6 +550,7 @@ impl EventLoop {
             }
             slot.registered = wanted;
         }
+        slot.account(&self.budget);
         slot.schedule(token.0, &mut self.timers, &self.config);
     }
 
@@ -513,13 +601,9 @@ impl EventLoop {
                     }
                     slot.queued = false;
                     // No event told us the socket is drained: read until WouldBlock.
-                    if slot
-                        .conn
-                        .on_readable(&mut self.scratch.context(&self.config, self.now), false)
-                        == Progress::ReadAgain
-                    {
-                        slot.mark_ready(token, &mut self.ready);
-                    }
+                    let mut ctx = self.scratch.context(&self.config, self.now, self.share);
+                    let progress = slot.conn.on_readable(&mut ctx, false);
+                    slot.follow(progress, token, &mut self.ready, &mut self.over_budget);
                     self.after_io(token);
                 }
             }
@@ -541,13 +625,9 @@ impl EventLoop {
             }
             slot.scheduled = None;
             let token = Token(timer.key);
-            if slot
-                .conn
-                .on_deadline(&mut self.scratch.context(&self.config, self.now))
-                == Progress::ReadAgain
-            {
-                slot.mark_ready(token, &mut self.ready);
-            }
+            let mut ctx = self.scratch.context(&self.config, self.now, self.share);
+            let progress = slot.conn.on_deadline(&mut ctx);
+            slot.follow(progress, token, &mut self.ready, &mut self.over_budget);
             self.after_io(token);
         }
         // Stale entries are skipped when they come due; prune them if they outnumber live
@@ -578,6 +658,7 @@ impl EventLoop {
                 // epoll set: no deregister call needed.
                 let slot = self.connections.remove(token.0);
                 self.per_address.release(slot.peer);
+                self.budget.change(slot.accounted, 0);
                 self.scratch.stats.messages += slot.conn.messages();
                 self.open_connections.fetch_sub(1, Ordering::Relaxed);
                 log::debug!("closed {token:?}");
@@ -634,13 +715,9 @@ impl EventLoop {
         let tokens: Vec<Token> = self.connections.iter().map(|(k, _)| Token(k)).collect();
         for token in tokens {
             let slot = &mut self.connections[token.0];
-            if slot
-                .conn
-                .shut_down(&mut self.scratch.context(&self.config, self.now))
-                == Progress::ReadAgain
-            {
-                slot.mark_ready(token, &mut self.ready);
-            }
+            let mut ctx = self.scratch.context(&self.config, self.now, self.share);
+            let progress = slot.conn.shut_down(&mut ctx);
+            slot.follow(progress, token, &mut self.ready, &mut self.over_budget);
             self.after_io(token);
         }
         self.sweep_closed();

@@ -15,8 +15,8 @@
 //! 8. [`loadgen`]: the client side: one poll loop driving many clients, checking every
 //!    reply and measuring latency.
 //!
-//! [`config`], [`stats`], [`net`], [`cli`] and [`running`] are the plumbing the binaries
-//! share; [`procfs`] measures a server process for the tests and benches, and [`measure`]
+//! [`config`], [`stats`], [`budget`], [`net`], [`cli`] and [`running`] are the plumbing the
+//! binaries share; [`procfs`] measures a server process for the tests and benches, and [`measure`]
 //! is the arithmetic the bench's figures come from.
 //!
 //! Layering: each numbered module uses only those above it and the plumbing; the plumbing
@@ -25,6 +25,7 @@
 
 #![warn(missing_docs)]
 
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod connection;

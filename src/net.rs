@@ -40,6 +40,16 @@ pub const MAX_DATAGRAM: usize = 65_535;
 /// peer closed, because that EOF would not be announced again.
 pub const SHORT_READ_DRAINS: bool = cfg!(any(target_os = "linux", target_os = "android"));
 
+/// `--send-buffer`: sets SO_SNDBUF on an accepted socket. Without it Linux grows a
+/// loopback socket's send buffer to megabytes for a client that never reads, and thousands
+/// of such clients can push the whole host to its `tcp_mem` limit. A failure is logged and
+/// the connection served with the kernel's default.
+pub fn set_send_buffer<S: std::os::fd::AsFd>(socket: &S, bytes: usize) {
+    if let Err(e) = SockRef::from(socket).set_send_buffer_size(bytes) {
+        log::debug!("SO_SNDBUF {bytes}: {e}");
+    }
+}
+
 /// Turns away a freshly accepted client with `message` (`ERR server busy`) and closes its
 /// write side, without blocking: the socket is made non-blocking, and a new connection's
 /// empty send buffer always has room for a one-line message. What the client already sent

@@ -165,6 +165,11 @@ impl Session {
         self.partial.len()
     }
 
+    /// Memory held for the unfinished line (its buffer's capacity).
+    pub fn capacity(&self) -> usize {
+        self.partial.capacity()
+    }
+
     /// Messages answered so far (`exit` is not counted: it gets no reply).
     pub fn messages(&self) -> u64 {
         self.messages

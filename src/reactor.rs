@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use mio::Waker;
 
+use crate::budget::MemoryBudget;
 use crate::config::ServerConfig;
 use crate::event_loop::EventLoop;
 use crate::net;
@@ -65,6 +66,7 @@ impl Server {
         let per_address = Arc::new(net::ConnectionsPerAddress::new(
             config.max_connections_per_ip,
         ));
+        let budget = Arc::new(MemoryBudget::new(config.max_buffer_memory));
         let config = Arc::new(config);
         let loops = bound
             .into_iter()
@@ -75,6 +77,7 @@ impl Server {
                     Arc::clone(&requested),
                     Arc::clone(&open_connections),
                     Arc::clone(&per_address),
+                    Arc::clone(&budget),
                 )
             })
             .collect::<io::Result<Vec<_>>>()?;

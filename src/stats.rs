@@ -24,6 +24,9 @@ pub struct Stats {
     /// only: the threaded server has no turns). What a fresh client or a UDP ping may have
     /// had to wait on top of its own turn.
     pub longest_turn: Duration,
+    /// The most bytes all connections' buffers held at the end of a turn, server-wide
+    /// (the reactor only), against `--max-buffer-memory`.
+    pub peak_buffered: usize,
 }
 
 impl Stats {
@@ -37,6 +40,7 @@ impl Stats {
         self.bytes_out += other.bytes_out;
         self.udp_dropped += other.udp_dropped;
         self.longest_turn = self.longest_turn.max(other.longest_turn);
+        self.peak_buffered = self.peak_buffered.max(other.peak_buffered);
     }
 }
 
@@ -50,8 +54,9 @@ impl std::fmt::Display for Stats {
         if !self.longest_turn.is_zero() {
             write!(
                 f,
-                ", longest loop turn {:.1} ms",
-                self.longest_turn.as_secs_f64() * 1e3
+                ", longest loop turn {:.1} ms, at most {} bytes held in buffers",
+                self.longest_turn.as_secs_f64() * 1e3,
+                self.peak_buffered
             )?;
         }
         Ok(())

@@ -321,6 +321,7 @@ impl Server {
             bytes_out: totals.bytes_out.load(Ordering::Relaxed),
             udp_dropped: totals.udp_dropped.load(Ordering::Relaxed),
             longest_turn: Duration::ZERO,
+            peak_buffered: 0,
         };
         info!("{stats}");
         Ok(stats)
@@ -396,6 +397,7 @@ impl Server {
         let timeouts = Timeouts {
             idle: self.config.idle_timeout,
             line: self.config.line_timeout,
+            send_buffer: self.config.send_buffer,
         };
         let thread_stream = Arc::clone(&stream);
         let spawned = thread::Builder::new()
@@ -446,11 +448,14 @@ enum Admission {
     TooManyFromAddress,
 }
 
-/// The timeouts a connection thread enforces with its socket's read timeout.
+/// What a connection thread sets on its socket: the timeouts it enforces with the read
+/// timeout, and the send buffer.
 #[derive(Clone, Copy)]
 struct Timeouts {
     idle: Option<Duration>,
     line: Option<Duration>,
+    /// Not a timeout, but set on the socket with them: `--send-buffer`.
+    send_buffer: Option<usize>,
 }
 
 /// The most connection threads the kernel's limit on mappings per process leaves room for,
@@ -522,6 +527,9 @@ impl<'a> Connection<'a> {
         // batch back until the previous one is acknowledged, which with delayed ACKs on the
         // client costs up to 40 ms per pipelined round trip.
         self.stream.set_nodelay(true)?;
+        if let Some(bytes) = timeouts.send_buffer {
+            net::set_send_buffer(self.stream, bytes);
+        }
         // The same timeout on writes: a client that stops reading makes no more progress
         // than one that stops sending, and must not hold a thread forever.
         self.stream.set_read_timeout(idle_timeout)?;

@@ -152,6 +152,17 @@ pub struct Context<'a> {
     pub stats: &'a mut Stats,
     /// The time of this loop turn.
     pub now: Instant,
+    /// What one connection may hold in its buffers this turn under the server-wide memory
+    /// budget (see [`budget`](crate::budget)); `None` while there is no pressure.
+    pub share: Option<usize>,
+}
+
+impl Context<'_> {
+    /// How many more bytes a connection that holds `holds` may take on this turn.
+    fn allowance(&self, holds: usize) -> usize {
+        self.share
+            .map_or(usize::MAX, |share| share.saturating_sub(holds))
+    }
 }
 
 /// What the loop must do after a call.
@@ -164,6 +175,9 @@ pub enum Progress {
     /// reading resumed after the greeting or after backpressure): call
     /// [`Connection::on_readable`] again on the next loop turn.
     ReadAgain,
+    /// Stopped because the connection holds its share of the server-wide memory budget:
+    /// call [`Connection::on_readable`] again once the server holds less.
+    OverBudget,
 }
 
 /// Bytes the socket has not taken yet, in order. Empty, with no allocation, whenever the
@@ -185,7 +199,16 @@ impl Output {
         self.sent == self.bytes.len()
     }
 
+    /// Appends behind what is unsent. The written part is dropped first and the buffer
+    /// grows by exactly what is needed, so its capacity, which the memory budget counts,
+    /// stays close to what is really owed. This runs only for a client that is not keeping
+    /// up, never on the per-message path.
     fn push(&mut self, bytes: &[u8]) {
+        if self.sent > 0 {
+            self.bytes.drain(..self.sent);
+            self.sent = 0;
+        }
+        self.bytes.reserve_exact(bytes.len());
         self.bytes.extend_from_slice(bytes);
     }
 
@@ -253,6 +276,12 @@ impl<S: Stream> Connection<S> {
     /// Messages answered on this connection.
     pub fn messages(&self) -> u64 {
         self.session.messages()
+    }
+
+    /// Bytes of memory this connection's buffers hold (their capacity): unsent output,
+    /// input held unanswered, and an unfinished line. Zero for a client that keeps up.
+    pub fn holds(&self) -> usize {
+        self.output.bytes.capacity() + self.held.capacity() + self.session.capacity()
     }
 
     /// The readiness this state needs; `None` once closed. The loop re-registers only when
@@ -390,6 +419,9 @@ impl<S: Stream> Connection<S> {
             if reply_budget == 0 {
                 return Progress::ReadAgain;
             }
+            if ctx.allowance(self.holds()) == 0 {
+                return Progress::OverBudget;
+            }
             let held = std::mem::take(&mut self.held);
             self.answer(ctx, &held, &mut reply_budget);
         }
@@ -455,6 +487,10 @@ impl<S: Stream> Connection<S> {
             if reply_budget == 0 {
                 return Progress::ReadAgain;
             }
+            let allowance = ctx.allowance(self.holds());
+            if allowance == 0 {
+                return Progress::OverBudget;
+            }
             if !self.held.is_empty() {
                 let held = std::mem::take(&mut self.held);
                 self.answer(ctx, &held, &mut reply_budget);
@@ -467,7 +503,15 @@ impl<S: Stream> Connection<S> {
                 return Progress::ReadAgain;
             }
             let protocol = &ctx.config.protocol;
-            let limit = protocol.read_limit(ctx.read_buf.len().min(read_budget));
+            // Under the memory budget, read no more than half of what this connection may
+            // still take on, leaving the other half for the replies (see `answer`).
+            let limit = protocol.read_limit(
+                ctx.read_buf
+                    .len()
+                    .min(read_budget)
+                    .min(allowance / 2)
+                    .max(1),
+            );
             match self.stream.read(&mut ctx.read_buf[..limit]) {
                 Ok(0) => {
                     ctx.replies.clear();
@@ -505,6 +549,7 @@ impl<S: Stream> Connection<S> {
         let room = OUTPUT_HIGH_WATER
             .saturating_sub(self.output.unsent().len())
             .min(*reply_budget)
+            .min(ctx.allowance(self.holds()) / 2)
             .max(1);
         ctx.replies.clear();
         let answered = self.session.messages();

@@ -65,6 +65,8 @@ struct Harness {
     stats: Stats,
     /// The clock the tests move by hand.
     now: Instant,
+    /// The memory budget's share, as the loop would pass it.
+    share: Option<usize>,
 }
 
 impl Harness {
@@ -75,6 +77,7 @@ impl Harness {
             config: ServerConfig::default(),
             stats: Stats::default(),
             now: Instant::now(),
+            share: None,
         }
     }
 
@@ -85,6 +88,7 @@ impl Harness {
             config: &self.config,
             stats: &mut self.stats,
             now: self.now,
+            share: self.share,
         }
     }
 
@@ -501,7 +505,7 @@ fn a_graceful_close_answers_the_held_input_within_the_bounds() {
         }
         conn.stream.accept = 4096;
         progress = match progress {
-            Progress::ReadAgain => conn.on_readable(&mut h.ctx(), false),
+            Progress::ReadAgain | Progress::OverBudget => conn.on_readable(&mut h.ctx(), false),
             Progress::Wait => conn.on_writable(&mut h.ctx()),
         };
     }
