@@ -6,11 +6,11 @@ meanwhile. Loopback only; stops by itself after --seconds.
   scripts/flood.py --clients 2000 --seconds 12 -- target/release/reactor --shutdown-grace 3
 
 It starts the server itself (the command after `--`, with `--listen 127.0.0.1:0` added),
-and prints: the server's peak RSS (VmHWM), the worst and median latency of a fresh TCP
+and prints: the server's peak RSS (VmHWM), the host's TCP memory (/proc/net/sockstat), the worst and median latency of a fresh TCP
 client (connect, greeting, one reply; one a second) and of a UDP ping (every 100 ms), how
 long after SIGTERM the server logged that it was shutting down, and when it exited.
 """
-import argparse, os, re, resource, selectors, signal, socket, statistics, subprocess, sys, threading, time
+import argparse, multiprocessing, os, re, resource, selectors, signal, socket, statistics, subprocess, sys, threading, time
 from datetime import datetime, timezone
 
 ap = argparse.ArgumentParser()
@@ -33,14 +33,23 @@ for i in range(a.clients):
     s = socket.socket(); s.connect((host, port)); s.setblocking(False)
     sel.register(s, selectors.EVENT_WRITE); socks.append(s)
 stop = time.time() + a.seconds
-tcp_lat, udp_lat, udp_lost = [], [], 0
 
-def probe():
-    global udp_lost
+def tcp_mem_mib():
+    """The host's TCP memory (all sockets), from /proc/net/sockstat, in MiB."""
+    for line in open('/proc/net/sockstat'):
+        if line.startswith('TCP:'):
+            f = line.split()
+            return int(f[f.index('mem') + 1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+    return 0.0
+
+def probe(results):
+    """Runs in a process of its own, so the flood's Python loop cannot delay it."""
+    tcp_lat, udp_lat, udp_lost, mem_peak = [], [], 0, 0.0
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(10)
     next_tcp = time.time() + 1
     while time.time() < stop - 0.5:
         t = time.time()
+        mem_peak = max(mem_peak, tcp_mem_mib())
         try:
             u.sendto(b'ping', (host, port)); u.recvfrom(100); udp_lat.append(time.time() - t)
         except OSError:
@@ -54,10 +63,13 @@ def probe():
                 c.sendall(b'hi\n'); got = b''
                 while not got.endswith(b'Hello, hi!\n'): got += c.recv(100)
                 tcp_lat.append(time.time() - t); c.close()
-            except OSError as e:
+            except OSError:
                 tcp_lat.append(float('inf'))
         time.sleep(max(0, 0.1 - (time.time() - t)))
-th = threading.Thread(target=probe); th.start()
+    results.put((tcp_lat, udp_lat, udp_lost, mem_peak))
+
+results = multiprocessing.Queue()
+th = multiprocessing.Process(target=probe, args=(results,)); th.start()
 sent = 0
 t_sig = None
 # Flood until the server exits: SIGTERM is sent at the end of the measured period, while
@@ -73,6 +85,7 @@ while srv.poll() is None and time.time() < stop + 30:
 if srv.poll() is None: srv.kill()
 srv.wait()
 t_exit = time.time() - t_sig
+tcp_lat, udp_lat, udp_lost, tcp_mem_peak = results.get()
 th.join()
 acted = None
 for line in log:
@@ -83,7 +96,7 @@ summary = [l.strip() for l in log if 'served' in l or 'longest' in l]
 for s in socks: s.close()
 ms = lambda xs: f"worst {max(xs)*1000:.0f} ms, median {statistics.median(xs)*1000:.1f} ms ({len(xs)} probes)" if xs else "none"
 print(f"clients {a.clients}, flooded {sent/2**20:.0f} MiB in {a.seconds:.0f} s")
-print(f"server peak RSS {hwm/1024:.0f} MiB")
+print(f"server peak RSS {hwm/1024:.0f} MiB; the host's TCP memory peaked at {tcp_mem_peak:.0f} MiB")
 print(f"fresh TCP client: {ms(tcp_lat)}")
 print(f"UDP ping: {ms(udp_lat)}, lost {udp_lost}")
 print(f"SIGTERM: logged {acted*1000:.0f} ms after the signal, exited after {t_exit*1000:.0f} ms" if acted is not None else f"SIGTERM: exited after {t_exit*1000:.0f} ms")

@@ -337,18 +337,19 @@ impl EventLoop {
         }
         self.now = Instant::now();
         self.share = self.budget_share();
+        let mut handed_over = 0;
         for event in events.iter() {
+            handed_over += 1;
             match event.token() {
                 LISTENER => self.accept(),
                 UDP => self.serve_udp(event.is_readable(), event.is_writable()),
-                WAKER => {
-                    if self.stop_requested.load(Ordering::SeqCst) {
-                        self.begin_shutdown();
-                    }
-                }
+                WAKER => self.check_stop_request(),
                 SIGNALS => self.on_signals(),
                 token => self.serve_connection(token, event),
             }
+        }
+        if handed_over == EVENTS_CAPACITY {
+            self.serve_own_sources();
         }
         self.resume_ready();
         self.fire_timers();
@@ -358,6 +359,25 @@ impl EventLoop {
         stats.longest_turn = stats.longest_turn.max(self.now.elapsed());
         stats.peak_buffered = stats.peak_buffered.max(self.budget.held());
         Ok(())
+    }
+
+    /// A full batch of events means the kernel may hold more than it handed over, and the
+    /// events of the loop's own sources could wait behind thousands of busy connections
+    /// for several turns. So under such load every turn also tries them directly: a stop
+    /// request, the signals, the listener and the UDP socket, each at the cost of a
+    /// syscall that finds nothing when nothing is there. A loop that is not overloaded
+    /// never pays it.
+    fn serve_own_sources(&mut self) {
+        self.check_stop_request();
+        self.on_signals();
+        self.accept();
+        self.serve_udp(true, false);
+    }
+
+    fn check_stop_request(&mut self) {
+        if self.stop_requested.load(Ordering::SeqCst) {
+            self.begin_shutdown();
+        }
     }
 
     fn budget_share(&self) -> Option<usize> {
