@@ -179,7 +179,8 @@ impl Scratch {
         &'a mut self,
         config: &'a ServerConfig,
         now: Instant,
-        share: Option<usize>,
+        budget: &'a MemoryBudget,
+        connections: usize,
     ) -> Context<'a> {
         Context {
             read_buf: &mut self.read_buf,
@@ -187,7 +188,8 @@ impl Scratch {
             config,
             stats: &mut self.stats,
             now,
-            share,
+            budget,
+            connections,
         }
     }
 }
@@ -220,8 +222,9 @@ pub(crate) struct EventLoop {
     per_address: Arc<ConnectionsPerAddress>,
     /// Bytes held in connection buffers across every loop, for `--max-buffer-memory`.
     budget: Arc<MemoryBudget>,
-    /// What one connection may hold this turn under the budget (read once a turn).
-    share: Option<usize>,
+    /// Open connections across the server, read once a turn: what the budget is shared
+    /// among.
+    connections_open: usize,
     /// Connections that stopped at their share of the budget, resumed when it drains.
     over_budget: Vec<(Token, u64)>,
     shutdown_deadline: Option<Instant>,
@@ -293,7 +296,7 @@ impl EventLoop {
             open_connections,
             per_address,
             budget,
-            share: None,
+            connections_open: 0,
             over_budget: Vec::new(),
             shutdown_deadline: None,
             signals_seen: 0,
@@ -336,7 +339,7 @@ impl EventLoop {
             Err(e) => return Err(e),
         }
         self.now = Instant::now();
-        self.share = self.budget_share();
+        self.connections_open = self.open_connections.load(Ordering::Relaxed);
         let mut handed_over = 0;
         for event in events.iter() {
             handed_over += 1;
@@ -536,7 +539,9 @@ impl EventLoop {
         if matches!(slot.conn.state(), State::Closed) {
             return;
         }
-        let mut ctx = self.scratch.context(&self.config, self.now, self.share);
+        let mut ctx =
+            self.scratch
+                .context(&self.config, self.now, &self.budget, self.connections_open);
         if event.is_writable() {
             let progress = slot.conn.on_writable(&mut ctx);
             slot.follow(progress, token, &mut self.ready, &mut self.over_budget);
@@ -621,7 +626,12 @@ impl EventLoop {
                     }
                     slot.queued = false;
                     // No event told us the socket is drained: read until WouldBlock.
-                    let mut ctx = self.scratch.context(&self.config, self.now, self.share);
+                    let mut ctx = self.scratch.context(
+                        &self.config,
+                        self.now,
+                        &self.budget,
+                        self.connections_open,
+                    );
                     let progress = slot.conn.on_readable(&mut ctx, false);
                     slot.follow(progress, token, &mut self.ready, &mut self.over_budget);
                     self.after_io(token);
@@ -645,7 +655,9 @@ impl EventLoop {
             }
             slot.scheduled = None;
             let token = Token(timer.key);
-            let mut ctx = self.scratch.context(&self.config, self.now, self.share);
+            let mut ctx =
+                self.scratch
+                    .context(&self.config, self.now, &self.budget, self.connections_open);
             let progress = slot.conn.on_deadline(&mut ctx);
             slot.follow(progress, token, &mut self.ready, &mut self.over_budget);
             self.after_io(token);
@@ -735,7 +747,9 @@ impl EventLoop {
         let tokens: Vec<Token> = self.connections.iter().map(|(k, _)| Token(k)).collect();
         for token in tokens {
             let slot = &mut self.connections[token.0];
-            let mut ctx = self.scratch.context(&self.config, self.now, self.share);
+            let mut ctx =
+                self.scratch
+                    .context(&self.config, self.now, &self.budget, self.connections_open);
             let progress = slot.conn.shut_down(&mut ctx);
             slot.follow(progress, token, &mut self.ready, &mut self.over_budget);
             self.after_io(token);

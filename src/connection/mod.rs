@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use mio::Interest;
 
+use crate::budget::MemoryBudget;
 use crate::config::ServerConfig;
 use crate::net::LINGER_TIMEOUT;
 use crate::protocol::{Flow, Session, LINE_TIMEOUT};
@@ -152,15 +153,19 @@ pub struct Context<'a> {
     pub stats: &'a mut Stats,
     /// The time of this loop turn.
     pub now: Instant,
-    /// What one connection may hold in its buffers this turn under the server-wide memory
-    /// budget (see [`budget`](crate::budget)); `None` while there is no pressure.
-    pub share: Option<usize>,
+    /// The server-wide memory budget (see [`budget`](crate::budget)).
+    pub budget: &'a MemoryBudget,
+    /// Open connections across the server, which the budget is shared among.
+    pub connections: usize,
 }
 
 impl Context<'_> {
-    /// How many more bytes a connection that holds `holds` may take on this turn.
+    /// How many more bytes a connection that holds `holds` may take on now. Asked before
+    /// every read and every batch of replies, so a connection overshoots its share by at
+    /// most what one of those adds: it costs one load of a shared counter.
     fn allowance(&self, holds: usize) -> usize {
-        self.share
+        self.budget
+            .share(self.connections)
             .map_or(usize::MAX, |share| share.saturating_sub(holds))
     }
 }

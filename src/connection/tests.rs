@@ -65,8 +65,8 @@ struct Harness {
     stats: Stats,
     /// The clock the tests move by hand.
     now: Instant,
-    /// The memory budget's share, as the loop would pass it.
-    share: Option<usize>,
+    /// The server-wide memory budget, as the loop would lend it.
+    budget: crate::budget::MemoryBudget,
 }
 
 impl Harness {
@@ -77,7 +77,7 @@ impl Harness {
             config: ServerConfig::default(),
             stats: Stats::default(),
             now: Instant::now(),
-            share: None,
+            budget: crate::budget::MemoryBudget::new(usize::MAX),
         }
     }
 
@@ -88,7 +88,8 @@ impl Harness {
             config: &self.config,
             stats: &mut self.stats,
             now: self.now,
-            share: self.share,
+            budget: &self.budget,
+            connections: 1,
         }
     }
 
