@@ -4,12 +4,15 @@
 //! Per-connection bounds alone do not bound a server: 2,000 clients that pipeline and never
 //! read can each hold the high-water mark's worth of replies. So each connection reports
 //! what its buffers hold whenever that changes (a client that keeps up holds nothing, so
-//! nothing is reported on its per-message path), and the loop asks, once a turn, what
-//! share a connection may hold now: no limit while the total is under half the budget,
-//! otherwise the budget divided by the open connections. A connection at its share stops
-//! reading and answering until the total drains; it loses nothing, and connections that
-//! hold less are served as before. (Redis's `maxmemory-clients` bounds the same thing, by
-//! closing the largest clients instead.)
+//! nothing is reported on its per-message path), and before each read and each batch of
+//! replies a connection asks how much more it may take on: as long as the server as a
+//! whole is under the budget, up to an equal share of it (the budget divided by the open
+//! connections). So the total stays within the budget plus one step per loop, whatever
+//! the number of clients. A connection at its share that owes output stops reading and answering until its peer takes some of that output (its
+//! WRITABLE event resumes it); one that owes nothing goes on in small steps, so nobody can
+//! wait forever on memory held by others. Nothing is lost, and connections that hold less
+//! are served as before. (Redis's `maxmemory-clients` bounds the same thing, by closing the
+//! largest clients instead.)
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -53,10 +56,16 @@ impl MemoryBudget {
         }
     }
 
-    /// What one of `connections` may hold now: `None` (no limit) while the total is under
-    /// half the budget, else an equal share of the whole budget.
-    pub fn share(&self, connections: usize) -> Option<usize> {
-        (self.held() >= self.limit / 2).then(|| self.limit / connections.max(1))
+    /// An equal share of the budget among `connections`. The loop computes it once a turn.
+    pub fn share(&self, connections: usize) -> usize {
+        self.limit / connections.max(1)
+    }
+
+    /// How many more bytes a connection that holds `holds` may take on now, given its
+    /// `share`: what is left of the budget, and no more than what is left of its share.
+    pub fn allowance(&self, holds: usize, share: usize) -> usize {
+        let left = self.limit.saturating_sub(self.held());
+        left.min(share.saturating_sub(holds))
     }
 }
 
@@ -65,16 +74,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shares_apply_only_under_pressure_and_split_the_whole_budget() {
+    fn allowances_are_an_equal_share_and_what_is_left_of_the_whole() {
         let budget = MemoryBudget::new(1000);
-        assert_eq!(budget.share(10), None, "nothing held: no limit");
-        budget.change(0, 499);
-        assert_eq!(budget.share(10), None);
-        budget.change(499, 500);
-        assert_eq!(budget.share(10), Some(100), "half the budget: equal shares");
-        assert_eq!(budget.share(0), Some(1000));
-        budget.change(500, 0);
+        assert_eq!(budget.allowance(0, budget.share(10)), 100, "an equal share");
+        assert_eq!(
+            budget.allowance(60, budget.share(10)),
+            40,
+            "what is left of it"
+        );
+        assert_eq!(budget.allowance(150, budget.share(10)), 0, "over its share");
+        assert_eq!(budget.allowance(0, budget.share(1)), 1000);
+        assert_eq!(budget.allowance(0, budget.share(0)), 1000);
+        budget.change(0, 950);
+        assert_eq!(
+            budget.allowance(0, budget.share(10)),
+            50,
+            "no more than what is left"
+        );
+        budget.change(950, 1200);
+        assert_eq!(
+            budget.allowance(0, budget.share(10)),
+            0,
+            "over the budget: nobody grows"
+        );
+        budget.change(1200, 0);
         assert_eq!(budget.held(), 0);
-        assert_eq!(budget.share(10), None);
     }
 }

@@ -54,10 +54,6 @@ const _: () = assert!(READ_BUFFER >= net::MAX_DATAGRAM);
 /// at once, one per 256 events.
 const EVENTS_CAPACITY: usize = 256;
 
-/// How often a loop holding connections paused by the memory budget looks at the server's
-/// total again, when nothing else wakes it: another loop of `--threads` may have freed it.
-const BUDGET_RECHECK: Duration = Duration::from_millis(20);
-
 /// Sources resumed from the ready list per turn; the rest wait for the next turn, after a
 /// `poll` that does not block.
 const READY_PER_TURN: usize = 256;
@@ -88,8 +84,6 @@ struct Slot {
     /// On the ready list already: a connection is queued there at most once, however many
     /// events said it has more to do.
     queued: bool,
-    /// On the list of connections paused by the memory budget.
-    over_budget: bool,
     /// What this connection's buffers held when last counted in the memory budget.
     accounted: usize,
     /// The connection's [`earlier_deadlines`](Connection::earlier_deadlines) count when
@@ -106,23 +100,10 @@ impl Slot {
         }
     }
 
-    /// Remembers what the connection asked for after a call: nothing, another turn, or
-    /// another turn once the memory budget allows.
-    fn follow(
-        &mut self,
-        progress: Progress,
-        token: Token,
-        ready: &mut Vec<Ready>,
-        over_budget: &mut Vec<(Token, u64)>,
-    ) {
-        match progress {
-            Progress::Wait => {}
-            Progress::ReadAgain => self.mark_ready(token, ready),
-            Progress::OverBudget if !self.over_budget => {
-                self.over_budget = true;
-                over_budget.push((token, self.serial));
-            }
-            Progress::OverBudget => {}
+    /// Remembers what the connection asked for after a call: nothing, or another turn.
+    fn follow(&mut self, progress: Progress, token: Token, ready: &mut Vec<Ready>) {
+        if progress == Progress::ReadAgain {
+            self.mark_ready(token, ready);
         }
     }
 
@@ -180,7 +161,7 @@ impl Scratch {
         config: &'a ServerConfig,
         now: Instant,
         budget: &'a MemoryBudget,
-        connections: usize,
+        share: usize,
     ) -> Context<'a> {
         Context {
             read_buf: &mut self.read_buf,
@@ -189,7 +170,7 @@ impl Scratch {
             stats: &mut self.stats,
             now,
             budget,
-            connections,
+            share,
         }
     }
 }
@@ -222,11 +203,8 @@ pub(crate) struct EventLoop {
     per_address: Arc<ConnectionsPerAddress>,
     /// Bytes held in connection buffers across every loop, for `--max-buffer-memory`.
     budget: Arc<MemoryBudget>,
-    /// Open connections across the server, read once a turn: what the budget is shared
-    /// among.
-    connections_open: usize,
-    /// Connections that stopped at their share of the budget, resumed when it drains.
-    over_budget: Vec<(Token, u64)>,
+    /// This turn's equal share of the memory budget among the open connections.
+    share: usize,
     shutdown_deadline: Option<Instant>,
     signals_seen: usize,
     greeting: Vec<u8>,
@@ -296,8 +274,7 @@ impl EventLoop {
             open_connections,
             per_address,
             budget,
-            connections_open: 0,
-            over_budget: Vec::new(),
+            share: 0,
             shutdown_deadline: None,
             signals_seen: 0,
             greeting,
@@ -339,7 +316,9 @@ impl EventLoop {
             Err(e) => return Err(e),
         }
         self.now = Instant::now();
-        self.connections_open = self.open_connections.load(Ordering::Relaxed);
+        self.share = self
+            .budget
+            .share(self.open_connections.load(Ordering::Relaxed));
         let mut handed_over = 0;
         for event in events.iter() {
             handed_over += 1;
@@ -357,7 +336,6 @@ impl EventLoop {
         self.resume_ready();
         self.fire_timers();
         self.sweep_closed();
-        self.resume_over_budget();
         let stats = &mut self.scratch.stats;
         stats.longest_turn = stats.longest_turn.max(self.now.elapsed());
         stats.peak_buffered = stats.peak_buffered.max(self.budget.held());
@@ -383,38 +361,15 @@ impl EventLoop {
         }
     }
 
-    fn budget_share(&self) -> Option<usize> {
-        self.budget
-            .share(self.open_connections.load(Ordering::Relaxed))
-    }
-
-    /// Once the server's buffers hold less than half the budget again, the connections
-    /// that stopped at their share go back on the ready list.
-    fn resume_over_budget(&mut self) {
-        if self.over_budget.is_empty() || self.budget_share().is_some() {
-            return;
-        }
-        for (token, serial) in std::mem::take(&mut self.over_budget) {
-            if let Some(slot) = self.connections.get_mut(token.0) {
-                if slot.serial == serial {
-                    slot.over_budget = false;
-                    slot.mark_ready(token, &mut self.ready);
-                }
-            }
-        }
-    }
-
     /// Block until the nearest deadline; not at all if a source still has work.
     fn poll_timeout(&self) -> Option<Duration> {
         if !self.ready.is_empty() {
             return Some(Duration::ZERO);
         }
-        let budget_recheck = (!self.over_budget.is_empty()).then(|| self.now + BUDGET_RECHECK);
         [
             self.timers.next(),
             self.accept_paused_until,
             self.shutdown_deadline,
-            budget_recheck,
         ]
         .into_iter()
         .flatten()
@@ -512,7 +467,6 @@ impl EventLoop {
             registered,
             scheduled: None,
             queued: false,
-            over_budget: false,
             accounted: 0,
             scheduled_at_change: 0,
         });
@@ -539,17 +493,17 @@ impl EventLoop {
         if matches!(slot.conn.state(), State::Closed) {
             return;
         }
-        let mut ctx =
-            self.scratch
-                .context(&self.config, self.now, &self.budget, self.connections_open);
+        let mut ctx = self
+            .scratch
+            .context(&self.config, self.now, &self.budget, self.share);
         if event.is_writable() {
             let progress = slot.conn.on_writable(&mut ctx);
-            slot.follow(progress, token, &mut self.ready, &mut self.over_budget);
+            slot.follow(progress, token, &mut self.ready);
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
             let drains = SHORT_READ_DRAINS && !event.is_read_closed() && !event.is_error();
             let progress = slot.conn.on_readable(&mut ctx, drains);
-            slot.follow(progress, token, &mut self.ready, &mut self.over_budget);
+            slot.follow(progress, token, &mut self.ready);
         }
         self.after_io(token);
     }
@@ -626,14 +580,11 @@ impl EventLoop {
                     }
                     slot.queued = false;
                     // No event told us the socket is drained: read until WouldBlock.
-                    let mut ctx = self.scratch.context(
-                        &self.config,
-                        self.now,
-                        &self.budget,
-                        self.connections_open,
-                    );
+                    let mut ctx =
+                        self.scratch
+                            .context(&self.config, self.now, &self.budget, self.share);
                     let progress = slot.conn.on_readable(&mut ctx, false);
-                    slot.follow(progress, token, &mut self.ready, &mut self.over_budget);
+                    slot.follow(progress, token, &mut self.ready);
                     self.after_io(token);
                 }
             }
@@ -655,11 +606,11 @@ impl EventLoop {
             }
             slot.scheduled = None;
             let token = Token(timer.key);
-            let mut ctx =
-                self.scratch
-                    .context(&self.config, self.now, &self.budget, self.connections_open);
+            let mut ctx = self
+                .scratch
+                .context(&self.config, self.now, &self.budget, self.share);
             let progress = slot.conn.on_deadline(&mut ctx);
-            slot.follow(progress, token, &mut self.ready, &mut self.over_budget);
+            slot.follow(progress, token, &mut self.ready);
             self.after_io(token);
         }
         // Stale entries are skipped when they come due; prune them if they outnumber live
@@ -747,11 +698,11 @@ impl EventLoop {
         let tokens: Vec<Token> = self.connections.iter().map(|(k, _)| Token(k)).collect();
         for token in tokens {
             let slot = &mut self.connections[token.0];
-            let mut ctx =
-                self.scratch
-                    .context(&self.config, self.now, &self.budget, self.connections_open);
+            let mut ctx = self
+                .scratch
+                .context(&self.config, self.now, &self.budget, self.share);
             let progress = slot.conn.shut_down(&mut ctx);
-            slot.follow(progress, token, &mut self.ready, &mut self.over_budget);
+            slot.follow(progress, token, &mut self.ready);
             self.after_io(token);
         }
         self.sweep_closed();

@@ -155,8 +155,8 @@ pub struct Context<'a> {
     pub now: Instant,
     /// The server-wide memory budget (see [`budget`](crate::budget)).
     pub budget: &'a MemoryBudget,
-    /// Open connections across the server, which the budget is shared among.
-    pub connections: usize,
+    /// This turn's equal share of the budget ([`MemoryBudget::share`]).
+    pub share: usize,
 }
 
 impl Context<'_> {
@@ -164,9 +164,7 @@ impl Context<'_> {
     /// every read and every batch of replies, so a connection overshoots its share by at
     /// most what one of those adds: it costs one load of a shared counter.
     fn allowance(&self, holds: usize) -> usize {
-        self.budget
-            .share(self.connections)
-            .map_or(usize::MAX, |share| share.saturating_sub(holds))
+        self.budget.allowance(holds, self.share)
     }
 }
 
@@ -180,9 +178,6 @@ pub enum Progress {
     /// reading resumed after the greeting or after backpressure): call
     /// [`Connection::on_readable`] again on the next loop turn.
     ReadAgain,
-    /// Stopped because the connection holds its share of the server-wide memory budget:
-    /// call [`Connection::on_readable`] again once the server holds less.
-    OverBudget,
 }
 
 /// Bytes the socket has not taken yet, in order. Empty, with no allocation, whenever the
@@ -245,6 +240,8 @@ pub struct Connection<S> {
     last_progress: Instant,
     /// When the unfinished line held in the session began, if one is held.
     line_started: Option<Instant>,
+    /// Stopped at its share of the memory budget, waiting for its output to drain.
+    budget_paused: bool,
     /// Counts the changes that can move the deadline earlier: a change of state, a line
     /// starting. Every other change (progress) moves it later. The loop asks for the
     /// deadline again only when this count moved, which keeps that off the per-message path.
@@ -262,6 +259,7 @@ impl<S: Stream> Connection<S> {
             output: Output::default(),
             last_progress: now,
             line_started: None,
+            budget_paused: false,
             earlier_deadlines: 0,
         };
         conn.write(greeting, stats, now);
@@ -394,6 +392,10 @@ impl<S: Stream> Connection<S> {
     pub fn on_writable(&mut self, ctx: &mut Context<'_>) -> Progress {
         let before = self.state;
         self.write(&[], ctx.stats, ctx.now);
+        if std::mem::take(&mut self.budget_paused) {
+            // Paused by the memory budget: its output moved, so it may go on.
+            return Progress::ReadAgain;
+        }
         match self.state {
             State::Reading if before != State::Reading => Progress::ReadAgain,
             State::Closing { .. } if self.output.unsent().len() < OUTPUT_LOW_WATER => {
@@ -424,8 +426,8 @@ impl<S: Stream> Connection<S> {
             if reply_budget == 0 {
                 return Progress::ReadAgain;
             }
-            if ctx.allowance(self.holds()) == 0 {
-                return Progress::OverBudget;
+            if self.pause_for_budget(ctx) {
+                return Progress::Wait;
             }
             let held = std::mem::take(&mut self.held);
             self.answer(ctx, &held, &mut reply_budget);
@@ -492,10 +494,10 @@ impl<S: Stream> Connection<S> {
             if reply_budget == 0 {
                 return Progress::ReadAgain;
             }
-            let allowance = ctx.allowance(self.holds());
-            if allowance == 0 {
-                return Progress::OverBudget;
+            if self.pause_for_budget(ctx) {
+                return Progress::Wait;
             }
+            let allowance = ctx.allowance(self.holds());
             if !self.held.is_empty() {
                 let held = std::mem::take(&mut self.held);
                 self.answer(ctx, &held, &mut reply_budget);
@@ -545,6 +547,15 @@ impl<S: Stream> Connection<S> {
             }
         }
         Progress::Wait
+    }
+
+    /// The memory budget: true (and the connection pauses) when it holds its share and
+    /// owes output. Its WRITABLE event, once the peer reads, resumes it (see
+    /// [`on_writable`](Self::on_writable)). A connection that owes nothing is never
+    /// paused, so it can always make progress, by small steps (see `allowance`).
+    fn pause_for_budget(&mut self, ctx: &Context<'_>) -> bool {
+        self.budget_paused = !self.output.is_empty() && ctx.allowance(self.holds()) == 0;
+        self.budget_paused
     }
 
     /// Answers `input` as far as the output bound and this call's reply budget allow, and
