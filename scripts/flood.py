@@ -16,6 +16,12 @@ from datetime import datetime, timezone
 ap = argparse.ArgumentParser()
 ap.add_argument('--clients', type=int, default=2000)
 ap.add_argument('--seconds', type=float, default=12)
+ap.add_argument('--client-send-buffer', type=int, default=0,
+                help="SO_SNDBUF for the flooding clients (0: the kernel's autotuning)")
+ap.add_argument('--client-recv-buffer', type=int, default=0,
+                help="SO_RCVBUF for the flooding clients (0: the kernel's autotuning). On one "
+                     "machine the clients' kernel memory counts against the same tcp_mem as "
+                     "the server's; a small one plays clients on other machines")
 ap.add_argument('server', nargs=argparse.REMAINDER)
 a = ap.parse_args()
 cmd = [c for c in a.server if c != '--'] + ['--listen', '127.0.0.1:0', '--max-connections', '19000']
@@ -30,7 +36,12 @@ flood = b'\n' * 65536
 sel = selectors.DefaultSelector()
 socks = []
 for i in range(a.clients):
-    s = socket.socket(); s.connect((host, port)); s.setblocking(False)
+    s = socket.socket()
+    if a.client_send_buffer:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, a.client_send_buffer)
+    if a.client_recv_buffer:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, a.client_recv_buffer)
+    s.connect((host, port)); s.setblocking(False)
     sel.register(s, selectors.EVENT_WRITE); socks.append(s)
 stop = time.time() + a.seconds
 

@@ -103,6 +103,11 @@ pub struct ServerArgs {
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub send_buffer: Option<usize>,
 
+    /// SO_RCVBUF for accepted connections (suffixes K, M, G) [default: the kernel's
+    /// autotuning]. Bounds the kernel memory a client that floods can fill.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub recv_buffer: Option<usize>,
+
     /// Independent single-threaded loops sharing the port via SO_REUSEPORT.
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..1025).map(|v| v as usize))]
@@ -151,6 +156,7 @@ impl ServerArgs {
             max_connections_per_ip: self.max_connections_per_ip,
             max_buffer_memory: self.max_buffer_memory,
             send_buffer: self.send_buffer,
+            recv_buffer: self.recv_buffer,
             threads: self.threads,
             backlog: self.backlog,
             shutdown_grace: Duration::from_secs_f64(self.shutdown_grace),

@@ -50,6 +50,8 @@ pub struct ServerConfig {
     pub max_buffer_memory: usize,
     /// SO_SNDBUF for accepted sockets; `None` leaves the kernel's autotuning.
     pub send_buffer: Option<usize>,
+    /// SO_RCVBUF for accepted sockets; `None` leaves the kernel's autotuning.
+    pub recv_buffer: Option<usize>,
     /// Connections beyond this many from one IP address are told `ERR too many connections
     /// from your address` and closed; 0 means no limit.
     pub max_connections_per_ip: usize,
@@ -77,6 +79,7 @@ impl Default for ServerConfig {
             max_connections_per_ip: 0,
             max_buffer_memory: crate::budget::DEFAULT_MAX_BUFFER_MEMORY,
             send_buffer: None,
+            recv_buffer: None,
             threads: 1,
             backlog: DEFAULT_BACKLOG,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,

@@ -446,9 +446,7 @@ impl EventLoop {
         if let Err(e) = stream.set_nodelay(true) {
             log::debug!("set_nodelay for {peer}: {e}");
         }
-        if let Some(bytes) = self.config.send_buffer {
-            net::set_send_buffer(&stream, bytes);
-        }
+        net::set_buffer_sizes(&stream, self.config.send_buffer, self.config.recv_buffer);
         self.scratch.stats.connections += 1;
         let conn = Connection::accept(stream, &self.greeting, &mut self.scratch.stats, self.now);
         let Some(registered) = conn.interest() else {

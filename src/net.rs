@@ -40,13 +40,26 @@ pub const MAX_DATAGRAM: usize = 65_535;
 /// peer closed, because that EOF would not be announced again.
 pub const SHORT_READ_DRAINS: bool = cfg!(any(target_os = "linux", target_os = "android"));
 
-/// `--send-buffer`: sets SO_SNDBUF on an accepted socket. Without it Linux grows a
-/// loopback socket's send buffer to megabytes for a client that never reads, and thousands
-/// of such clients can push the whole host to its `tcp_mem` limit. A failure is logged and
-/// the connection served with the kernel's default.
-pub fn set_send_buffer<S: std::os::fd::AsFd>(socket: &S, bytes: usize) {
-    if let Err(e) = SockRef::from(socket).set_send_buffer_size(bytes) {
-        log::debug!("SO_SNDBUF {bytes}: {e}");
+/// `--send-buffer` and `--recv-buffer`: SO_SNDBUF and SO_RCVBUF on an accepted socket.
+/// Without them Linux grows a socket's buffers to megabytes for a client that floods or
+/// never reads, and thousands of such clients push the whole host to its `tcp_mem` limit,
+/// where the kernel starts dropping packets for every TCP user on the machine. A failure is
+/// logged and the connection served with the kernel's sizes.
+pub fn set_buffer_sizes<S: std::os::fd::AsFd>(
+    socket: &S,
+    send: Option<usize>,
+    recv: Option<usize>,
+) {
+    let socket = SockRef::from(socket);
+    if let Some(bytes) = send {
+        if let Err(e) = socket.set_send_buffer_size(bytes) {
+            log::debug!("SO_SNDBUF {bytes}: {e}");
+        }
+    }
+    if let Some(bytes) = recv {
+        if let Err(e) = socket.set_recv_buffer_size(bytes) {
+            log::debug!("SO_RCVBUF {bytes}: {e}");
+        }
     }
 }
 

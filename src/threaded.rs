@@ -398,6 +398,7 @@ impl Server {
             idle: self.config.idle_timeout,
             line: self.config.line_timeout,
             send_buffer: self.config.send_buffer,
+            recv_buffer: self.config.recv_buffer,
         };
         let thread_stream = Arc::clone(&stream);
         let spawned = thread::Builder::new()
@@ -454,8 +455,9 @@ enum Admission {
 struct Timeouts {
     idle: Option<Duration>,
     line: Option<Duration>,
-    /// Not a timeout, but set on the socket with them: `--send-buffer`.
+    /// Not timeouts, but set on the socket with them: `--send-buffer`, `--recv-buffer`.
     send_buffer: Option<usize>,
+    recv_buffer: Option<usize>,
 }
 
 /// The most connection threads the kernel's limit on mappings per process leaves room for,
@@ -527,9 +529,7 @@ impl<'a> Connection<'a> {
         // batch back until the previous one is acknowledged, which with delayed ACKs on the
         // client costs up to 40 ms per pipelined round trip.
         self.stream.set_nodelay(true)?;
-        if let Some(bytes) = timeouts.send_buffer {
-            net::set_send_buffer(self.stream, bytes);
-        }
+        net::set_buffer_sizes(self.stream, timeouts.send_buffer, timeouts.recv_buffer);
         // The same timeout on writes: a client that stops reading makes no more progress
         // than one that stops sending, and must not hold a thread forever.
         self.stream.set_read_timeout(idle_timeout)?;
