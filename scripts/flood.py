@@ -55,7 +55,7 @@ def tcp_mem_mib():
 
 def probe(results):
     """Runs in a process of its own, so the flood's Python loop cannot delay it."""
-    tcp_lat, udp_lat, udp_lost, mem_peak = [], [], 0, 0.0
+    tcp_lat, udp_lat, udp_lost, mem_peak, tcp_phases = [], [], 0, 0.0, []
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(10)
     next_tcp = time.time() + 1
     while time.time() < stop - 0.5:
@@ -69,15 +69,18 @@ def probe(results):
             next_tcp += 1; t = time.time()
             try:
                 c = socket.create_connection((host, port), timeout=10)
+                connected = time.time() - t
                 got = b''
                 while not got.endswith(b'Welcome!\n'): got += c.recv(100)
+                greeted = time.time() - t
                 c.sendall(b'hi\n'); got = b''
                 while not got.endswith(b'Hello, hi!\n'): got += c.recv(100)
                 tcp_lat.append(time.time() - t); c.close()
+                tcp_phases.append((tcp_lat[-1], connected, greeted))
             except OSError:
                 tcp_lat.append(float('inf'))
         time.sleep(max(0, 0.1 - (time.time() - t)))
-    results.put((tcp_lat, udp_lat, udp_lost, mem_peak))
+    results.put((tcp_lat, udp_lat, udp_lost, mem_peak, max(tcp_phases, default=None)))
 
 results = multiprocessing.Queue()
 th = multiprocessing.Process(target=probe, args=(results,)); th.start()
@@ -96,7 +99,7 @@ while srv.poll() is None and time.time() < stop + 30:
 if srv.poll() is None: srv.kill()
 srv.wait()
 t_exit = time.time() - t_sig
-tcp_lat, udp_lat, udp_lost, tcp_mem_peak = results.get()
+tcp_lat, udp_lat, udp_lost, tcp_mem_peak, worst_phases = results.get()
 th.join()
 acted = None
 for line in log:
@@ -109,6 +112,9 @@ ms = lambda xs: f"worst {max(xs)*1000:.0f} ms, median {statistics.median(xs)*100
 print(f"clients {a.clients}, flooded {sent/2**20:.0f} MiB in {a.seconds:.0f} s")
 print(f"server peak RSS {hwm/1024:.0f} MiB; the host's TCP memory peaked at {tcp_mem_peak:.0f} MiB")
 print(f"fresh TCP client: {ms(tcp_lat)}")
+if worst_phases:
+    total, connected, greeted = worst_phases
+    print(f"  the worst: connected after {connected*1000:.0f} ms, greeted after {greeted*1000:.0f} ms, answered after {total*1000:.0f} ms")
 print(f"UDP ping: {ms(udp_lat)}, lost {udp_lost}")
 print(f"SIGTERM: logged {acted*1000:.0f} ms after the signal, exited after {t_exit*1000:.0f} ms" if acted is not None else f"SIGTERM: exited after {t_exit*1000:.0f} ms")
 for s in summary: print("summary:", s[-200:])

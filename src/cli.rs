@@ -93,8 +93,9 @@ pub struct ServerArgs {
     pub max_connections_per_ip: usize,
 
     /// Bytes all connections' buffers may hold together, across every loop (suffixes K, M,
-    /// G for KiB, MiB, GiB). Over half of it, connections holding more than an equal share
-    /// stop being read until the total drains; nothing is lost.
+    /// G for KiB, MiB, GiB). A connection that holds an equal share of it stops being read
+    /// until its client takes its replies; nothing is lost. Reactor only: a thread of the
+    /// threaded baseline holds one read's replies at most, and blocks.
     #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = parse_bytes)]
     pub max_buffer_memory: usize,
 
@@ -108,7 +109,7 @@ pub struct ServerArgs {
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub recv_buffer: Option<usize>,
 
-    /// Independent single-threaded loops sharing the port via SO_REUSEPORT.
+    /// Independent single-threaded loops sharing the port via SO_REUSEPORT (reactor only).
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..1025).map(|v| v as usize))]
     pub threads: usize,
