@@ -54,6 +54,17 @@ const _: () = assert!(READ_BUFFER >= net::MAX_DATAGRAM);
 /// at once, one per 256 events.
 const EVENTS_CAPACITY: usize = 256;
 
+/// The most one turn can add to what connections hold: each event, resumed source and
+/// deadline reads at most `READ_BUDGET` and answers at most `REPLY_BUDGET` (plus one
+/// reply). While more than this is left of the budget no connection needs to ask it; under
+/// the default 256 MiB the shares start to apply at 52 MiB held.
+const TURN_GROWTH: usize = (EVENTS_CAPACITY + READY_PER_TURN + DEADLINES_PER_TURN)
+    * (crate::connection::READ_BUDGET + crate::connection::REPLY_BUDGET + 1024);
+
+/// Deadlines acted on per turn (15,000 dribblers cut off at once would otherwise be one
+/// long turn); the rest are due at once and the next `poll` does not block.
+const DEADLINES_PER_TURN: usize = 256;
+
 /// Sources resumed from the ready list per turn; the rest wait for the next turn, after a
 /// `poll` that does not block.
 const READY_PER_TURN: usize = 256;
@@ -161,7 +172,7 @@ impl Scratch {
         config: &'a ServerConfig,
         now: Instant,
         budget: &'a MemoryBudget,
-        share: usize,
+        share: Option<usize>,
     ) -> Context<'a> {
         Context {
             read_buf: &mut self.read_buf,
@@ -203,8 +214,9 @@ pub(crate) struct EventLoop {
     per_address: Arc<ConnectionsPerAddress>,
     /// Bytes held in connection buffers across every loop, for `--max-buffer-memory`.
     budget: Arc<MemoryBudget>,
-    /// This turn's equal share of the memory budget among the open connections.
-    share: usize,
+    /// This turn's equal share of the memory budget among the open connections; `None`
+    /// when this turn cannot reach the budget (see [`TURN_GROWTH`]).
+    share: Option<usize>,
     shutdown_deadline: Option<Instant>,
     signals_seen: usize,
     greeting: Vec<u8>,
@@ -274,7 +286,7 @@ impl EventLoop {
             open_connections,
             per_address,
             budget,
-            share: 0,
+            share: None,
             shutdown_deadline: None,
             signals_seen: 0,
             greeting,
@@ -316,9 +328,7 @@ impl EventLoop {
             Err(e) => return Err(e),
         }
         self.now = Instant::now();
-        self.share = self
-            .budget
-            .share(self.open_connections.load(Ordering::Relaxed));
+        self.share = self.budget_share();
         let mut handed_over = 0;
         for event in events.iter() {
             handed_over += 1;
@@ -353,6 +363,17 @@ impl EventLoop {
         self.on_signals();
         self.accept();
         self.serve_udp(true, false);
+    }
+
+    /// The budget's equal share for this turn, or `None` if even a turn in which every
+    /// connection served grows as much as it can would stay within the budget: then no
+    /// connection needs to ask, which keeps the budget off the per-message path.
+    fn budget_share(&self) -> Option<usize> {
+        let room = self.budget.limit().saturating_sub(self.budget.held());
+        (room <= TURN_GROWTH).then(|| {
+            self.budget
+                .share(self.open_connections.load(Ordering::Relaxed))
+        })
     }
 
     fn check_stop_request(&mut self) {
@@ -595,7 +616,12 @@ impl EventLoop {
         if self.accept_paused_until.is_some_and(|t| t <= self.now) {
             self.resume_accepting();
         }
-        while let Some(timer) = self.timers.pop_due(self.now) {
+        let mut fired = 0;
+        while fired < DEADLINES_PER_TURN {
+            let Some(timer) = self.timers.pop_due(self.now) else {
+                break;
+            };
+            fired += 1;
             let Some(slot) = self.connections.get_mut(timer.key) else {
                 continue;
             };
@@ -680,6 +706,12 @@ impl EventLoop {
         if self.shutdown_deadline.is_some() {
             return;
         }
+        // This turn touches every connection, more than `TURN_GROWTH` allows for, so every
+        // connection asks the budget.
+        self.share = Some(
+            self.budget
+                .share(self.open_connections.load(Ordering::Relaxed)),
+        );
         self.shutdown_deadline = Some(self.now + self.config.shutdown_grace);
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);

@@ -155,17 +155,9 @@ pub struct Context<'a> {
     pub now: Instant,
     /// The server-wide memory budget (see [`budget`](crate::budget)).
     pub budget: &'a MemoryBudget,
-    /// This turn's equal share of the budget ([`MemoryBudget::share`]).
-    pub share: usize,
-}
-
-impl Context<'_> {
-    /// How many more bytes a connection that holds `holds` may take on now. Asked before
-    /// every read and every batch of replies, so a connection overshoots its share by at
-    /// most what one of those adds: it costs one load of a shared counter.
-    fn allowance(&self, holds: usize) -> usize {
-        self.budget.allowance(holds, self.share)
-    }
+    /// This turn's equal share of the budget ([`MemoryBudget::share`]), or `None` when this
+    /// turn cannot reach the budget whatever its connections do: then nothing is asked.
+    pub share: Option<usize>,
 }
 
 /// What the loop must do after a call.
@@ -497,7 +489,7 @@ impl<S: Stream> Connection<S> {
             if self.pause_for_budget(ctx) {
                 return Progress::Wait;
             }
-            let allowance = ctx.allowance(self.holds());
+            let allowance = self.allowance(ctx);
             if !self.held.is_empty() {
                 let held = std::mem::take(&mut self.held);
                 self.answer(ctx, &held, &mut reply_budget);
@@ -549,12 +541,22 @@ impl<S: Stream> Connection<S> {
         Progress::Wait
     }
 
+    /// How many more bytes this connection may take on now under the memory budget. Asked
+    /// before every read and every batch of replies when the budget is within reach, so a
+    /// connection overshoots its share by at most what one of those adds.
+    fn allowance(&self, ctx: &Context<'_>) -> usize {
+        match ctx.share {
+            None => usize::MAX,
+            Some(share) => ctx.budget.allowance(self.holds(), share),
+        }
+    }
+
     /// The memory budget: true (and the connection pauses) when it holds its share and
     /// owes output. Its WRITABLE event, once the peer reads, resumes it (see
     /// [`on_writable`](Self::on_writable)). A connection that owes nothing is never
     /// paused, so it can always make progress, by small steps (see `allowance`).
     fn pause_for_budget(&mut self, ctx: &Context<'_>) -> bool {
-        self.budget_paused = !self.output.is_empty() && ctx.allowance(self.holds()) == 0;
+        self.budget_paused = !self.output.is_empty() && self.allowance(ctx) == 0;
         self.budget_paused
     }
 
@@ -565,7 +567,7 @@ impl<S: Stream> Connection<S> {
         let room = OUTPUT_HIGH_WATER
             .saturating_sub(self.output.unsent().len())
             .min(*reply_budget)
-            .min(ctx.allowance(self.holds()) / 2)
+            .min(self.allowance(ctx) / 2)
             .max(1);
         ctx.replies.clear();
         let answered = self.session.messages();

@@ -89,7 +89,7 @@ impl Harness {
             stats: &mut self.stats,
             now: self.now,
             budget: &self.budget,
-            share: usize::MAX,
+            share: None,
         }
     }
 
