@@ -8,7 +8,13 @@
 //! ([`Connection::on_deadline`]). It never reads the clock: the loop passes the time in.
 //! It must not know about the poll, tokens or other connections: the loop registers the
 //! socket with the [`interest`](Connection::interest) the state asks for and calls back in.
-//! It is generic over [`Stream`] so the tests below drive it with an in-memory socket.
+//! It is generic over [`Stream`] so its tests (`connection/tests.rs`) drive it with an
+//! in-memory socket and a clock they move by hand.
+//!
+//! Its memory is bounded by construction: answering stops as soon as unsent output reaches
+//! [`OUTPUT_HIGH_WATER`], and the input read but not answered yet waits here (one read at
+//! most) until the output drains. What all connections hold together is bounded by the
+//! server-wide [`MemoryBudget`], which each connection asks before it takes more on.
 //!
 //! Error policy, the same for every call: `WouldBlock` means stop and wait for the next
 //! event; `Interrupted` is retried in the loop; `Ok(0)` from a read is EOF, answered only
@@ -26,9 +32,10 @@ use crate::net::LINGER_TIMEOUT;
 use crate::protocol::{Flow, Session, LINE_TIMEOUT};
 use crate::stats::Stats;
 
-/// Above this many bytes of unsent output the connection stops reading, so a client that
-/// sends but never reads cannot make the server buffer without bound. 256 KiB is several
-/// socket send buffers' worth: enough to keep a fast reader busy between two events.
+/// Once this many bytes of output are unsent the connection stops answering and reading, so
+/// a client that sends but never reads cannot make the server buffer without bound (it
+/// holds at most this plus one reply). 256 KiB is several socket send buffers' worth:
+/// enough to keep a fast reader busy between two events.
 pub const OUTPUT_HIGH_WATER: usize = 256 * 1024;
 
 /// Reading resumes once unsent output drains below this. The gap to the high-water mark
