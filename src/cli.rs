@@ -59,9 +59,22 @@ pub struct ServerArgs {
     #[arg(long, value_enum, default_value_t = FramingArg::Line)]
     pub framing: FramingArg,
 
-    /// What a reply says.
-    #[arg(long, value_enum, default_value_t = ModeArg::Hello)]
+    /// What a reply says (`echo` is the short form of `--reply '{}'`).
+    #[arg(long, value_enum, default_value_t = ModeArg::Hello, conflicts_with = "reply")]
     pub mode: ModeArg,
+
+    /// The reply, TCP and UDP: `{}` stands for the message, `{{` and `}}` for literal
+    /// braces [default: 'Hello, {}!'].
+    #[arg(long, value_name = "TEMPLATE", value_parser = Mode::from_template)]
+    pub reply: Option<Mode>,
+
+    /// The UDP reply, when it differs from `--reply` (same syntax).
+    #[arg(long, value_name = "TEMPLATE", value_parser = Mode::from_template)]
+    pub udp_reply: Option<Mode>,
+
+    /// The message that closes a TCP connection; an empty word means none.
+    #[arg(long, value_name = "WORD", default_value = "exit")]
+    pub exit_word: String,
 
     /// Sent on every new TCP connection; an empty string sends none.
     #[arg(long, value_name = "TEXT", default_value = "Welcome!")]
@@ -134,6 +147,7 @@ impl ServerArgs {
                 self.shutdown_grace
             ));
         }
+        let mode = self.reply.clone().unwrap_or_else(|| self.mode.into());
         let udp = match (self.no_udp, self.udp) {
             (true, _) => None,
             (false, Some(udp)) => Some(udp),
@@ -147,9 +161,11 @@ impl ServerArgs {
                     FramingArg::Line => Framing::Line,
                     FramingArg::Raw => Framing::Raw,
                 },
-                mode: self.mode.into(),
+                mode,
                 greeting: self.greeting.clone().into_bytes(),
                 max_line: self.max_line,
+                exit_word: self.exit_word.clone().into_bytes(),
+                udp_mode: self.udp_reply.clone(),
             },
             max_connections: self.max_connections,
             idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),

@@ -563,7 +563,7 @@ impl EventLoop {
             && udp.on_readable(
                 &mut self.scratch.read_buf,
                 &mut self.scratch.replies,
-                &self.config.protocol.mode,
+                self.config.protocol.udp_mode(),
                 &mut self.scratch.stats,
             )
         {

@@ -23,6 +23,9 @@ pub const TOO_MANY_FROM_ADDRESS: &[u8] = b"ERR too many connections from your ad
 /// Sent before closing a connection whose unfinished line outlived `--line-timeout`.
 pub const LINE_TIMEOUT: &[u8] = b"ERR line timeout\n";
 
+/// Default for `--exit-word`: the message that closes a TCP connection.
+pub const DEFAULT_EXIT_WORD: &[u8] = b"exit";
+
 /// Default for `--max-line`: a 64 KiB line is far beyond any interactive use, and the limit
 /// caps the input one connection can make the server hold.
 pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
@@ -45,12 +48,75 @@ pub type ReplyFn = dyn Fn(&[u8], &mut Vec<u8>) + Send + Sync;
 /// What a reply says.
 #[derive(Clone)]
 pub enum Mode {
-    /// `Hello, <message>!`
+    /// `Hello, <message>!`, the default (and `--reply 'Hello, {}!'`).
     Hello,
-    /// The message unchanged.
+    /// The message unchanged (`--mode echo`, `--reply '{}'`).
     Echo,
+    /// Any other `--reply` template: fixed bytes around the message.
+    Template(Template),
     /// Anything an embedding program wants; see `examples/embed.rs`.
     Custom(Arc<ReplyFn>),
+}
+
+/// A reply template such as `Loop_Msg: {}!`, split once, when it is parsed, into the bytes
+/// before and after the `{}` that stands for the message, so that building a reply is two
+/// copies around the message and nothing more. The message is passed through as bytes,
+/// invalid UTF-8 included.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Template {
+    before: Vec<u8>,
+    /// False for a fixed reply: a template without `{}`.
+    message: bool,
+    after: Vec<u8>,
+}
+
+impl Template {
+    /// Parses `{}` (at most one: the message), `{{` and `}}` (literal braces); any other
+    /// brace is an error that says where it is. A template without `{}` is a fixed reply.
+    pub fn parse(text: &str) -> Result<Template, String> {
+        let (mut before, mut after) = (Vec::new(), Vec::new());
+        let mut placeholder = false;
+        let mut chars = text.char_indices().peekable();
+        while let Some((at, c)) = chars.next() {
+            let literal = match (c, chars.peek().map(|&(_, next)| next)) {
+                ('{', Some('}')) if placeholder => {
+                    return Err(format!("more than one {{}} (the second at byte {at})"));
+                }
+                ('{', Some('}')) => {
+                    chars.next();
+                    placeholder = true;
+                    continue;
+                }
+                ('{', Some('{')) | ('}', Some('}')) => {
+                    chars.next();
+                    c
+                }
+                ('{' | '}', _) => {
+                    return Err(format!(
+                        "a stray '{c}' at byte {at} (write '{c}{c}' for a literal one)"
+                    ));
+                }
+                (c, _) => c,
+            };
+            let side = if placeholder { &mut after } else { &mut before };
+            let mut utf8 = [0; 4];
+            side.extend_from_slice(literal.encode_utf8(&mut utf8).as_bytes());
+        }
+        Ok(Template {
+            before,
+            message: placeholder,
+            after,
+        })
+    }
+
+    /// Appends the reply to `message`.
+    pub fn reply(&self, message: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.before);
+        if self.message {
+            out.extend_from_slice(message);
+        }
+        out.extend_from_slice(&self.after);
+    }
 }
 
 impl std::fmt::Debug for Mode {
@@ -58,12 +124,27 @@ impl std::fmt::Debug for Mode {
         match self {
             Mode::Hello => f.write_str("Hello"),
             Mode::Echo => f.write_str("Echo"),
+            Mode::Template(t) => write!(f, "Template({t:?})"),
             Mode::Custom(_) => f.write_str("Custom"),
         }
     }
 }
 
 impl Mode {
+    /// The mode a `--reply` template describes: `{}` is echo and `Hello, {}!` the default
+    /// hello mode (so those two take exactly the paths they always took); anything else is
+    /// a [`Template`].
+    pub fn from_template(text: &str) -> Result<Mode, String> {
+        let template = Template::parse(text)?;
+        Ok(if template == Template::parse("{}")? {
+            Mode::Echo
+        } else if template == Template::parse("Hello, {}!")? {
+            Mode::Hello
+        } else {
+            Mode::Template(template)
+        })
+    }
+
     /// Appends the reply body for `message` to `out`, without any framing newline.
     pub fn reply(&self, message: &[u8], out: &mut Vec<u8>) {
         match self {
@@ -73,6 +154,7 @@ impl Mode {
                 out.push(b'!');
             }
             Mode::Echo => out.extend_from_slice(message),
+            Mode::Template(t) => t.reply(message, out),
             Mode::Custom(f) => f(message, out),
         }
     }
@@ -89,6 +171,10 @@ pub struct ProtocolConfig {
     pub greeting: Vec<u8>,
     /// Longest accepted line, counting every byte before the `\n` (a `\r` included).
     pub max_line: usize,
+    /// The message that closes a TCP connection (`--exit-word`); empty means none.
+    pub exit_word: Vec<u8>,
+    /// What a UDP reply says when it differs from `mode` (`--udp-reply`).
+    pub udp_mode: Option<Mode>,
 }
 
 impl Default for ProtocolConfig {
@@ -98,11 +184,23 @@ impl Default for ProtocolConfig {
             mode: Mode::Hello,
             greeting: b"Welcome!".to_vec(),
             max_line: DEFAULT_MAX_LINE,
+            exit_word: DEFAULT_EXIT_WORD.to_vec(),
+            udp_mode: None,
         }
     }
 }
 
 impl ProtocolConfig {
+    /// What a UDP reply says: `--udp-reply`, else the TCP reply's mode.
+    pub fn udp_mode(&self) -> &Mode {
+        self.udp_mode.as_ref().unwrap_or(&self.mode)
+    }
+
+    /// True for the message that closes the connection.
+    fn is_exit(&self, message: &[u8]) -> bool {
+        message == self.exit_word.as_slice() && !self.exit_word.is_empty()
+    }
+
     /// Appends what a new TCP connection is sent first (nothing if the greeting is empty).
     pub fn greeting(&self, out: &mut Vec<u8>) {
         if self.greeting.is_empty() {
@@ -124,8 +222,9 @@ impl ProtocolConfig {
     }
 }
 
-/// Appends the reply to one UDP datagram: in hello mode one trailing `\n` of the payload is
-/// dropped; in echo mode the payload comes back unchanged. An empty datagram is a message too.
+/// Appends the reply to one UDP datagram: in echo mode the payload comes back unchanged; in
+/// every other mode one trailing `\n` of the payload is dropped first. An empty datagram is
+/// a message too.
 pub fn udp_reply(mode: &Mode, payload: &[u8], out: &mut Vec<u8>) {
     match mode {
         Mode::Echo => out.extend_from_slice(payload),
@@ -284,7 +383,7 @@ impl Session {
     /// One complete line (without its `\n`): `exit` closes, anything else gets its reply.
     fn on_line(&mut self, config: &ProtocolConfig, line: &[u8], out: &mut Vec<u8>) -> Flow {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line == b"exit" {
+        if config.is_exit(line) {
             return Flow::Close;
         }
         config.mode.reply(line, out);
@@ -300,7 +399,7 @@ impl Session {
             .strip_suffix(b"\r\n")
             .or_else(|| input.strip_suffix(b"\n"))
             .unwrap_or(input);
-        if message == b"exit" {
+        if config.is_exit(message) {
             return Flow::Close;
         }
         match config.mode {
@@ -323,6 +422,7 @@ mod tests {
             mode,
             greeting: b"Welcome!".to_vec(),
             max_line,
+            ..ProtocolConfig::default()
         }
     }
 
@@ -376,6 +476,70 @@ mod tests {
             prop_assert_eq!(out, whole);
             prop_assert_eq!(session.buffered(), 4);
         }
+    }
+
+    #[test]
+    fn templates_split_once_around_the_message_and_unescape_braces() {
+        let mut out = Vec::new();
+        Template::parse("Loop_Msg: {}!")
+            .unwrap()
+            .reply(b"hi", &mut out);
+        assert_eq!(out, b"Loop_Msg: hi!");
+        out.clear();
+        Template::parse("{{{}}}").unwrap().reply(b"x", &mut out);
+        assert_eq!(out, b"{x}");
+        out.clear();
+        Template::parse("服务端接收到数据：{}")
+            .unwrap()
+            .reply(b"\xff", &mut out);
+        assert_eq!(
+            out,
+            "服务端接收到数据："
+                .bytes()
+                .chain([0xff])
+                .collect::<Vec<u8>>()
+        );
+        out.clear();
+        Template::parse("OK").unwrap().reply(b"ignored", &mut out);
+        assert_eq!(out, b"OK", "no {{}} is a fixed reply");
+        for bad in ["{}{}", "a{b", "a}b", "{", "}", "{{}", "{}}"] {
+            assert!(Template::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_two_familiar_templates_are_the_two_familiar_modes() {
+        assert!(matches!(Mode::from_template("{}"), Ok(Mode::Echo)));
+        assert!(matches!(Mode::from_template("Hello, {}!"), Ok(Mode::Hello)));
+        assert!(matches!(
+            Mode::from_template("Hello, {}"),
+            Ok(Mode::Template(_))
+        ));
+    }
+
+    #[test]
+    fn the_exit_word_is_configurable_and_can_be_none() {
+        let mut config = config(Framing::Raw, Mode::Echo, 100);
+        config.exit_word = b"end".to_vec();
+        assert_eq!(run(&config, &[b"exit"], false), (b"exit".to_vec(), false));
+        assert_eq!(run(&config, &[b"end"], false), (Vec::new(), true));
+        config.exit_word = Vec::new();
+        assert_eq!(
+            run(&config, &[b"exit", b""], false),
+            (b"exit".to_vec(), false)
+        );
+    }
+
+    #[test]
+    fn udp_replies_use_their_own_template_when_given() {
+        let mut config = line_hello();
+        config.udp_mode = Some(Mode::from_template("Echo: {}!").unwrap());
+        let mut out = Vec::new();
+        udp_reply(config.udp_mode(), b"zhangsan", &mut out);
+        assert_eq!(out, b"Echo: zhangsan!");
+        out.clear();
+        udp_reply(&config.mode, b"zhangsan", &mut out);
+        assert_eq!(out, b"Hello, zhangsan!");
     }
 
     fn line_hello() -> ProtocolConfig {

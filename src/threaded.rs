@@ -267,7 +267,7 @@ impl Server {
         let udp_thread = match self.udp.take() {
             Some(socket) => {
                 let shared = Arc::clone(&self.shared);
-                let mode = self.config.protocol.mode.clone();
+                let mode = self.config.protocol.udp_mode().clone();
                 let spawned = thread::Builder::new()
                     .name("udp".into())
                     .spawn(move || serve_udp(&socket, &mode, &shared));

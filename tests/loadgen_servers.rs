@@ -1,5 +1,6 @@
 //! loadgen against both real servers: every reply verified, zero errors, for lockstep,
-//! pipelined and UDP load, in hello and echo mode, on one engine thread and on several.
+//! pipelined and UDP load, in hello and echo mode and with a reply template, on one engine
+//! thread and on several.
 
 // Only `common::start` and its `Spawn` are used here; the rest is for the server suites
 // and tests/limits.rs.
@@ -52,6 +53,19 @@ fn zero_errors_against(spawn: common::Spawn) {
         o.size = 1000;
     });
     echo.shutdown().unwrap();
+
+    // A reply template, over TCP and over UDP, verified byte for byte.
+    let template = || Mode::from_template("服务端接收到数据：{}").unwrap();
+    let templated = common::start(spawn, |c| c.protocol.mode = template());
+    drive(&templated, |o| o.mode = template());
+    drive(&templated, |o| {
+        o.mode = template();
+        o.transport = Transport::Udp;
+        o.addr = templated.udp.unwrap();
+        o.connections = 10;
+        o.messages = Some(2_000);
+    });
+    templated.shutdown().unwrap();
 }
 
 #[test]
@@ -62,6 +76,23 @@ fn loadgen_reports_zero_errors_against_the_reactor() {
 #[test]
 fn loadgen_reports_zero_errors_against_the_threaded_server() {
     zero_errors_against(threaded::spawn);
+}
+
+#[test]
+fn loadgen_counts_a_template_it_was_not_told_as_mismatches() {
+    let server = common::start(reactor::spawn, |c| {
+        c.protocol.mode = Mode::from_template("Loop_Msg: {}!").unwrap()
+    });
+    let report = loadgen::run(&Options {
+        addr: server.tcp,
+        connections: 5,
+        messages: Some(100),
+        duration: None,
+        ..Options::default()
+    })
+    .unwrap();
+    assert_eq!((report.messages, report.mismatches), (0, 5), "{report}");
+    server.shutdown().unwrap();
 }
 
 #[test]

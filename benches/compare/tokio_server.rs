@@ -145,7 +145,7 @@ async fn serve_udp(socket: UdpSocket, protocol: Arc<ProtocolConfig>) {
             }
         };
         reply.clear();
-        udp_reply(&protocol.mode, &datagram[..len], &mut reply);
+        udp_reply(protocol.udp_mode(), &datagram[..len], &mut reply);
         if let Err(e) = socket.send_to(&reply, peer).await {
             debug!("udp: reply to {peer} dropped: {e}");
         }

@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use evloop::cli::{fail, init_logging, parse_addr, parse_or_exit, ModeArg};
 use evloop::loadgen::{self, Options, Progress, Transport};
+use evloop::protocol::Mode;
 
 /// Default run length when neither --duration nor --messages is given.
 const DEFAULT_DURATION_SECS: f64 = 10.0;
@@ -63,9 +64,14 @@ struct Args {
     #[arg(long)]
     udp: bool,
 
-    /// Which reply to expect.
-    #[arg(long, value_enum, default_value_t = ModeArg::Hello)]
+    /// Which reply to expect (`echo` is the short form of `--reply '{}'`).
+    #[arg(long, value_enum, default_value_t = ModeArg::Hello, conflicts_with = "reply")]
     mode: ModeArg,
+
+    /// The reply to expect, as the server's `--reply`: `{}` stands for the request, `{{`
+    /// and `}}` for literal braces.
+    #[arg(long, value_name = "TEMPLATE", value_parser = Mode::from_template)]
+    reply: Option<Mode>,
 
     /// Greeting each TCP connection must receive first; an empty string expects none.
     #[arg(long, value_name = "TEXT", default_value = "Welcome!")]
@@ -118,7 +124,7 @@ impl Args {
             } else {
                 Transport::Tcp
             },
-            mode: self.mode.into(),
+            mode: self.reply.clone().unwrap_or_else(|| self.mode.into()),
             greeting: self.greeting.clone().into_bytes(),
             timeout: self.timeout,
             threads: self.threads,
