@@ -29,6 +29,7 @@ use crate::config::ServerConfig;
 use crate::connection::{Connection, Context, Progress, State};
 use crate::net::{self, ConnectionsPerAddress, ACCEPT_BACKOFF, SHORT_READ_DRAINS};
 use crate::protocol::{SERVER_BUSY, TOO_MANY_FROM_ADDRESS};
+use crate::signals::LoopSignals;
 use crate::stats::Stats;
 use crate::timers::{Timer, Timers};
 use crate::udp::UdpEndpoint;
@@ -190,7 +191,7 @@ impl Scratch {
 pub(crate) struct EventLoop {
     poll: Poll,
     waker: Arc<Waker>,
-    signals: Option<signal_hook_mio::v1_0::Signals>,
+    signals: Option<LoopSignals>,
     config: Arc<ServerConfig>,
     stop_requested: Arc<AtomicBool>,
     /// `None` once shutdown has begun: no more accepting.
@@ -256,12 +257,7 @@ impl EventLoop {
         };
 
         let signals = if config.handle_signals {
-            let mut signals = signal_hook_mio::v1_0::Signals::new([
-                signal_hook::consts::SIGINT,
-                signal_hook::consts::SIGTERM,
-            ])?;
-            registry.register(&mut signals, SIGNALS, Interest::READABLE)?;
-            Some(signals)
+            Some(LoopSignals::register(registry, SIGNALS, &waker)?)
         } else {
             None
         };
@@ -335,7 +331,12 @@ impl EventLoop {
             match event.token() {
                 LISTENER => self.accept(),
                 UDP => self.serve_udp(event.is_readable(), event.is_writable()),
-                WAKER => self.check_stop_request(),
+                // Where stop requests come through a handler thread (Windows), it wakes
+                // the loop with the waker too.
+                WAKER => {
+                    self.check_stop_request();
+                    self.on_signals();
+                }
                 SIGNALS => self.on_signals(),
                 token => self.serve_connection(token, event),
             }
@@ -467,7 +468,8 @@ impl EventLoop {
         if let Err(e) = stream.set_nodelay(true) {
             log::debug!("set_nodelay for {peer}: {e}");
         }
-        net::set_buffer_sizes(&stream, self.config.send_buffer, self.config.recv_buffer);
+        let socket = socket2::SockRef::from(&stream);
+        net::set_buffer_sizes(socket, self.config.send_buffer, self.config.recv_buffer);
         self.scratch.stats.connections += 1;
         let conn = Connection::accept(stream, &self.greeting, &mut self.scratch.stats, self.now);
         let Some(registered) = conn.interest() else {
@@ -686,7 +688,7 @@ impl EventLoop {
         let Some(signals) = &mut self.signals else {
             return;
         };
-        let count = signals.pending().count();
+        let count = signals.take();
         for _ in 0..count {
             self.signals_seen += 1;
             if self.signals_seen == 1 {
@@ -744,5 +746,53 @@ impl EventLoop {
             self.closed.push(Token(key));
         }
         self.sweep_closed();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn event_loop() -> (EventLoop, SocketAddr) {
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let bound = net::bind(any, None, 16, false).unwrap();
+        let addr = bound.tcp.local_addr().unwrap();
+        let event_loop = EventLoop::new(
+            bound,
+            Arc::new(ServerConfig::ephemeral()),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(ConnectionsPerAddress::new(0)),
+            Arc::new(MemoryBudget::new(usize::MAX)),
+        )
+        .unwrap();
+        (event_loop, addr)
+    }
+
+    #[test]
+    fn a_late_entry_for_a_closed_connection_never_reaches_the_one_that_reused_its_key() {
+        let (mut lp, addr) = event_loop();
+        let _first = std::net::TcpStream::connect(addr).unwrap();
+        lp.accept();
+        let old_serial = lp.connections[0].serial;
+        lp.connections[0].conn.close_now(lp.now);
+        lp.closed.push(Token(0));
+        lp.sweep_closed();
+
+        // The next client gets the same slab key, with input already waiting.
+        let mut second = std::net::TcpStream::connect(addr).unwrap();
+        second.write_all(b"hi\n").unwrap();
+        lp.accept();
+        assert_eq!(lp.connections[0].serial, old_serial + 1, "key 0 reused");
+
+        // An entry left on the ready list by the closed connection is skipped...
+        lp.ready.push(Ready::Connection(Token(0), old_serial));
+        lp.resume_ready();
+        assert_eq!(lp.scratch.stats.bytes_in, 0, "the stale entry read nothing");
+        // ...while one for the connection that holds the key now is served.
+        lp.ready.push(Ready::Connection(Token(0), old_serial + 1));
+        lp.resume_ready();
+        assert_eq!(lp.scratch.stats.bytes_in, 3);
     }
 }

@@ -15,9 +15,9 @@
 //! 8. [`loadgen`]: the client side: one poll loop driving many clients, checking every
 //!    reply and measuring latency.
 //!
-//! [`config`], [`stats`], [`budget`], [`net`], [`cli`] and [`running`] are the plumbing the
-//! binaries share; [`procfs`] measures a server process for the tests and benches, and [`measure`]
-//! is the arithmetic the bench's figures come from.
+//! [`config`], [`stats`], [`budget`], [`net`], [`signals`], [`cli`] and [`running`] are the
+//! plumbing the binaries share; [`procfs`] measures a server process for the tests and
+//! benches, and [`measure`] is the arithmetic the bench's figures come from.
 //!
 //! Layering: each numbered module uses only those above it and the plumbing; the plumbing
 //! uses nothing but itself and [`protocol`]; [`procfs`] and [`measure`] (which reads
@@ -37,6 +37,7 @@ pub mod procfs;
 pub mod protocol;
 pub mod reactor;
 pub mod running;
+pub mod signals;
 pub mod stats;
 pub mod threaded;
 pub mod timers;

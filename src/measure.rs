@@ -139,6 +139,10 @@ fn excerpt(text: &str) -> String {
     }
 }
 
+/// The most CPUs a Linux `cpu_set_t` holds (`CPU_SETSIZE`, which only Linux's libc
+/// defines): CPU numbers at or above it cannot be pinned to.
+const MAX_CPUS: usize = 1024;
+
 /// `0,2-3` as [0, 2, 3], sorted and without repeats: the format of `taskset -c` and
 /// `/sys/devices/system/cpu/online`. A number must name a CPU a `cpu_set_t` can hold.
 pub fn parse_cpu_list(list: &str) -> Result<Vec<usize>, String> {
@@ -148,7 +152,7 @@ pub fn parse_cpu_list(list: &str) -> Result<Vec<usize>, String> {
             n.trim()
                 .parse::<usize>()
                 .ok()
-                .filter(|&n| n < libc::CPU_SETSIZE as usize)
+                .filter(|&n| n < MAX_CPUS)
                 .ok_or_else(|| format!("{n:?} is not a CPU number"))
         };
         let (first, last) = match part.split_once('-') {
@@ -410,7 +414,9 @@ mod tests {
             parse_cpu_list("3-1"),
             Err(r#""3-1" is an empty range"#.into())
         );
-        let too_big = libc::CPU_SETSIZE.to_string();
+        #[cfg(target_os = "linux")]
+        assert_eq!(MAX_CPUS, libc::CPU_SETSIZE as usize);
+        let too_big = MAX_CPUS.to_string();
         assert_eq!(
             parse_cpu_list(&too_big),
             Err(format!("{too_big:?} is not a CPU number"))

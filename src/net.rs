@@ -45,12 +45,7 @@ pub const SHORT_READ_DRAINS: bool = cfg!(any(target_os = "linux", target_os = "a
 /// never reads, and thousands of such clients push the whole host to its `tcp_mem` limit,
 /// where the kernel starts dropping packets for every TCP user on the machine. A failure is
 /// logged and the connection served with the kernel's sizes.
-pub fn set_buffer_sizes<S: std::os::fd::AsFd>(
-    socket: &S,
-    send: Option<usize>,
-    recv: Option<usize>,
-) {
-    let socket = SockRef::from(socket);
+pub fn set_buffer_sizes(socket: SockRef<'_>, send: Option<usize>, recv: Option<usize>) {
     if let Some(bytes) = send {
         if let Err(e) = socket.set_send_buffer_size(bytes) {
             log::debug!("SO_SNDBUF {bytes}: {e}");
@@ -137,18 +132,36 @@ pub fn tcp_listener(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Res
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if reuse_port {
-        socket.set_reuse_port(true)?;
+        set_reuse_port(&socket)?;
     }
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;
     Ok(socket.into())
 }
 
+/// SO_REUSEPORT lets several sockets bind one address, the kernel spreading connections
+/// and datagrams over them: what `--threads` runs on. Windows has no equivalent (its
+/// SO_REUSEADDR lets a second program steal the port instead), so there it is an error.
+fn set_reuse_port(socket: &Socket) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        socket.set_reuse_port(true)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = socket;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "--threads above 1 needs SO_REUSEPORT, which this platform does not have",
+        ))
+    }
+}
+
 /// Binds a UDP socket, with SO_REUSEPORT when `reuse_port`.
 pub fn udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if reuse_port {
-        socket.set_reuse_port(true)?;
+        set_reuse_port(&socket)?;
     }
     socket.bind(&addr.into())?;
     Ok(socket.into())
@@ -220,6 +233,8 @@ pub fn startup_line(tcp: SocketAddr, udp: Option<SocketAddr>) -> String {
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit, so a server (or the load generator) can
 /// hold as many sockets as the machine allows. Returns the (soft, hard) limits now in force.
+/// Unix only: Windows has no such per-process limit on sockets, and says so as an error.
+#[cfg(unix)]
 pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -240,7 +255,19 @@ pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
             }
         }
     }
-    Ok((limit.rlim_cur, limit.rlim_max))
+    // `rlim_t` is u64 on Linux and macOS but i64 on FreeBSD, where "infinity" is i64::MAX.
+    #[allow(clippy::unnecessary_fallible_conversions, clippy::useless_conversion)]
+    let as_u64 = |value: libc::rlim_t| u64::try_from(value).unwrap_or(u64::MAX);
+    Ok((as_u64(limit.rlim_cur), as_u64(limit.rlim_max)))
+}
+
+/// Windows: no descriptor limit to raise.
+#[cfg(not(unix))]
+pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "this platform has no per-process descriptor limit",
+    ))
 }
 
 #[cfg(test)]

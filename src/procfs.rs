@@ -1,6 +1,8 @@
 //! Reads what a process costs from Linux's `/proc`: CPU time, resident memory, open
 //! descriptors and threads. The benches and the fault tests measure servers with it; the
-//! servers themselves never call it.
+//! servers themselves never call it. It compiles everywhere; where there is no `/proc`
+//! (macOS, the BSDs by default, Windows) every reading is an error saying which file is
+//! missing, and the callers say what they could not measure.
 
 use std::fs;
 use std::io;
@@ -20,9 +22,22 @@ pub fn cpu_time(pid: u32) -> io::Result<Duration> {
             .ok_or_else(|| io::Error::other(format!("unexpected /proc/{pid}/stat")))
     };
     let total = ticks(11)? + ticks(12)?;
+    Ok(Duration::from_nanos(
+        total * 1_000_000_000 / clock_ticks_per_second(),
+    ))
+}
+
+/// The unit of `/proc/PID/stat`'s CPU times.
+#[cfg(unix)]
+fn clock_ticks_per_second() -> u64 {
     // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Ok(Duration::from_nanos(total * 1_000_000_000 / per_second))
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64
+}
+
+/// Where there is no `sysconf` there is no `/proc` either: the read before this fails.
+#[cfg(not(unix))]
+fn clock_ticks_per_second() -> u64 {
+    100
 }
 
 /// A `kB` field of `/proc/PID/status`, such as `VmRSS` or `VmHWM`, in bytes; or a count

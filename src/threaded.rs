@@ -14,20 +14,18 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 
 use crate::config::ServerConfig;
 use crate::net::{self, ConnectionsPerAddress, ACCEPT_BACKOFF, LINGER_TIMEOUT, MAX_DATAGRAM};
 use crate::protocol::{self, Flow, ProtocolConfig, Session};
 use crate::running::Running;
+use crate::signals::ThreadSignals;
 use crate::stats::Stats;
 
 /// Stack size of a connection thread. The default (2 MiB, or `RUST_MIN_STACK`) is address
@@ -72,7 +70,7 @@ pub struct Server {
     udp_addr: Option<SocketAddr>,
     /// Registered at bind time, not in `run`, so a SIGTERM that arrives right after the
     /// startup line is printed is already a graceful stop rather than the default kill.
-    signals: Option<Signals>,
+    signals: Option<ThreadSignals>,
 }
 
 /// Stops a [`Server`] gracefully from any thread, any number of times, before or during
@@ -162,12 +160,13 @@ impl StopHandle {
         // A thread blocked in accept() cannot be cancelled, but on Linux shutting down the
         // read side of a listening socket stops it listening and makes accept() fail with
         // EINVAL at once; the accept loop sees `stopping` and leaves. Clients still in the
-        // backlog are reset, as closing the listener would do. (Connecting to ourselves
-        // would also work, but needs a reachable address and a free descriptor.)
-        // SAFETY: shutdown() takes no pointers, and the descriptor stays open as long as
-        // `shared` does, which we hold.
-        unsafe {
-            libc::shutdown(self.shared.listener.as_raw_fd(), libc::SHUT_RD);
+        // backlog are reset, as closing the listener would do. Other kernels refuse to
+        // shut down a listener, so there one connection to ourselves wakes accept().
+        let listener = socket2::SockRef::from(&self.shared.listener);
+        if listener.shutdown(Shutdown::Read).is_err() {
+            if let Ok(addr) = self.shared.listener.local_addr() {
+                let _ = TcpStream::connect_timeout(&reachable(addr), UDP_STOP_CHECK);
+            }
         }
         // The UDP thread blocks in recv_from(); one datagram from ourselves wakes it and it
         // then sees `stopping`. Its read timeout covers the case where this send fails.
@@ -196,7 +195,7 @@ impl Server {
             None => None,
         };
         let signals = if config.handle_signals {
-            Some(Signals::new([SIGINT, SIGTERM])?)
+            Some(ThreadSignals::new()?)
         } else {
             None
         };
@@ -306,9 +305,8 @@ impl Server {
                 error!("the UDP thread panicked");
             }
         }
-        if let Some((handle, thread)) = signal_watch {
-            handle.close();
-            let _ = thread.join();
+        if let Some(watch) = signal_watch {
+            watch.close();
         }
 
         let totals = &self.shared.totals;
@@ -529,7 +527,11 @@ impl<'a> Connection<'a> {
         // batch back until the previous one is acknowledged, which with delayed ACKs on the
         // client costs up to 40 ms per pipelined round trip.
         self.stream.set_nodelay(true)?;
-        net::set_buffer_sizes(self.stream, timeouts.send_buffer, timeouts.recv_buffer);
+        net::set_buffer_sizes(
+            socket2::SockRef::from(self.stream),
+            timeouts.send_buffer,
+            timeouts.recv_buffer,
+        );
         // The same timeout on writes: a client that stops reading makes no more progress
         // than one that stops sending, and must not hold a thread forever.
         self.stream.set_read_timeout(idle_timeout)?;
@@ -701,29 +703,18 @@ fn serve_udp(socket: &UdpSocket, mode: &protocol::Mode, shared: &Shared) {
         .fetch_add(dropped, Ordering::Relaxed);
 }
 
-/// Starts the thread that turns SIGINT/SIGTERM into a graceful stop, and a second signal
-/// into an immediate exit. Returns what closes it again.
-fn watch_signals(
-    mut signals: Signals,
-    stop: StopHandle,
-) -> io::Result<(signal_hook::iterator::Handle, JoinHandle<()>)> {
-    let handle = signals.handle();
-    let thread = thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let mut seen = 0;
-            for signal in signals.forever() {
-                seen += 1;
-                if seen == 1 {
-                    info!("signal {signal}: stopping; a second signal exits at once");
-                    stop.stop();
-                } else {
-                    warn!("signal {signal} again: exiting without waiting for connections");
-                    std::process::exit(128 + signal);
-                }
-            }
-        })?;
-    Ok((handle, thread))
+/// Turns the first stop request (SIGINT/SIGTERM, or Ctrl-C on Windows) into a graceful
+/// stop and a second one into an immediate exit.
+fn watch_signals(signals: ThreadSignals, stop: StopHandle) -> io::Result<crate::signals::Watch> {
+    signals.watch(move |seen, name, code| {
+        if seen == 1 {
+            info!("{name}: stopping; a second one exits at once");
+            stop.stop();
+        } else {
+            warn!("{name} again: exiting without waiting for connections");
+            std::process::exit(128 + code);
+        }
+    })
 }
 
 /// An address the wake-up datagram can be sent to: a socket bound to the unspecified

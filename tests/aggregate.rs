@@ -200,7 +200,7 @@ fn server_side_send_buffer(server: SocketAddr, client: &TcpStream) -> usize {
 
 #[cfg(target_os = "linux")]
 #[test]
-fn send_buffer_sets_the_accepted_sockets_so_sndbuf() {
+fn send_buffer_sets_the_accepted_sockets_so_sndbuf_in_proc() {
     let wanted = 100 * 1024;
     let server = start(reactor::spawn, |c| c.send_buffer = Some(wanted));
     let client = Client::greeted(server.tcp);

@@ -31,6 +31,10 @@ mod udp_client;
 #[path = "../examples/embed.rs"]
 mod embed;
 
+#[allow(dead_code)]
+#[path = "../examples/minimal.rs"]
+mod minimal;
+
 fn server() -> Running {
     reactor::spawn(ServerConfig::ephemeral()).expect("start the reactor")
 }
@@ -205,4 +209,40 @@ fn embed_fails_cleanly_when_the_address_is_taken() {
     let err = embed::run(taken.local_addr().unwrap(), &mut io::sink()).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
     drop(taken);
+}
+
+#[test]
+fn the_minimal_reactor_greets_answers_each_line_and_closes_on_exit() {
+    use std::io::BufReader;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // It stops after three connections have closed, so the test can join it.
+    let server = thread::spawn(move || minimal::run(listener, Some(3)));
+    let clients: Vec<_> = (0..3)
+        .map(|i| {
+            thread::spawn(move || {
+                let stream = std::net::TcpStream::connect(addr).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(20)))
+                    .unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                // Lines split across writes and several in one: read boundaries mean nothing.
+                writer.write_all(b"bo").unwrap();
+                writer
+                    .write_all(format!("b{i}\nalice\nexit\nignored\n").as_bytes())
+                    .unwrap();
+                let mut transcript = String::new();
+                io::Read::read_to_string(&mut reader, &mut transcript).unwrap();
+                assert_eq!(
+                    transcript,
+                    format!("Welcome!\nHello, bob{i}!\nHello, alice!\n")
+                );
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+    server.join().unwrap().unwrap();
 }

@@ -1,7 +1,9 @@
 //! Hostile and unlucky clients against the reactor: slow readers, floods, idle sockets,
 //! resets, descriptor exhaustion, shutdown with replies owed. Each test fails without the
 //! behaviour it names. Figures are printed (run with `--nocapture` to see them); the
-//! assertions use generous bounds because these machines are shared and noisy.
+//! assertions use generous bounds because these machines are shared and noisy. Tests that
+//! read `/proc` say so in their names (`_in_proc`) and run on Linux only; those that send
+//! signals run on Unix only.
 
 mod common;
 
@@ -40,8 +42,9 @@ fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+#[cfg(target_os = "linux")]
 #[test]
-fn a_client_that_never_reads_cannot_grow_server_memory() {
+fn a_client_that_never_reads_cannot_grow_server_memory_in_proc() {
     let server = Binary::start(REACTOR, &["--no-udp"]);
     worst_ping(server.tcp, 10);
     let before = procfs::rss(server.pid()).unwrap();
@@ -239,8 +242,9 @@ fn connection_churn_leaves_no_slab_slot_behind() {
     assert_eq!(stats.connections, 2001);
 }
 
+#[cfg(target_os = "linux")]
 #[test]
-fn connection_churn_leaks_no_descriptor() {
+fn connection_churn_leaks_no_descriptor_in_proc() {
     let server = Binary::start(REACTOR, &[]);
     // Every descriptor the server keeps for itself exists before it prints its startup line.
     let baseline = procfs::open_fds(server.pid()).unwrap();
@@ -251,8 +255,9 @@ fn connection_churn_leaks_no_descriptor() {
     eprintln!("after 2000 connections of churn: {baseline} descriptors, as before");
 }
 
+#[cfg(target_os = "linux")]
 #[test]
-fn out_of_descriptors_pauses_accepting_without_spinning_and_recovers() {
+fn out_of_descriptors_pauses_accepting_without_spinning_and_recovers_in_proc() {
     const LIMIT: usize = 48;
     let server = Binary::start_with(REACTOR, &["--no-udp"], Some(LIMIT as u64));
     let pid = server.pid();
@@ -294,6 +299,7 @@ fn out_of_descriptors_pauses_accepting_without_spinning_and_recovers() {
 
 /// Descriptors numbered below `limit`: RLIMIT_NOFILE caps the numbers of new descriptors,
 /// and a child may inherit one numbered above it.
+#[cfg(target_os = "linux")]
 fn descriptors_below(pid: u32, limit: usize) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -304,6 +310,7 @@ fn descriptors_below(pid: u32, limit: usize) -> usize {
 
 /// A client that sends "x" lines without reading until the server stops reading too: then
 /// the server holds replies it cannot deliver (beyond what the kernel's buffers took).
+#[cfg(unix)]
 fn owe_replies(addr: SocketAddr) -> Client {
     let c = Client::greeted(addr);
     let mut writer = c.stream();
@@ -323,6 +330,7 @@ fn owe_replies(addr: SocketAddr) -> Client {
     c
 }
 
+#[cfg(unix)]
 #[test]
 fn sigterm_delivers_every_owed_reply() {
     let server = Binary::start(REACTOR, &["--no-udp"]);
@@ -341,6 +349,7 @@ fn sigterm_delivers_every_owed_reply() {
     );
 }
 
+#[cfg(unix)]
 #[test]
 fn the_grace_period_bounds_shutdown_and_a_second_signal_cuts_it_short() {
     // A client that never reads holds replies the server cannot deliver.

@@ -514,3 +514,28 @@ fn a_graceful_close_answers_the_held_input_within_the_bounds() {
     let answered_lines = (3 - unread) * 64 * 1024;
     assert_eq!(conn.stream.written.len(), 9 + answered_lines * one_reply);
 }
+
+#[test]
+fn spurious_events_change_nothing() {
+    // Readiness is a hint: an event may come with nothing to read and nothing to write.
+    let mut h = Harness::new();
+    let mut conn = h.accept(stream(&[], 1000));
+    let written = conn.stream.written.len();
+    for _ in 0..3 {
+        assert_eq!(conn.on_readable(&mut h.ctx(), true), Progress::Wait);
+        assert_eq!(conn.on_writable(&mut h.ctx()), Progress::Wait);
+    }
+    assert_eq!(conn.state(), State::Reading);
+    assert_eq!(conn.stream.written.len(), written, "nothing written");
+    assert_eq!(conn.interest(), Some(Interest::READABLE));
+    // The same in backpressure, where a readable event must not read.
+    h.read_buf = vec![0; 64 * 1024];
+    let flood = vec![b'\n'; 64 * 1024];
+    let reads: Vec<&[u8]> = (0..8).map(|_| flood.as_slice()).collect();
+    let mut conn = h.accept(stream(&reads, 9));
+    serve_until_it_waits(&mut h, &mut conn);
+    assert_eq!(conn.state(), State::Replying);
+    let unread = conn.stream.reads.len();
+    assert_eq!(conn.on_readable(&mut h.ctx(), false), Progress::Wait);
+    assert_eq!(conn.stream.reads.len(), unread, "backpressure holds");
+}

@@ -18,6 +18,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
+#[cfg(unix)]
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -159,10 +160,11 @@ impl Binary {
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        #[cfg(unix)]
         if let Some(limit) = fd_limit {
             let rlimit = libc::rlimit {
-                rlim_cur: limit,
-                rlim_max: limit,
+                rlim_cur: limit as libc::rlim_t,
+                rlim_max: limit as libc::rlim_t,
             };
             // SAFETY: between fork and exec only setrlimit runs, which is async-signal-safe.
             unsafe {
@@ -175,6 +177,8 @@ impl Binary {
                 });
             }
         }
+        #[cfg(not(unix))]
+        assert!(fd_limit.is_none(), "a descriptor limit is a Unix thing");
         let mut child = command.spawn().expect("start server binary");
         let mut first_line = String::new();
         BufReader::new(child.stdout.take().unwrap())
@@ -203,6 +207,7 @@ impl Binary {
         self.child.id()
     }
 
+    #[cfg(unix)]
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill only sends a signal to our own child.
         assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
@@ -774,6 +779,7 @@ macro_rules! binary_suite {
                 assert!(server.udp.is_none());
             }
 
+            #[cfg(unix)]
             #[test]
             fn sigterm_delivers_owed_replies_and_exits_zero() {
                 let server = Binary::start($exe, &[]);
@@ -792,6 +798,7 @@ macro_rules! binary_suite {
                 assert!(stderr.contains("1 messages"), "{stderr}");
             }
 
+            #[cfg(unix)]
             #[test]
             fn sigint_exits_zero_too() {
                 let server = Binary::start($exe, &["--no-udp"]);

@@ -1,0 +1,149 @@
+//! Stop requests from the operating system, for both servers, on every platform: a first
+//! one asks for a graceful shutdown, a second one for an immediate one.
+//!
+//! - Unix: SIGINT and SIGTERM. The reactor receives them as events on its own poll (with
+//!   `signal-hook-mio` the handler only writes to a pipe that the poll watches, so the
+//!   loop learns of a signal exactly as it learns of a readable socket); the thread-per-
+//!   connection baseline waits for them on a thread of its own.
+//! - Windows has no signals to put in a poll: Ctrl-C (and Ctrl-Break) run a handler on a
+//!   thread of their own (the `ctrlc` crate), which counts the request and wakes the loop
+//!   with its [`Waker`].
+//!
+//! Nothing here knows what a stop does: the loop and the baseline decide that.
+
+use std::io;
+use std::sync::Arc;
+
+use mio::{Registry, Token, Waker};
+
+/// Stop requests delivered to one event loop.
+pub struct LoopSignals {
+    #[cfg(unix)]
+    signals: signal_hook_mio::v1_0::Signals,
+    #[cfg(not(unix))]
+    count: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl LoopSignals {
+    /// Starts listening: on Unix the signals become READABLE events for `token`; elsewhere
+    /// the handler wakes the loop through `waker` (whose own token it then shares).
+    pub fn register(registry: &Registry, token: Token, waker: &Arc<Waker>) -> io::Result<Self> {
+        #[cfg(unix)]
+        {
+            let _ = waker;
+            let mut signals = signal_hook_mio::v1_0::Signals::new([
+                signal_hook::consts::SIGINT,
+                signal_hook::consts::SIGTERM,
+            ])?;
+            registry.register(&mut signals, token, mio::Interest::READABLE)?;
+            Ok(LoopSignals { signals })
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (registry, token);
+            let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let (counted, waker) = (Arc::clone(&count), Arc::clone(waker));
+            ctrlc::set_handler(move || {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if let Err(e) = waker.wake() {
+                    log::error!("cannot wake the event loop: {e}");
+                }
+            })
+            .map_err(io::Error::other)?;
+            Ok(LoopSignals { count })
+        }
+    }
+
+    /// How many stop requests arrived since the last call.
+    pub fn take(&mut self) -> usize {
+        #[cfg(unix)]
+        {
+            self.signals.pending().count()
+        }
+        #[cfg(not(unix))]
+        {
+            self.count.swap(0, std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+}
+
+/// Stop requests for the thread-per-connection baseline. Created before the server runs,
+/// so that on Unix a SIGTERM that arrives right after the startup line is already a
+/// graceful stop rather than the default kill.
+pub struct ThreadSignals {
+    #[cfg(unix)]
+    signals: signal_hook::iterator::Signals,
+}
+
+/// Ends the thread [`ThreadSignals::watch`] started.
+pub struct Watch {
+    #[cfg(unix)]
+    handle: signal_hook::iterator::Handle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ThreadSignals {
+    /// Installs the handlers (Unix; on Windows that happens in `watch`).
+    pub fn new() -> io::Result<ThreadSignals> {
+        Ok(ThreadSignals {
+            #[cfg(unix)]
+            signals: signal_hook::iterator::Signals::new([
+                signal_hook::consts::SIGINT,
+                signal_hook::consts::SIGTERM,
+            ])?,
+        })
+    }
+
+    /// Calls `on_request(n, name)` for the n-th stop request (1, 2, ...) and the name of
+    /// what sent it, on a thread of its own; the exit status a shell would report for a
+    /// process it ended is `128 + code`, given as the third argument.
+    pub fn watch(
+        self,
+        mut on_request: impl FnMut(usize, &str, i32) + Send + 'static,
+    ) -> io::Result<Watch> {
+        #[cfg(unix)]
+        {
+            let mut signals = self.signals;
+            let handle = signals.handle();
+            let thread = std::thread::Builder::new()
+                .name("signals".into())
+                .spawn(move || {
+                    for (seen, signal) in signals.forever().enumerate() {
+                        let name = if signal == signal_hook::consts::SIGINT {
+                            "SIGINT"
+                        } else {
+                            "SIGTERM"
+                        };
+                        on_request(seen + 1, name, signal);
+                    }
+                })?;
+            Ok(Watch {
+                handle,
+                thread: Some(thread),
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = self;
+            let mut seen = 0;
+            // Ctrl-C is SIGINT's number where there are signal numbers: a shell reports 130.
+            ctrlc::set_handler(move || {
+                seen += 1;
+                on_request(seen, "Ctrl-C", 2)
+            })
+            .map_err(io::Error::other)?;
+            Ok(Watch { thread: None })
+        }
+    }
+}
+
+impl Watch {
+    /// Stops watching and waits for the thread.
+    pub fn close(mut self) {
+        #[cfg(unix)]
+        self.handle.close();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
