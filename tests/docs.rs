@@ -34,17 +34,17 @@ fn line_links(text: &str) -> Vec<(String, String, usize)> {
     links
 }
 
-#[test]
-fn readme_links_land_on_the_items_they_name() {
-    let links = line_links(&readme());
-    assert!(links.len() > 20, "the tour links to the code");
-    for (name, file, line) in links {
-        let source =
-            std::fs::read_to_string(format!("{}/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+/// Every line link in `text` (a file in `dir`, relative to the crate) names the item defined
+/// on that line.
+fn links_land_on_the_items_they_name(dir: &str, text: &str) -> usize {
+    let links = line_links(text);
+    for (name, file, line) in &links {
+        let path = format!("{}/{dir}/{file}", env!("CARGO_MANIFEST_DIR"));
+        let source = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         let defines = |l: &str| {
             ["fn ", "const ", "enum ", "struct "].iter().any(|kw| {
                 l.split(kw).skip(1).any(|after| {
-                    after.starts_with(&name)
+                    after.starts_with(name.as_str())
                         && !after[name.len()..]
                             .starts_with(|c: char| c.is_alphanumeric() || c == '_')
                 })
@@ -54,9 +54,51 @@ fn readme_links_land_on_the_items_they_name() {
         let at_line = source.lines().nth(line - 1).unwrap_or("");
         assert!(
             defines(at_line),
-            "README links `{name}` to {file}#L{line}, but it is defined at line {actual:?}"
+            "{dir}: a link to `{name}` points at {file}#L{line}, but it is defined at line {actual:?}"
         );
     }
+    links.len()
+}
+
+#[test]
+fn readme_links_land_on_the_items_they_name() {
+    assert!(
+        links_land_on_the_items_they_name(".", &readme()) > 20,
+        "the tour links to the code"
+    );
+}
+
+#[test]
+fn the_pitfalls_link_to_their_lines_and_name_tests_that_exist() {
+    let pitfalls =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/pitfalls.md")).unwrap();
+    assert!(links_land_on_the_items_they_name("docs", &pitfalls) >= 10);
+    // Every test it names, in a "Test:" or "Tests:" paragraph, is a test function here.
+    let mut sources = String::new();
+    for dir in ["src", "tests"] {
+        let mut stack = vec![std::path::PathBuf::from(format!(
+            "{}/{dir}",
+            env!("CARGO_MANIFEST_DIR")
+        ))];
+        while let Some(path) = stack.pop() {
+            if path.is_dir() {
+                stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                sources.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    let mut named = 0;
+    for paragraph in pitfalls.split("\n\n").filter(|p| p.starts_with("Test")) {
+        for name in paragraph.split('`').skip(1).step_by(2) {
+            named += 1;
+            assert!(
+                sources.contains(&format!("fn {name}()")),
+                "docs/pitfalls.md names a test `{name}` that does not exist"
+            );
+        }
+    }
+    assert!(named >= 7, "each pitfall names its test");
 }
 
 const TRIGGERS: [Trigger; 7] = [

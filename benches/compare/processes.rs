@@ -227,7 +227,9 @@ pub fn last_line(log: &Path) -> String {
     }
 }
 
-/// The CPUs this process may run on, which its children inherit unless pinned.
+/// The CPUs this process may run on, which its children inherit unless pinned. Linux only:
+/// elsewhere the bench cannot pin and says so (see `plan.rs`).
+#[cfg(target_os = "linux")]
 pub fn allowed_cpus() -> io::Result<Vec<usize>> {
     // SAFETY: cpu_set_t is a plain bit array, valid when zeroed, and the call writes at
     // most size_of::<cpu_set_t>() bytes into it.
@@ -241,7 +243,16 @@ pub fn allowed_cpus() -> io::Result<Vec<usize>> {
         .collect())
 }
 
+#[cfg(not(target_os = "linux"))]
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "CPU affinity is read and set here on Linux only",
+    ))
+}
+
 /// Makes the child that `command` starts run only on `cpus`; its threads inherit that.
+#[cfg(target_os = "linux")]
 fn pin(command: &mut Command, cpus: &[usize]) {
     use std::os::unix::process::CommandExt;
     // SAFETY: as in `allowed_cpus`.
@@ -265,3 +276,8 @@ fn pin(command: &mut Command, cpus: &[usize]) {
         });
     }
 }
+
+/// Nowhere to pin on other systems: `allowed_cpus` already said so, so this is not reached
+/// with CPUs to pin to.
+#[cfg(not(target_os = "linux"))]
+fn pin(_command: &mut Command, _cpus: &[usize]) {}

@@ -161,7 +161,9 @@ fn drive_threads(options: &Options, progress: &mut impl FnMut(&Progress)) -> io:
 }
 
 /// CPU time used by the calling thread. On Linux this is the engine alone, even when a
-/// test runs a server on other threads of the same process; elsewhere the whole process.
+/// test runs a server on other threads of the same process; on other Unix systems the
+/// whole process; on Windows it is not measured (zero, and the report's CPU share says 0).
+#[cfg(unix)]
 fn thread_cpu_time() -> Duration {
     #[cfg(target_os = "linux")]
     let who = libc::RUSAGE_THREAD;
@@ -177,4 +179,9 @@ fn thread_cpu_time() -> Duration {
         Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
     };
     seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+#[cfg(not(unix))]
+fn thread_cpu_time() -> Duration {
+    Duration::ZERO
 }
