@@ -69,6 +69,22 @@ fn readme_links_land_on_the_items_they_name() {
 }
 
 #[test]
+fn the_chinese_readme_links_land_on_the_items_they_name_and_back() {
+    let zh =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.zh-CN.md")).unwrap();
+    assert!(links_land_on_the_items_they_name(".", &zh) >= 5);
+    assert!(zh.contains("[English](README.md)"));
+    assert!(readme().contains("[中文](README.zh-CN.md)"));
+    // Its commands are the English README's.
+    for command in ["cargo run --release", "cargo test", "nc 127.0.0.1 9999"] {
+        assert!(
+            zh.contains(command) && readme().contains(command),
+            "{command}"
+        );
+    }
+}
+
+#[test]
 fn the_pitfalls_link_to_their_lines_and_name_tests_that_exist() {
     let pitfalls =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/pitfalls.md")).unwrap();

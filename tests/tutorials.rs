@@ -225,14 +225,16 @@ against_both_servers!(
 );
 
 #[test]
-fn the_readme_table_gives_these_command_lines() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    for (tutorial, flags) in TUTORIALS {
-        let line = format!("`reactor {flags}`");
-        assert!(
-            readme.contains(&line),
-            "the README's row for tutorial {tutorial} should give {line}"
-        );
+fn both_readmes_give_these_command_lines() {
+    for readme in ["README.md", "README.zh-CN.md"] {
+        let path = format!("{}/{readme}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(path).unwrap();
+        for (tutorial, flags) in TUTORIALS {
+            let line = format!("`reactor {flags}`");
+            assert!(
+                text.contains(&line),
+                "{readme}'s row for tutorial {tutorial} should give {line}"
+            );
+        }
     }
 }
