@@ -6,15 +6,14 @@ mod common;
 protocol_suite!(evloop::threaded::spawn);
 binary_suite!(env!("CARGO_BIN_EXE_threaded"));
 
-use common::{Binary, Client};
-
 /// The threaded server stops accepting before its threads would use up the kernel's
 /// memory mappings per process (`vm.max_map_count`), because std aborts the whole process
 /// when a new thread cannot map its signal stack. The ceiling is computed from a cost of 4
 /// mappings per connection thread; this checks that the cost still holds.
 #[cfg(target_os = "linux")]
 #[test]
-fn a_connection_thread_costs_at_most_four_memory_mappings() {
+fn a_connection_thread_costs_at_most_four_memory_mappings_in_proc() {
+    use common::{Binary, Client};
     const THREADS: usize = 200;
     let server = Binary::start(env!("CARGO_BIN_EXE_threaded"), &["--no-udp"]);
     let maps = || {
