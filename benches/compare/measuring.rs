@@ -135,9 +135,7 @@ fn measure(
     } else {
         server.tcp
     };
-    let proc_error = |e: io::Error| format!("reading /proc/{pid}: {e}");
-
-    let cpu_before = procfs::cpu_time(pid).map_err(proc_error)?;
+    let cpu_before = from_proc(procfs::cpu_time(pid), pid)?;
     let mut threads = 0;
     // The thread count is sampled throughout because the threaded server's peak is while
     // connections are open; it drops as loadgen closes them.
@@ -150,8 +148,8 @@ fn measure(
             last_line(&server_log)
         ));
     }
-    let server_cpu = procfs::cpu_time(pid).map_err(proc_error)? - cpu_before;
-    let peak_rss = procfs::peak_rss(pid).map_err(proc_error)?;
+    let server_cpu = from_proc(procfs::cpu_time(pid), pid)? - cpu_before;
+    let peak_rss = from_proc(procfs::peak_rss(pid), pid)?;
 
     let json = fs::read_to_string(&run.json).unwrap_or_default();
     // A missing or unreadable report means loadgen failed; the last line of its log says why.
@@ -223,6 +221,25 @@ pub fn idle_rows(settings: &Settings) -> Vec<IdleRow> {
         .collect()
 }
 
+/// A reading of the server process from `/proc`. On Linux a failure is the row's failure;
+/// where there is no `/proc` (macOS, the BSDs, Windows) the reading is 0 and the bench says
+/// once, on stderr, what it could not measure.
+fn from_proc<T: Default>(reading: io::Result<T>, pid: u32) -> Result<T, String> {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    match reading {
+        Ok(value) => Ok(value),
+        Err(e) if cfg!(target_os = "linux") => Err(format!("reading /proc/{pid}: {e}")),
+        Err(e) => {
+            SAID.call_once(|| {
+                eprintln!(
+                    "not measured on this platform, shown as 0: server CPU, memory and threads ({e})"
+                )
+            });
+            Ok(T::default())
+        }
+    }
+}
+
 fn measure_idle(
     spec: &ServerSpec,
     asked: usize,
@@ -234,9 +251,8 @@ fn measure_idle(
     let mut server =
         start_server(spec, &log, settings.server_cpus()).map_err(|e| format!("server: {e}"))?;
     let pid = server.child.pid();
-    let proc_error = |e: io::Error| format!("reading /proc/{pid}: {e}");
     thread::sleep(IDLE_SETTLE);
-    let rss_before = procfs::rss(pid).map_err(proc_error)?;
+    let rss_before = from_proc(procfs::rss(pid), pid)?;
     let started = Instant::now();
     let (connections, shortfall) = open_idle(server.tcp, asked);
     let setup = started.elapsed();
@@ -248,8 +264,8 @@ fn measure_idle(
         asked,
         established: connections.len(),
         rss_before,
-        rss_after: procfs::rss(pid).map_err(proc_error)?,
-        threads: procfs::threads(pid).map_err(proc_error)?,
+        rss_after: from_proc(procfs::rss(pid), pid)?,
+        threads: from_proc(procfs::threads(pid), pid)?,
         setup,
         shortfall,
     };
