@@ -109,7 +109,10 @@ impl Template {
         })
     }
 
-    /// Appends the reply to `message`.
+    /// Appends the reply to `message`. Kept out of line so that [`Mode::reply`]'s arms for
+    /// the two built-in modes stay as short as they were before templates existed
+    /// (measured: 10 user-space instructions per message more otherwise).
+    #[inline(never)]
     pub fn reply(&self, message: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(&self.before);
         if self.message {

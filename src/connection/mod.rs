@@ -563,8 +563,9 @@ impl<S: Stream> Connection<S> {
     /// [`on_writable`](Self::on_writable)). A connection that owes nothing is never
     /// paused, so it can always make progress, by small steps (see `allowance`).
     fn pause_for_budget(&mut self, ctx: &Context<'_>) -> bool {
-        self.budget_paused = !self.output.is_empty() && self.allowance(ctx) == 0;
-        self.budget_paused
+        let pause = !self.output.is_empty() && self.allowance(ctx) == 0;
+        self.budget_paused |= pause;
+        pause
     }
 
     /// Answers `input` as far as the output bound and this call's reply budget allow, and
@@ -627,6 +628,11 @@ impl<S: Stream> Connection<S> {
         }
         let unsent = self.output.unsent().len();
         let level = if unsent == 0 && self.held.is_empty() {
+            // The steady state of a client that keeps up: (Reading, Flushed) changes
+            // nothing, and this is the one check per message that says so without a call.
+            if self.state == State::Reading {
+                return;
+            }
             Trigger::Flushed
         } else if unsent > OUTPUT_HIGH_WATER {
             Trigger::AboveHighWater
