@@ -319,6 +319,8 @@ mod tests {
             connection_errors: 0,
             latency,
             client_cpu: Duration::from_millis(500),
+            hostile: Vec::new(),
+            hostile_cpu: Duration::ZERO,
         };
         let read = LoadReport::parse(&written.to_json()).unwrap();
         assert_eq!((read.messages, read.duration_s), (4.0, 2.0));
