@@ -1,14 +1,15 @@
 //! The arithmetic behind the bench's figures, with no processes, sockets or clock, so that
 //! `cargo test` checks what the README's tables are computed from: medians over rounds,
 //! each round's ratio to the baseline server, CPU time per message and memory per idle
-//! connection, and reading what the bench is handed (loadgen's `--json` report, CPU lists
-//! such as `0-3,5`, the CPU counters of `/proc/stat`).
+//! connection, the limits the reactor is held to under attack, and reading what the bench
+//! is handed (loadgen's `--json` report, CPU lists such as `0-3,5`, the CPU counters of
+//! `/proc/stat`).
 //!
 //! The bench (`benches/compare/`) starts the processes and takes the readings, with
 //! [`procfs`](crate::procfs) for a process's own costs; everything it then computes from
 //! them is here.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 /// The middle value, or the mean of the two middle ones; `None` for no values.
@@ -57,6 +58,28 @@ pub fn bytes_per_connection(rss_before: u64, rss_after: u64, connections: usize)
     (rss_after as f64 - rss_before as f64) / connections.max(1) as f64
 }
 
+/// The honest p99 the reactor is held to under an attack, in µs: three times its p99
+/// with no attack, or 10 ms, whichever is larger. Three times, because an attack may cost
+/// the honest clients some of the server's CPU but must not take their turn away; 10 ms at
+/// the least, because on a shared 2-core machine a p99 of a millisecond or two moves by
+/// several milliseconds from one run to the next with no attack at all.
+pub fn attack_p99_limit_us(unloaded_p99_us: f64) -> f64 {
+    (3.0 * unloaded_p99_us).max(ATTACK_P99_FLOOR_US)
+}
+
+/// The least [`attack_p99_limit_us`] ever is: 10 ms.
+pub const ATTACK_P99_FLOOR_US: f64 = 10_000.0;
+
+/// What the reactor beside its slow readers may hold resident at most, in bytes: what its
+/// buffers may hold (`--max-buffer-memory`) and 32 MiB for everything else (the binary, the
+/// slab of connections, the loop's buffers, the allocator's slack).
+pub fn slow_reader_rss_limit(max_buffer_memory: usize) -> u64 {
+    max_buffer_memory as u64 + SLOW_READER_RSS_SLACK
+}
+
+/// What [`slow_reader_rss_limit`] allows beside the buffers: 32 MiB.
+pub const SLOW_READER_RSS_SLACK: u64 = 32 << 20;
+
 /// What loadgen prints with `--json` (see docs/loadgen.md), as far as the bench reads it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LoadReport {
@@ -81,6 +104,9 @@ pub struct LoadReport {
     /// loadgen's own CPU time over the load phase, seconds. Absent from older loadgen
     /// builds.
     pub client_cpu_s: Option<f64>,
+    /// Every `hostile_*` key (what the hostile clients met, `hostile_cpu_s`), by name;
+    /// empty for a run without them.
+    pub hostile: BTreeMap<String, f64>,
 }
 
 impl LoadReport {
@@ -125,6 +151,11 @@ impl LoadReport {
             max_us: optional("max_us").unwrap_or(0.0),
             errors: required("errors")?,
             client_cpu_s: optional("client_cpu_s"),
+            hostile: fields
+                .iter()
+                .filter(|(key, _)| key.starts_with("hostile_"))
+                .map(|(key, value)| (key.to_string(), *value))
+                .collect(),
         })
     }
 }
@@ -303,8 +334,40 @@ mod tests {
                 max_us: 400.0,
                 errors: 0.0,
                 client_cpu_s: Some(0.75),
+                hostile: BTreeMap::new(),
             }
         );
+    }
+
+    #[test]
+    fn reads_the_hostile_keys_by_name() {
+        let json = REPORT.replace(
+            "}",
+            r#","hostile_cpu_s":0.5,"hostile_idle_open":3,"hostile_idle_closed":0}"#,
+        );
+        let report = LoadReport::parse(&json).unwrap();
+        assert_eq!(report.messages, 1200.0);
+        let keys: Vec<(&str, f64)> = report
+            .hostile
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("hostile_cpu_s", 0.5),
+                ("hostile_idle_closed", 0.0),
+                ("hostile_idle_open", 3.0)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_limits_under_attack() {
+        assert_eq!(attack_p99_limit_us(1_500.0), 10_000.0, "10 ms at the least");
+        assert_eq!(attack_p99_limit_us(5_000.0), 15_000.0, "else three times");
+        assert_eq!(attack_p99_limit_us(0.0), ATTACK_P99_FLOOR_US);
+        assert_eq!(slow_reader_rss_limit(256 << 20), 288 << 20);
     }
 
     #[test]
@@ -323,6 +386,8 @@ mod tests {
             connection_errors: 0,
             latency,
             client_cpu: Duration::from_millis(500),
+            hostile: Vec::new(),
+            hostile_cpu: Duration::ZERO,
         };
         let read = LoadReport::parse(&written.to_json()).unwrap();
         assert_eq!((read.messages, read.duration_s), (4.0, 2.0));

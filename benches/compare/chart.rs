@@ -1,6 +1,7 @@
-//! The two SVG charts of the lockstep rows, `throughput.svg` and `latency.svg`: one line per
-//! server, connections on a logarithmic x axis (1 to 5,000 connections would otherwise
-//! crowd the first four points into a corner).
+//! The SVG charts: the two of the lockstep rows, `throughput.svg` and `latency.svg`, one
+//! line per server with connections on a logarithmic x axis (1 to 5,000 connections would
+//! otherwise crowd the first four points into a corner); and `attack.svg`, the honest p99
+//! under each attack, one bar per server.
 
 use std::error::Error;
 use std::path::Path;
@@ -196,6 +197,123 @@ where
     chart
         .configure_series_labels()
         .position(scale.legend_position())
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// Draws `attack.svg` into `out_dir`: for each attack row, a bar per server in `servers`
+/// that ran it, as high as its median honest p99 (log scale, since an attack can take p99
+/// from a millisecond to seconds). Not written if no attack row measured anything.
+pub fn draw_attack(
+    out_dir: &Path,
+    summaries: &[Summary],
+    servers: &[&ServerSpec],
+) -> Result<(), String> {
+    // The attacks in the order they ran, and each server's p99 under each.
+    let mut attacks: Vec<&str> = Vec::new();
+    for s in summaries {
+        if let Some(attack) = &s.workload.attack {
+            if !attacks.contains(&attack.label) {
+                attacks.push(attack.label);
+            }
+        }
+    }
+    // Numbered among all the servers, so each keeps its colour from the other charts.
+    let series: Vec<Bars> = servers
+        .iter()
+        .enumerate()
+        .filter(|(_, spec)| spec.under_attack)
+        .map(|(colour, spec)| {
+            let bars = summaries
+                .iter()
+                .filter(|s| s.server == spec.name)
+                .filter_map(|s| {
+                    let attack = s.workload.attack.as_ref()?;
+                    let at = attacks.iter().position(|&a| a == attack.label)?;
+                    let p99 = s.median(|m| (m.report.messages > 0.0).then_some(m.report.p99_us))?;
+                    Some((at, p99))
+                })
+                .collect();
+            Bars {
+                name: spec.name.to_string(),
+                colour: COLOURS[colour % COLOURS.len()],
+                bars,
+            }
+        })
+        .collect();
+    if series.iter().all(|s| s.bars.is_empty()) {
+        return Ok(());
+    }
+    let path = out_dir.join("attack.svg");
+    draw_bars(&path, &attacks, &series).map_err(|e| format!("cannot draw {}: {e}", path.display()))
+}
+
+/// One server's bars: (group, value) pairs.
+struct Bars {
+    name: String,
+    colour: RGBColor,
+    bars: Vec<(usize, f64)>,
+}
+
+/// Grouped bars: for each of `groups`, one bar per series, on a log y axis.
+fn draw_bars(path: &Path, groups: &[&str], series: &[Bars]) -> Result<(), Box<dyn Error>> {
+    let values = || series.iter().flat_map(|s| s.bars.iter().map(|b| b.1));
+    let y_max = values().fold(1.0, f64::max);
+    let y_min = values().filter(|&y| y > 0.0).fold(f64::INFINITY, f64::min);
+    let y_min = if y_min.is_finite() { y_min / 2.0 } else { 1.0 };
+    let y_range = (y_min..(y_max * 3.0).max(y_min * 10.0)).log_scale();
+    let x_range = -0.5..groups.len() as f64 - 0.5;
+
+    let root = SVGBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Honest p99 under attack (100 lockstep clients)",
+            ("sans-serif", 22),
+        )
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(80)
+        .build_cartesian_2d(x_range, y_range)?;
+    let label = |x: &f64| {
+        let at = x.round();
+        match groups.get(at as usize) {
+            Some(name) if (x - at).abs() < 1e-6 && at >= 0.0 => name.to_string(),
+            _ => String::new(),
+        }
+    };
+    chart
+        .configure_mesh()
+        .x_desc("attack, beside the honest clients")
+        .y_desc("honest p99 latency (µs, log scale)")
+        .light_line_style(WHITE)
+        .disable_x_mesh()
+        .x_labels(groups.len())
+        .x_label_formatter(&label)
+        .y_label_formatter(&|y| human(*y))
+        .draw()?;
+
+    // Each group is one unit wide; its bars share the middle 80%.
+    let width = 0.8 / series.len().max(1) as f64;
+    for (i, s) in series.iter().enumerate() {
+        let colour = s.colour;
+        let left = |group: usize| group as f64 - 0.4 + i as f64 * width;
+        chart
+            .draw_series(s.bars.iter().map(|&(group, p99)| {
+                Rectangle::new(
+                    [(left(group), y_min), (left(group) + width * 0.9, p99)],
+                    colour.filled(),
+                )
+            }))?
+            .label(s.name.as_str())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], colour.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()?;

@@ -31,6 +31,13 @@
 //! With `EVLOOP_BENCH_REPEATS` above 1 every row runs that many rounds, and the printed
 //! table shows medians: of each figure, and of each round's own ratio to the baseline.
 //!
+//! The attack rows run 100 honest lockstep clients alone, then beside 2,000 slow readers,
+//! 5,000 dribblers, 1,000 churners and a UDP flood (`loadgen --hostile`), against the
+//! reactor, the threaded server and tokio. Their own table gives what the honest clients
+//! got (msgs/s, p50, p99, errors), the server's peak RSS and threads, and what became of
+//! the hostile clients; below it, whether the reactor met its targets under attack (see
+//! [`attack`]).
+//!
 //! The idle test then holds `EVLOOP_BENCH_IDLE` TCP connections open against each server
 //! (opened by this process, each reads its greeting and then sends nothing) and reports the
 //! server's resident memory growth per connection. Kernel memory (socket buffers) is not in
@@ -38,11 +45,13 @@
 //!
 //! # Output
 //!
-//! A markdown table on stdout (and the idle table), `target/bench/results.csv`,
-//! `target/bench/idle.csv`, and two charts of the lockstep rows, `target/bench/throughput.svg`
-//! and `target/bench/latency.svg`. Each server's and loadgen's stderr and loadgen's JSON go
-//! to `target/bench/logs/`, which is where to look when a row says `failed`. The CSV has
-//! every round; the table and the charts show medians.
+//! A markdown table on stdout (then the attack table with the reactor's targets, and the
+//! idle table), `target/bench/results.csv` (every row, the attack rows too),
+//! `target/bench/attack.csv`, `target/bench/idle.csv`, two charts of the lockstep rows,
+//! `target/bench/throughput.svg` and `target/bench/latency.svg`, and one of the attack rows,
+//! `target/bench/attack.svg`. Each server's and loadgen's stderr and loadgen's JSON go to
+//! `target/bench/logs/`, which is where to look when a row says `failed`. The CSV has every
+//! round; the tables and the charts show medians.
 //!
 //! # Knobs (environment variables)
 //!
@@ -50,7 +59,8 @@
 //! (default 1) rounds; `EVLOOP_BENCH_PIN` (default `auto`; `off`, or `SERVER/LOADGEN` CPU
 //! lists such as `1/0`) where the children run; `EVLOOP_BENCH_IDLE` (default 10000, 0
 //! skips the test) idle connections; `EVLOOP_BENCH_SERVERS` and `EVLOOP_BENCH_WORKLOADS`
-//! comma-separated names to run only some rows (the names are printed in the table).
+//! comma-separated names to run only some rows (the names are printed in the table; `attack`
+//! stands for every attack row).
 //!
 //! # Command line
 //!
@@ -64,10 +74,12 @@
 //!
 //! This file runs the rows in order and writes what they found. [`plan`] says what to run
 //! (servers, workloads, the knobs above), [`processes`] starts the servers and loadgen,
-//! [`measuring`] turns one row or the idle test into figures, [`table`] and [`chart`] lay
-//! them out, [`tokio_server`] is the tokio server itself, and [`check`] is what `cargo
-//! test` runs. The arithmetic behind the figures is in the library, `evloop::measure`.
+//! [`measuring`] turns one row or the idle test into figures, [`table`], [`attack`] and
+//! [`chart`] lay them out, [`tokio_server`] is the tokio server itself, and [`check`] is
+//! what `cargo test` runs. The arithmetic behind the figures is in the library,
+//! `evloop::measure`.
 
+mod attack;
 mod chart;
 mod check;
 mod measuring;
@@ -81,6 +93,7 @@ use std::io;
 use std::path::Path;
 use std::time::Instant;
 
+use attack::{attack_table, reactor_targets};
 use measuring::{idle_rows, machine_description, run_row};
 use plan::Settings;
 use processes::{LISTEN, LOADGEN_TIMEOUT_SECS, SERVE_TOKIO};
@@ -129,21 +142,22 @@ fn run(settings: &Settings) -> Result<(), String> {
         1 => String::new(),
         n => format!(", {n} rounds (medians shown)"),
     };
+    let per_round = settings.rows_per_round();
     println!(
-        "{} s per row, {} servers × {} workloads{rounds}, 16-byte messages, loadgen --timeout {LOADGEN_TIMEOUT_SECS}\n",
+        "{} s per row, {per_round} rows ({} servers × {} workloads, the attack rows on the servers that face them){rounds}, 16-byte messages, loadgen --timeout {LOADGEN_TIMEOUT_SECS}\n",
         settings.secs,
         settings.servers.len(),
         settings.workloads.len()
     );
 
     let mut rows = Vec::new();
-    let total = settings.repeats * settings.servers.len() * settings.workloads.len();
+    let total = settings.repeats * per_round;
     // Rounds outermost, then workloads: the servers take turns at each workload, so a change
     // in the machine's background load over the run does not land on one server's rows
     // only, and each round compares the servers under much the same conditions.
     for round in 1..=settings.repeats {
         for workload in &settings.workloads {
-            for server in &settings.servers {
+            for server in settings.servers.iter().filter(|s| workload.runs_on(s)) {
                 eprint!(
                     "[{}/{total}] {} {}{} ... ",
                     rows.len() + 1,
@@ -159,12 +173,26 @@ fn run(settings: &Settings) -> Result<(), String> {
     }
 
     let summaries = summaries(&rows);
-    println!("{}", results_table(&summaries).markdown());
+    if settings.workloads.iter().any(|w| w.attack.is_none()) {
+        println!("{}", results_table(&summaries).markdown());
+    }
     write_file(
         &settings.out_dir.join("results.csv"),
         &results_csv(&rows).csv(),
     )?;
     chart::draw_lockstep(&settings.out_dir, &summaries, &settings.servers)?;
+    if settings.workloads.iter().any(|w| w.attack.is_some()) {
+        let table = attack_table(&summaries);
+        println!("Under attack: 100 honest lockstep clients beside hostile ones\n");
+        println!("{}", table.markdown());
+        println!("Targets for the reactor under attack:");
+        for line in reactor_targets(&summaries) {
+            println!("- {line}");
+        }
+        println!();
+        write_file(&settings.out_dir.join("attack.csv"), &table.csv())?;
+        chart::draw_attack(&settings.out_dir, &summaries, &settings.servers)?;
+    }
 
     if settings.idle > 0 {
         let idle = idle_rows(settings);

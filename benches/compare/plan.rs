@@ -8,8 +8,9 @@ use evloop::measure::{format_cpu_list, parse_cpu_list};
 
 use crate::processes::allowed_cpus;
 
-/// Seconds of load per row. 28 rows of 8 s, plus set-up and the idle test, take about four
-/// minutes; shorter rows make the figures jumpier on a machine that is doing anything else.
+/// Seconds of load per row. 43 rows of 8 s, plus set-up and the idle test, take about
+/// eight minutes; shorter rows make the figures jumpier on a machine that is doing anything
+/// else.
 const DEFAULT_SECS: f64 = 8.0;
 
 /// Idle connections the idle test holds open unless `EVLOOP_BENCH_IDLE` says otherwise.
@@ -30,6 +31,9 @@ pub struct ServerSpec {
     pub program: Program,
     /// Flags beyond the address and the connection limit.
     pub extra_args: &'static [&'static str],
+    /// Runs the attack rows too. `reactor-t2` does not: on this bench's one server core it
+    /// would only repeat the reactor's rows with two loops taking turns.
+    pub under_attack: bool,
 }
 
 pub const SERVERS: [ServerSpec; 4] = [
@@ -37,21 +41,25 @@ pub const SERVERS: [ServerSpec; 4] = [
         name: "reactor",
         program: Program::Reactor,
         extra_args: &[],
+        under_attack: true,
     },
     ServerSpec {
         name: "threaded",
         program: Program::Threaded,
         extra_args: &[],
+        under_attack: true,
     },
     ServerSpec {
         name: "reactor-t2",
         program: Program::Reactor,
         extra_args: &["--threads", "2"],
+        under_attack: false,
     },
     ServerSpec {
         name: "tokio",
         program: Program::Tokio,
         extra_args: &[],
+        under_attack: true,
     },
 ];
 
@@ -65,12 +73,29 @@ pub struct Workload {
     /// Requests in flight per connection; 1 is lockstep.
     pub pipeline: usize,
     pub udp: bool,
+    /// For the attack rows: the hostile clients beside the honest ones.
+    pub attack: Option<Attack>,
+}
+
+/// What an attack row runs beside its honest clients.
+pub struct Attack {
+    /// The row's name in the attack table and chart.
+    pub label: &'static str,
+    /// `loadgen --hostile` values; none for the row with no attack, the one the others
+    /// are compared with.
+    pub hostile: &'static [&'static str],
 }
 
 impl Workload {
     /// The rows drawn in the charts: TCP, one request at a time.
     pub fn is_lockstep_tcp(&self) -> bool {
-        self.pipeline == 1 && !self.udp
+        self.pipeline == 1 && !self.udp && self.attack.is_none()
+    }
+
+    /// Whether `server` runs this workload: every server runs the plain ones, the attack
+    /// rows only those marked `under_attack`.
+    pub fn runs_on(&self, server: &ServerSpec) -> bool {
+        self.attack.is_none() || server.under_attack
     }
 }
 
@@ -80,10 +105,29 @@ const fn lockstep(name: &'static str, connections: usize) -> Workload {
         connections,
         pipeline: 1,
         udp: false,
+        attack: None,
     }
 }
 
-pub const WORKLOADS: [Workload; 7] = [
+/// 100 honest lockstep clients (the `tcp-100` load) beside `hostile`.
+const fn under_attack(
+    name: &'static str,
+    label: &'static str,
+    hostile: &'static [&'static str],
+) -> Workload {
+    Workload {
+        attack: Some(Attack { label, hostile }),
+        ..lockstep(name, 100)
+    }
+}
+
+/// The name in `EVLOOP_BENCH_WORKLOADS` that stands for every attack row.
+pub const ATTACK_ROWS: &str = "attack";
+
+/// The label of the attack row with no attack.
+pub const NO_ATTACK: &str = "none";
+
+pub const WORKLOADS: [Workload; 12] = [
     lockstep("tcp-1", 1),
     lockstep("tcp-10", 10),
     lockstep("tcp-100", 100),
@@ -94,13 +138,29 @@ pub const WORKLOADS: [Workload; 7] = [
         connections: 100,
         pipeline: 16,
         udp: false,
+        attack: None,
     },
     Workload {
         name: "udp-100",
         connections: 100,
         pipeline: 1,
         udp: true,
+        attack: None,
     },
+    // The attack rows: the same honest load alone, then beside each attack in turn.
+    under_attack("attack-none", NO_ATTACK, &[]),
+    under_attack(
+        "attack-slow-readers",
+        "2,000 slow readers",
+        &["slow-reader:2000"],
+    ),
+    under_attack("attack-dribblers", "5,000 dribblers", &["dribbler:5000"]),
+    under_attack("attack-churn", "1,000 churners", &["churn:1000"]),
+    under_attack(
+        "attack-udp-flood",
+        "UDP flood, 10 sockets",
+        &["udp-flood:10"],
+    ),
 ];
 
 /// What to run, from the environment.
@@ -141,7 +201,7 @@ impl Settings {
                 .map_err(|_| format!("EVLOOP_BENCH_IDLE={v}: expected a number of connections"))?,
         };
         let servers = select("EVLOOP_BENCH_SERVERS", &SERVERS, |s| s.name)?;
-        let workloads = select("EVLOOP_BENCH_WORKLOADS", &WORKLOADS, |w| w.name)?;
+        let workloads = select_workloads()?;
         let pinning = Pinning::from_env()?;
         Ok(Settings {
             secs,
@@ -174,6 +234,15 @@ impl Settings {
         }
     }
 
+    /// How many rows one round runs: every (server, workload) pair the workload runs on.
+    pub fn rows_per_round(&self) -> usize {
+        let servers = &self.servers;
+        self.workloads
+            .iter()
+            .map(|w| servers.iter().filter(|s| w.runs_on(s)).count())
+            .sum()
+    }
+
     /// Names a round in progress lines and log files, when there is more than one.
     pub fn round_suffix(&self, round: usize) -> String {
         if self.repeats > 1 {
@@ -197,6 +266,24 @@ fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
+/// `EVLOOP_BENCH_WORKLOADS`, where [`ATTACK_ROWS`] stands for every attack row.
+fn select_workloads() -> Result<Vec<&'static Workload>, String> {
+    const VAR: &str = "EVLOOP_BENCH_WORKLOADS";
+    let Some(list) = env_var(VAR) else {
+        return Ok(WORKLOADS.iter().collect());
+    };
+    let attack_rows = WORKLOADS.iter().filter(|w| w.attack.is_some());
+    let names: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .flat_map(|name| match name {
+            ATTACK_ROWS => attack_rows.clone().map(|w| w.name).collect(),
+            name => vec![name],
+        })
+        .collect();
+    select_from(VAR, &names, &WORKLOADS, |w| w.name)
+}
+
 /// The items named in the comma-separated list in `var`, or all of them when it is unset.
 fn select<T>(
     var: &str,
@@ -207,6 +294,16 @@ fn select<T>(
         return Ok(all.iter().collect());
     };
     let wanted: Vec<&str> = list.split(',').map(str::trim).collect();
+    select_from(var, &wanted, all, name)
+}
+
+/// The items named in `wanted`, in their order in `all`.
+fn select_from<T>(
+    var: &str,
+    wanted: &[&str],
+    all: &'static [T],
+    name: impl Fn(&T) -> &'static str,
+) -> Result<Vec<&'static T>, String> {
     let names: Vec<&str> = all.iter().map(&name).collect();
     if let Some(unknown) = wanted.iter().find(|w| !names.contains(w)) {
         return Err(format!(

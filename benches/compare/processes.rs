@@ -32,8 +32,8 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 pub const LOADGEN_TIMEOUT_SECS: u64 = 5;
 
 /// How much longer than its `--duration` a loadgen run may take before it is killed: set-up
-/// of 5,000 connections, and loadgen's own bound of about twice `--timeout` on a set-up
-/// against a server that never answers.
+/// of 5,000 connections (and of 5,000 hostile ones before them), and loadgen's own bound of
+/// about twice `--timeout` on a set-up against a server that never answers.
 const LOADGEN_GRACE: Duration = Duration::from_secs(3 * LOADGEN_TIMEOUT_SECS + 15);
 
 /// How often [`run_loadgen`] calls its sampler (a row samples the server's thread count).
@@ -178,13 +178,21 @@ pub fn run_loadgen(
         .args(["--timeout", &LOADGEN_TIMEOUT_SECS.to_string()])
         .arg("--json")
         .args(workload.udp.then_some("--udp"))
+        .args(
+            workload
+                .attack
+                .iter()
+                .flat_map(|attack| attack.hostile)
+                .flat_map(|hostile| ["--hostile", hostile]),
+        )
         .stdin(Stdio::null())
         .stdout(file(&json)?)
         .stderr(file(&log)?)
         .env("RUST_LOG", quiet_logging());
     if let Some(pinning) = &settings.pinning {
         // One engine per CPU loadgen has (one engine keeps about one server core busy), and
-        // no more engines than connections.
+        // no more engines than connections. Hostile clients get as many engines of their
+        // own, on the same CPUs.
         let threads = pinning.loadgen.len().min(workload.connections);
         loadgen.args(["--threads", &threads.to_string()]);
         pin(&mut loadgen, &pinning.loadgen);

@@ -1,6 +1,7 @@
 //! The bench's tables: each (server, workload) pair summarised over its rounds with its
 //! ratios to the baseline, the markdown table printed on stdout, `results.csv` with every
-//! round, and the idle test's table. Also the number formats they share.
+//! round, and the idle test's table. Also the number formats they share. (The attack rows
+//! have a table of their own, in `attack.rs`.)
 
 use std::fmt::Write as _;
 
@@ -18,12 +19,19 @@ pub struct Table {
 }
 
 impl Table {
-    fn new(columns: &[(&'static str, bool)]) -> Table {
+    /// A table with these (name, holds numbers) columns and no rows yet.
+    pub fn new(columns: &[(&'static str, bool)]) -> Table {
         Table {
             header: columns.iter().map(|c| c.0).collect(),
             numeric: columns.iter().map(|c| c.1).collect(),
             rows: Vec::new(),
         }
+    }
+
+    /// Adds a row: one cell per column.
+    pub fn push(&mut self, row: Vec<String>) {
+        debug_assert_eq!(row.len(), self.header.len());
+        self.rows.push(row);
     }
 
     pub fn markdown(&self) -> String {
@@ -123,7 +131,8 @@ pub fn summaries(rows: &[Row]) -> Vec<Summary<'_>> {
 }
 
 impl Summary<'_> {
-    fn measured(&self) -> impl Iterator<Item = &Measured> {
+    /// The runs that measured something, one per round.
+    pub fn measured(&self) -> impl Iterator<Item = &Measured> {
         self.runs
             .iter()
             .filter_map(|(r, _)| r.outcome.as_ref().ok())
@@ -142,17 +151,24 @@ impl Summary<'_> {
         }))
     }
 
-    fn max(&self, value: impl Fn(&Measured) -> u64) -> Option<u64> {
+    /// The most `value` over the successful runs.
+    pub fn max(&self, value: impl Fn(&Measured) -> u64) -> Option<u64> {
         self.measured().map(value).max()
     }
 
-    fn status(&self) -> String {
+    /// Honest errors over every round.
+    pub fn errors(&self) -> f64 {
+        self.measured().map(|m| m.report.errors).sum()
+    }
+
+    /// `ok`, `N errors` or why the runs failed.
+    pub fn status(&self) -> String {
         let failed: Vec<&String> = self
             .runs
             .iter()
             .filter_map(|(r, _)| r.outcome.as_ref().err())
             .collect();
-        let errors: f64 = self.measured().map(|m| m.report.errors).sum();
+        let errors = self.errors();
         match failed.first() {
             Some(why) if failed.len() == self.runs.len() => format!("failed: {why}"),
             Some(why) => format!("{} of {} failed: {why}", failed.len(), self.runs.len()),
@@ -164,7 +180,8 @@ impl Summary<'_> {
 
 /// The table printed on stdout: rounded figures, thousands separated. With more than one
 /// round every figure is the median over the rounds (errors are summed, peak RSS and
-/// threads are the most), and the ratios are medians of each round's own ratio.
+/// threads are the most), and the ratios are medians of each round's own ratio. The attack
+/// rows are left to their own table.
 pub fn results_table(summaries: &[Summary]) -> Table {
     let mut table = Table::new(&[
         ("server", false),
@@ -184,10 +201,10 @@ pub fn results_table(summaries: &[Summary]) -> Table {
     ]);
     let optional = |value: Option<f64>| value.map_or("-".into(), |v| format!("{v:.2}"));
     let rounded = |value: Option<f64>| value.map_or("-".into(), thousands);
-    for s in summaries {
+    for s in summaries.iter().filter(|s| s.workload.attack.is_none()) {
         let mut line = vec![s.server.to_string(), s.workload.name.to_string()];
         if s.measured().next().is_some() {
-            let errors: f64 = s.measured().map(|m| m.report.errors).sum();
+            let errors = s.errors();
             line.extend([
                 rounded(s.median(msgs_per_sec)),
                 rounded(s.median(|m| Some(m.report.p50_us))),
@@ -329,11 +346,11 @@ pub fn idle_table(rows: &[IdleRow]) -> Table {
 }
 
 /// A run's msgs/s, shaped like the other figures a [`Summary`] takes medians and ratios of.
-fn msgs_per_sec(m: &Measured) -> Option<f64> {
+pub fn msgs_per_sec(m: &Measured) -> Option<f64> {
     Some(m.report.msgs_per_sec)
 }
 
-const MIB: f64 = 1024.0 * 1024.0;
+pub const MIB: f64 = 1024.0 * 1024.0;
 
 /// 0.957 cores as "96%" (of one core).
 fn percent(cores: Option<f64>) -> String {

@@ -11,7 +11,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use evloop::cli::{fail, init_logging, parse_addr, parse_or_exit, ModeArg};
-use evloop::loadgen::{self, Options, Progress, Transport};
+use evloop::loadgen::{self, Hostile, Options, Progress, Transport};
 use evloop::protocol::Mode;
 
 /// Default run length when neither --duration nor --messages is given.
@@ -28,7 +28,7 @@ const SPARE_FDS: u64 = 16;
     version,
     after_help = "Exit status: 0 when every request got its correct reply, 1 when any error \
                   (mismatch, timeout, connection error) was counted, 2 on a bad flag or when \
-                  the run could not start."
+                  the run could not start. Hostile clients never make an error."
 )]
 struct Args {
     /// The server to drive.
@@ -93,6 +93,14 @@ struct Args {
     /// Print one JSON object on one line instead of the human-readable report.
     #[arg(long)]
     json: bool,
+
+    /// N hostile clients beside the honest ones, each kind at most once, loopback only:
+    /// slow-reader (pipelines lines, never reads), dribbler (a byte every 2 s, never a
+    /// newline), idle (reads the greeting, then silent), churn (connects, sends a few lines,
+    /// closes unread, again), udp-flood (datagrams as fast as it can to --addr's port).
+    /// The report says what the server did to them; they never count as errors.
+    #[arg(long, value_name = "KIND:N")]
+    hostile: Vec<Hostile>,
 }
 
 /// A positive, finite number of seconds, fractions allowed.
@@ -128,6 +136,7 @@ impl Args {
             greeting: self.greeting.clone().into_bytes(),
             timeout: self.timeout,
             threads: self.threads,
+            hostile: self.hostile.clone(),
         }
     }
 }
@@ -166,11 +175,20 @@ fn main() {
     match evloop::net::raise_fd_limit() {
         Ok((soft, hard)) => {
             log::info!("descriptor limit {soft} (hard {hard})");
-            if options.connections as u64 + SPARE_FDS > soft {
-                log::warn!(
-                    "{} connections need more descriptors than the limit of {soft}: expect connection errors",
-                    options.connections
-                );
+            let sockets = options.sockets() as u64;
+            if sockets + SPARE_FDS > soft {
+                if options.hostile.is_empty() {
+                    log::warn!(
+                        "{} connections need more descriptors than the limit of {soft}: expect connection errors",
+                        options.connections
+                    );
+                } else {
+                    // Hostile clients would take the descriptors the honest ones need, and
+                    // loadgen's own shortage would pass for the server's errors.
+                    fail(format!(
+                        "{sockets} honest and hostile clients do not fit the descriptor limit of {soft}"
+                    ));
+                }
             }
         }
         Err(e) => log::warn!("cannot read or raise the descriptor limit: {e}"),

@@ -1,17 +1,21 @@
 //! The entry points, [`run`] and [`run_with_progress`]: check the options, run one engine
 //! on the calling thread or several on threads of their own, start their load together,
 //! report their summed progress while they run, and add up what they measured, with the CPU
-//! time each engine's thread used. It does no I/O of its own and knows nothing of the
-//! protocol; the engines share nothing but the barrier they start at and the progress
-//! counters they publish.
+//! time each engine's thread used. With hostile clients it also runs the attackers, each on
+//! a thread of its own: they are all set up before the honest engines begin, and told to
+//! stop once the honest load is over. It does no I/O of its own and knows nothing of the
+//! protocol; the engines share nothing but the barrier they start at, the progress counters
+//! they publish, and the attackers' signals (set up, stop).
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::attacker::Attacker;
 use super::engine::{Engine, Tally, SWEEP_INTERVAL};
+use super::hostile::{Hostile, HostileTally};
 use super::options::Options;
 use super::report::{Progress, Report};
 
@@ -31,7 +35,7 @@ pub fn run_with_progress(
     options
         .validate()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let total = if options.threads == 1 {
+    let total = if options.threads == 1 && options.hostile.is_empty() {
         // One engine runs on the calling thread, so `client_cpu` is that thread's alone.
         drive(options, &Barrier::new(1), &mut progress)?
     } else {
@@ -47,6 +51,8 @@ pub fn run_with_progress(
         connection_errors: total.tally.connection_errors,
         latency: total.tally.latency,
         client_cpu: total.cpu,
+        hostile: total.hostile,
+        hostile_cpu: total.hostile_cpu,
     })
 }
 
@@ -57,6 +63,9 @@ struct Part {
     /// The load phase; the longest of them for a sum, as the engines start together.
     duration: Duration,
     cpu: Duration,
+    /// The attackers' counts, one per hostile kind; empty for an honest engine.
+    hostile: Vec<HostileTally>,
+    hostile_cpu: Duration,
 }
 
 /// Runs one engine: sets up its clients, waits at `ready` until every engine has, then
@@ -83,7 +92,44 @@ fn drive(
         connected,
         duration,
         cpu,
+        hostile: Vec::new(),
+        hostile_cpu: Duration::ZERO,
     })
+}
+
+/// Runs one attacker, one of `engines`, on the calling thread: calls `set_up` once its
+/// hostile clients are all set up (or it has failed), and presses until `stop`. Returns
+/// its counts and the CPU time the thread used.
+fn attack(
+    options: &Options,
+    share: &[Hostile],
+    engines: usize,
+    stop: &AtomicBool,
+    set_up: mpsc::Sender<()>,
+) -> io::Result<(Vec<HostileTally>, Duration)> {
+    // Sent once, then dropped, so the driver never waits on an attacker that already spoke
+    // or is gone.
+    let mut set_up = Some(set_up);
+    let mut announce = || {
+        if let Some(set_up) = set_up.take() {
+            let _ = set_up.send(());
+        }
+    };
+    let cpu_before = thread_cpu_time();
+    let result = Attacker::new(options, share, engines)
+        .and_then(|mut attacker| attacker.run(&mut announce, stop));
+    announce();
+    Ok((result?, thread_cpu_time().saturating_sub(cpu_before)))
+}
+
+/// Tells the attackers to stop when dropped, so none outlives the run, however the driver
+/// leaves it (an honest engine's error, a panic).
+struct StopAttackers<'a>(&'a AtomicBool);
+
+impl Drop for StopAttackers<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// One engine's latest progress, published for the thread that reports it.
@@ -93,15 +139,37 @@ struct EngineCounts {
     errors: AtomicU64,
 }
 
-/// Runs `options.threads` engines on threads of their own and adds up what they measured.
-/// The calling thread reports their summed progress while it waits for them.
+/// Runs `options.threads` engines on threads of their own, and the attackers for the
+/// hostile clients on threads of theirs, and adds up what they measured. The calling thread
+/// waits for the attackers to set up, then reports the honest engines' summed progress
+/// while it waits for them, then stops the attackers.
 fn drive_threads(options: &Options, progress: &mut impl FnMut(&Progress)) -> io::Result<Part> {
     let shares = options.shares();
+    let attacks = options.hostile_shares();
+    let stop = AtomicBool::new(false);
     // Each engine's latest counts, for the progress report.
     let counts: Vec<EngineCounts> = shares.iter().map(|_| EngineCounts::default()).collect();
     let ready = Barrier::new(shares.len() + 1);
     let (done_tx, done_rx) = mpsc::channel::<()>();
     thread::scope(|scope| {
+        // Dropped on every way out of this closure, before the scope waits for its threads.
+        let _stop = StopAttackers(&stop);
+        let (set_up_tx, set_up_rx) = mpsc::channel::<()>();
+        let attackers: Vec<_> = attacks
+            .iter()
+            .map(|share| {
+                let (engines, stop, set_up) = (attacks.len(), &stop, set_up_tx.clone());
+                scope.spawn(move || attack(options, share, engines, stop, set_up))
+            })
+            .collect();
+        drop(set_up_tx);
+        // The hostile clients are all set up before the honest ones begin, so the honest
+        // clients' whole run, their own set-up included, is under attack.
+        for _ in &attackers {
+            if set_up_rx.recv().is_err() {
+                break;
+            }
+        }
         let handles: Vec<_> = shares
             .iter()
             .zip(&counts)
@@ -146,6 +214,12 @@ fn drive_threads(options: &Options, progress: &mut impl FnMut(&Progress)) -> io:
             connected: 0,
             duration: Duration::ZERO,
             cpu: Duration::ZERO,
+            hostile: options
+                .hostile
+                .iter()
+                .map(|h| HostileTally::new(h.kind))
+                .collect(),
+            hostile_cpu: Duration::ZERO,
         };
         for handle in handles {
             let part = handle
@@ -155,6 +229,19 @@ fn drive_threads(options: &Options, progress: &mut impl FnMut(&Progress)) -> io:
             total.connected += part.connected;
             total.duration = total.duration.max(part.duration);
             total.cpu += part.cpu;
+        }
+        // The honest load is over: so is the attack.
+        stop.store(true, Ordering::Relaxed);
+        for handle in attackers {
+            let (tallies, cpu) = handle
+                .join()
+                .map_err(|_| io::Error::other("a loadgen attacker thread panicked"))??;
+            for tally in &tallies {
+                if let Some(sum) = total.hostile.iter_mut().find(|t| t.kind == tally.kind) {
+                    sum.add(tally);
+                }
+            }
+            total.hostile_cpu += cpu;
         }
         Ok(total)
     })

@@ -27,6 +27,13 @@
 //! clients have all failed ends at once. UDP has no stream to fall out of step, so a lost
 //! or wrong datagram is counted on its own and the socket carries on.
 //!
+//! Hostile clients ([`Options::hostile`], `--hostile KIND:N`) run beside the honest ones,
+//! on engines of their own (attackers), never in an honest engine's loop. They are all set
+//! up before the honest clients start, misbehave for the whole run, and stop with it. What
+//! the server did to them is in [`Report::hostile`], apart from everything else: nothing a
+//! hostile client suffers is an error, and the honest counts are exactly what they would
+//! be without them.
+//!
 //! Reading order:
 //! 1. `options.rs`: what to run, [`Options`], and the check that it can end.
 //! 2. `report.rs`: what comes back, the [`Report`], and the [`Progress`] during the load.
@@ -35,15 +42,22 @@
 //!    counts.
 //! 5. `client.rs`: one client's state machine, a TCP connection or a UDP socket.
 //! 6. `script.rs`: the bytes each client sends and expects, with no I/O.
+//! 7. `hostile.rs`: the hostile kinds, their outcomes and what is counted of them, as data.
+//! 8. `attacker.rs`: the engine that drives the hostile clients.
 
+mod attacker;
 mod client;
 mod driver;
 mod engine;
+mod hostile;
 mod options;
 mod report;
 mod script;
 
 pub use driver::{run, run_with_progress};
 pub use engine::MAX_SETUPS_IN_FLIGHT;
+pub use hostile::{
+    ErrLine, Hostile, HostileKind, HostileTally, Outcome, DRIBBLE_INTERVAL, PAUSED_AFTER,
+};
 pub use options::{Options, Transport, MAX_UDP_SIZE};
 pub use report::{Progress, Report};

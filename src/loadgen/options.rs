@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::hostile::Hostile;
 use crate::protocol::Mode;
 
 /// The largest `size` a UDP request may have: the largest UDP payload over IPv4 (65,507
@@ -51,6 +52,9 @@ pub struct Options {
     /// (both are mostly the kernel's `read` and `write`), so one engine can keep about one
     /// server core busy; use more to load a server that has more cores.
     pub threads: usize,
+    /// Hostile clients to run beside the honest ones (`--hostile KIND:N`), each kind at
+    /// most once. They run on engines of their own, never in an honest client's loop.
+    pub hostile: Vec<Hostile>,
 }
 
 impl Default for Options {
@@ -68,6 +72,7 @@ impl Default for Options {
             greeting: b"Welcome!".to_vec(),
             timeout: Duration::from_secs(2),
             threads: 1,
+            hostile: Vec::new(),
         }
     }
 }
@@ -108,7 +113,44 @@ impl Options {
                 self.size
             ));
         }
+        for (i, hostile) in self.hostile.iter().enumerate() {
+            if self.hostile[..i].iter().any(|h| h.kind == hostile.kind) {
+                return Err(format!("hostile {} given twice", hostile.kind.name()));
+            }
+        }
+        if !self.hostile.is_empty() && !self.addr.ip().is_loopback() {
+            return Err(format!(
+                "hostile clients send only to loopback, and {} is not",
+                self.addr
+            ));
+        }
         Ok(())
+    }
+
+    /// Sockets the run holds open at most: one per honest client and one per hostile
+    /// client (a churner closes each connection before it opens the next).
+    pub fn sockets(&self) -> usize {
+        self.connections + self.hostile.iter().map(|h| h.clients).sum::<usize>()
+    }
+
+    /// The hostile clients of each engine that has any: every kind shared out among
+    /// `threads` engines as `connections` are (see [`Options::shares`]), and the engines
+    /// left with none dropped.
+    pub(super) fn hostile_shares(&self) -> Vec<Vec<Hostile>> {
+        let n = self.threads;
+        (0..n)
+            .map(|i| {
+                self.hostile
+                    .iter()
+                    .map(|h| Hostile {
+                        clients: h.clients / n + usize::from(i < h.clients % n),
+                        ..*h
+                    })
+                    .filter(|h| h.clients > 0)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|share| !share.is_empty())
+            .collect()
     }
 
     /// The options of each engine: `connections` and `messages` shared out as evenly as
@@ -163,5 +205,54 @@ mod tests {
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
+    }
+
+    fn hostile(list: &str) -> Vec<Hostile> {
+        list.split(' ').map(|h| h.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn hostile_clients_are_shared_out_like_connections() {
+        let options = Options {
+            threads: 3,
+            hostile: hostile("slow-reader:10 udp-flood:2"),
+            ..Options::default()
+        };
+        let shares = options.hostile_shares();
+        let counts: Vec<Vec<usize>> = shares
+            .iter()
+            .map(|share| share.iter().map(|h| h.clients).collect())
+            .collect();
+        assert_eq!(counts, [vec![4, 1], vec![3, 1], vec![3]]);
+        assert_eq!(options.sockets(), 100 + 12);
+        let few = Options {
+            threads: 3,
+            hostile: hostile("idle:1"),
+            ..Options::default()
+        };
+        assert_eq!(
+            few.hostile_shares().len(),
+            1,
+            "no engine with nothing to do"
+        );
+    }
+
+    #[test]
+    fn hostile_clients_go_to_loopback_only_and_each_kind_once() {
+        let ok = Options {
+            hostile: hostile("idle:1 churn:2"),
+            ..Options::default()
+        };
+        assert!(ok.validate().is_ok());
+        let twice = Options {
+            hostile: hostile("idle:1 idle:2"),
+            ..Options::default()
+        };
+        assert!(twice.validate().is_err());
+        let elsewhere = Options {
+            addr: ([192, 0, 2, 1], 9999).into(),
+            ..ok
+        };
+        assert!(elsewhere.validate().unwrap_err().contains("loopback"));
     }
 }

@@ -1,12 +1,15 @@
 //! What a run hands back: the [`Report`] of what it measured, with its text and JSON forms,
 //! and the [`Progress`] snapshots the callback gets during the load. It only turns numbers
 //! into text: it measures nothing and prints nothing (the binary decides where the text
-//! goes), and the JSON key names are an interface the bench parses.
+//! goes), and the JSON key names are an interface the bench parses. Every figure but the
+//! hostile ones is the honest clients' alone.
 
 use std::fmt;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+
+use super::hostile::HostileTally;
 
 /// A snapshot handed during the load to the progress callback of
 /// [`run_with_progress`](super::run_with_progress).
@@ -43,6 +46,11 @@ pub struct Report {
     /// CPU time (user + system) the engines' threads used during the load phase: the
     /// evidence that the load generator was not the bottleneck.
     pub client_cpu: Duration,
+    /// How the server dealt with the hostile clients (`--hostile`), one tally per kind in
+    /// the order given; empty without them. Nothing in it is an error or throughput.
+    pub hostile: Vec<HostileTally>,
+    /// CPU time (user + system) the hostile engines' threads used, from start to end.
+    pub hostile_cpu: Duration,
 }
 
 impl Report {
@@ -73,7 +81,7 @@ impl Report {
     /// The report as one line of JSON: a flat object of numbers. The key names are an
     /// interface (the bench parses them); add keys, never rename them.
     pub fn to_json(&self) -> String {
-        format!(
+        let mut json = format!(
             concat!(
                 "{{\"messages\":{},\"duration_s\":{:.6},\"msgs_per_sec\":{:.1},",
                 "\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},",
@@ -97,7 +105,17 @@ impl Report {
             self.connections,
             self.connected,
             self.client_cpu.as_secs_f64(),
-        )
+        );
+        if !self.hostile.is_empty() {
+            json.pop();
+            json += &format!(",\"hostile_cpu_s\":{:.6}", self.hostile_cpu.as_secs_f64());
+            for tally in &self.hostile {
+                json += ",";
+                json += &tally.json_members();
+            }
+            json.push('}');
+        }
+        json
     }
 }
 
@@ -134,7 +152,14 @@ impl fmt::Display for Report {
             "client cpu   {:.3} s ({:.0}% of one core)",
             self.client_cpu.as_secs_f64(),
             100.0 * self.client_cpu_fraction()
-        )
+        )?;
+        for tally in &self.hostile {
+            write!(f, "\nhostile      {tally}")?;
+        }
+        if !self.hostile.is_empty() {
+            write!(f, "\nhostile cpu  {:.3} s", self.hostile_cpu.as_secs_f64())?;
+        }
+        Ok(())
     }
 }
 
@@ -155,6 +180,7 @@ fn finite_or_zero(x: f64) -> f64 {
 mod tests {
     use super::*;
     use crate::loadgen::engine::Tally;
+    use crate::loadgen::hostile::{HostileKind, Outcome};
 
     #[test]
     fn an_empty_report_is_valid_json_with_zeros() {
@@ -168,6 +194,8 @@ mod tests {
             connection_errors: 3,
             latency: Tally::new().unwrap().latency,
             client_cpu: Duration::ZERO,
+            hostile: Vec::new(),
+            hostile_cpu: Duration::ZERO,
         };
         let json = report.to_json();
         assert!(json.starts_with('{') && json.ends_with('}'), "{json}");
@@ -175,5 +203,25 @@ mod tests {
         assert!(json.contains("\"msgs_per_sec\":0.0,"), "{json}");
         assert!(json.contains("\"errors\":6,"), "{json}");
         assert!(json.contains("\"p99_us\":0,"), "{json}");
+        assert!(
+            !json.contains("hostile"),
+            "no hostile keys without hostile clients"
+        );
+
+        let mut idle = HostileTally::new(HostileKind::Idle);
+        idle.clients = 2;
+        idle.count(Outcome::Open);
+        idle.count(Outcome::Closed);
+        let with_hostile = Report {
+            hostile: vec![idle],
+            ..report
+        };
+        let json = with_hostile.to_json();
+        assert!(json.starts_with('{') && json.ends_with('}'), "{json}");
+        assert!(json.contains(",\"hostile_cpu_s\":0.000000,"), "{json}");
+        assert!(json.contains("\"hostile_idle_open\":1,"), "{json}");
+        assert!(json.contains("\"hostile_idle_closed\":1,"), "{json}");
+        let text = with_hostile.to_string();
+        assert!(text.contains("hostile      idle ×2:"), "{text}");
     }
 }

@@ -1,0 +1,203 @@
+//! The attack rows: 100 honest lockstep clients alone, then beside each attack of
+//! [`plan::WORKLOADS`](crate::plan::WORKLOADS), on every server marked `under_attack`.
+//! Their table (what the honest clients got, what the server cost, what became of the
+//! hostile clients) and the targets the reactor is held to, checked against the rows as
+//! measured. The limits themselves are arithmetic, in `evloop::measure`.
+
+use evloop::budget::DEFAULT_MAX_BUFFER_MEMORY;
+use evloop::measure::{attack_p99_limit_us, slow_reader_rss_limit, LoadReport};
+
+use crate::table::{msgs_per_sec, thousands, Summary, Table, MIB};
+
+/// The server the targets are for.
+const REACTOR: &str = "reactor";
+
+/// The attack table: one line per (server, attack), medians over the rounds as in the
+/// results table (errors summed, peak RSS and threads the most). The last column says what
+/// became of the hostile clients in the last round.
+pub fn attack_table(summaries: &[Summary]) -> Table {
+    let mut table = Table::new(&[
+        ("server", false),
+        ("attack", false),
+        ("honest msgs/s", true),
+        ("honest p50 µs", true),
+        ("honest p99 µs", true),
+        ("honest errors", true),
+        ("peak RSS MiB", true),
+        ("threads", true),
+        ("hostile clients at the end", false),
+        ("status", false),
+    ]);
+    let rounded = |value: Option<f64>| value.map_or("-".into(), thousands);
+    for s in summaries {
+        let Some(attack) = &s.workload.attack else {
+            continue;
+        };
+        let mut line = vec![s.server.to_string(), attack.label.to_string()];
+        match s.measured().last() {
+            Some(last) => line.extend([
+                rounded(s.median(msgs_per_sec)),
+                rounded(s.median(|m| Some(m.report.p50_us))),
+                rounded(s.median(|m| Some(m.report.p99_us))),
+                thousands(s.errors()),
+                s.max(|m| m.peak_rss)
+                    .map_or("-".into(), |b| format!("{:.1}", b as f64 / MIB)),
+                s.max(|m| m.threads).map_or("-".into(), |t| t.to_string()),
+                hostile_outcome(&last.report),
+            ]),
+            None => line.extend(std::iter::repeat_n("-".to_string(), 7)),
+        }
+        line.push(s.status());
+        table.push(line);
+    }
+    table
+}
+
+/// What became of the hostile clients of `report`, in a few words: `2,000 paused`,
+/// `5,000 still connected`, `29,132 connections`. From loadgen's `hostile_<kind>_<field>`
+/// keys (docs/loadgen.md).
+fn hostile_outcome(report: &LoadReport) -> String {
+    const KINDS: [&str; 5] = ["slow_reader", "dribbler", "idle", "churn", "udp_flood"];
+    const OUTCOMES: [(&str, &str); 10] = [
+        ("open", "still connected"),
+        ("paused", "paused"),
+        ("closed", "closed"),
+        ("err_line_timeout", "ERR line timeout"),
+        ("err_line_too_long", "ERR line too long"),
+        ("err_server_busy", "ERR server busy"),
+        ("err_too_many_from_address", "ERR too many from the address"),
+        ("err_other", "another ERR"),
+        ("reset", "reset"),
+        ("failed", "failed"),
+    ];
+    let value = |kind: &str, field: &str| {
+        let key = format!("hostile_{kind}_{field}");
+        report.hostile.get(&key).copied()
+    };
+    let mut parts = Vec::new();
+    for kind in KINDS.into_iter().filter(|k| value(k, "clients").is_some()) {
+        let count = |field| value(kind, field).unwrap_or(0.0);
+        match kind {
+            "churn" => parts.push(format!("{} connections", thousands(count("connected")))),
+            "udp_flood" => parts.push(format!("{} datagrams", thousands(count("datagrams_sent")))),
+            _ => {}
+        }
+        for (field, words) in OUTCOMES {
+            let words = match (kind, field) {
+                ("udp_flood", "open") => "still flooding",
+                _ => words,
+            };
+            if count(field) > 0.0 {
+                parts.push(format!("{} {words}", thousands(count(field))));
+            }
+        }
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// The reactor's targets under attack, one line each, saying whether the rows as measured
+/// meet them: no honest error in any attack row; honest p99 under every attack within
+/// [`attack_p99_limit_us`] of its p99 with no attack; peak RSS beside the slow readers
+/// within [`slow_reader_rss_limit`] of the default `--max-buffer-memory` the bench starts
+/// it with. A target whose rows did not run says so.
+pub fn reactor_targets(summaries: &[Summary]) -> Vec<String> {
+    let rows: Vec<&Summary> = summaries
+        .iter()
+        .filter(|s| s.server == REACTOR && s.workload.attack.is_some())
+        .collect();
+    let label = |s: &Summary| s.workload.attack.as_ref().map_or("", |a| a.label);
+    let is_unloaded = |s: &&&Summary| {
+        s.workload
+            .attack
+            .as_ref()
+            .is_some_and(|a| a.hostile.is_empty())
+    };
+    let mut lines = Vec::new();
+
+    let measured: Vec<&&Summary> = rows
+        .iter()
+        .filter(|s| s.measured().next().is_some())
+        .collect();
+    lines.push(if measured.is_empty() {
+        "no honest error in any attack row: not measured".to_string()
+    } else {
+        let with_errors: Vec<String> = measured
+            .iter()
+            .filter(|s| s.errors() > 0.0)
+            .map(|s| format!("{} under {}", thousands(s.errors()), label(s)))
+            .collect();
+        if with_errors.is_empty() {
+            format!(
+                "no honest error in any attack row: met ({} rows)",
+                measured.len()
+            )
+        } else {
+            format!(
+                "no honest error in any attack row: missed ({})",
+                with_errors.join(", ")
+            )
+        }
+    });
+
+    let p99 = |s: &Summary| s.median(|m| Some(m.report.p99_us));
+    let unloaded = rows.iter().find(is_unloaded).and_then(|s| p99(s));
+    let attacked: Vec<(&str, f64)> = rows
+        .iter()
+        .filter(|s| !is_unloaded(s))
+        .filter_map(|s| Some((label(s), p99(s)?)))
+        .collect();
+    lines.push(match unloaded {
+        Some(unloaded) if !attacked.is_empty() => {
+            let limit = attack_p99_limit_us(unloaded);
+            let head = format!(
+                "honest p99 under every attack within max(3 × {} µs, 10 ms) = {} µs",
+                thousands(unloaded),
+                thousands(limit)
+            );
+            let over: Vec<String> = attacked
+                .iter()
+                .filter(|(_, p99)| *p99 > limit)
+                .map(|(label, p99)| format!("{} µs under {label}", thousands(*p99)))
+                .collect();
+            let (worst_label, worst) =
+                attacked
+                    .iter()
+                    .copied()
+                    .fold(("", 0.0), |w, a| if a.1 > w.1 { a } else { w });
+            if over.is_empty() {
+                format!(
+                    "{head}: met (worst {} µs, under {worst_label})",
+                    thousands(worst)
+                )
+            } else {
+                format!("{head}: missed ({})", over.join(", "))
+            }
+        }
+        _ => "honest p99 under every attack within max(3 × unloaded, 10 ms): not measured"
+            .to_string(),
+    });
+
+    let limit = slow_reader_rss_limit(DEFAULT_MAX_BUFFER_MEMORY);
+    let head = format!(
+        "peak RSS beside the slow readers within {:.0} MiB + {:.0} MiB = {:.0} MiB",
+        DEFAULT_MAX_BUFFER_MEMORY as f64 / MIB,
+        (limit - DEFAULT_MAX_BUFFER_MEMORY as u64) as f64 / MIB,
+        limit as f64 / MIB
+    );
+    let slow_readers = rows.iter().find(|s| {
+        s.workload
+            .attack
+            .as_ref()
+            .is_some_and(|a| a.hostile.iter().any(|h| h.starts_with("slow-reader:")))
+    });
+    lines.push(match slow_readers.and_then(|s| s.max(|m| m.peak_rss)) {
+        Some(rss) if rss <= limit => format!("{head}: met ({:.1} MiB)", rss as f64 / MIB),
+        Some(rss) => format!("{head}: missed ({:.1} MiB)", rss as f64 / MIB),
+        None => format!("{head}: not measured"),
+    });
+    lines
+}
