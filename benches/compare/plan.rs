@@ -8,9 +8,8 @@ use evloop::measure::{format_cpu_list, parse_cpu_list};
 
 use crate::processes::allowed_cpus;
 
-/// Seconds of load per row. 43 rows of 8 s, plus set-up and the idle test, take about
-/// eight minutes; shorter rows make the figures jumpier on a machine that is doing anything
-/// else.
+/// Seconds of load per row. 43 rows of 8 s, plus set-up and the idle test, take about six
+/// minutes; shorter rows make the figures jumpier on a machine that is doing anything else.
 const DEFAULT_SECS: f64 = 8.0;
 
 /// Idle connections the idle test holds open unless `EVLOOP_BENCH_IDLE` says otherwise.
