@@ -2,17 +2,19 @@
 //! connection's buffers, across every loop of `--threads`, against one limit.
 //!
 //! Per-connection bounds alone do not bound a server: 2,000 clients that pipeline and never
-//! read can each hold the high-water mark's worth of replies. So each connection reports
-//! what its buffers hold whenever that changes (a client that keeps up holds nothing, so
-//! nothing is reported on its per-message path), and before each read and each batch of
-//! replies a connection asks how much more it may take on: as long as the server as a
-//! whole is under the budget, up to an equal share of it (the budget divided by the open
-//! connections). So the total stays within the budget plus one step per loop, whatever
-//! the number of clients. A connection at its share that owes output stops reading and answering until its peer takes some of that output (its
-//! WRITABLE event resumes it); one that owes nothing goes on in small steps, so nobody can
-//! wait forever on memory held by others. Nothing is lost, and connections that hold less
-//! are served as before. (Redis's `maxmemory-clients` bounds the same thing, by closing the
+//! read can each hold the high-water mark's worth of replies. So no connection takes on
+//! more than an equal share of the budget (the budget divided by the open connections),
+//! asked before each read and each batch of replies; the shares add up to the budget,
+//! whatever the number of clients. A connection at its share that owes output stops
+//! reading and answering until its peer takes some of that output (its WRITABLE event
+//! resumes it); one that owes nothing is never refused its share, however much the others
+//! hold, so an honest client is served at full speed beside thousands of slow readers.
+//! Nothing is lost. (Redis's `maxmemory-clients` bounds the same thing, by closing the
 //! largest clients instead.)
+//!
+//! What every connection holds is also added up here (each reports a change of what its
+//! buffers hold, which a client that keeps up never has), for the statistics: the most the
+//! server held, against the limit.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -60,13 +62,6 @@ impl MemoryBudget {
     pub fn share(&self, connections: usize) -> usize {
         self.limit / connections.max(1)
     }
-
-    /// How many more bytes a connection that holds `holds` may take on now, given its
-    /// `share`: what is left of the budget, and no more than what is left of its share.
-    pub fn allowance(&self, holds: usize, share: usize) -> usize {
-        let left = self.limit.saturating_sub(self.held());
-        left.min(share.saturating_sub(holds))
-    }
 }
 
 #[cfg(test)]
@@ -74,29 +69,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn allowances_are_an_equal_share_and_what_is_left_of_the_whole() {
+    fn shares_split_the_budget_and_the_total_is_counted() {
         let budget = MemoryBudget::new(1000);
-        assert_eq!(budget.allowance(0, budget.share(10)), 100, "an equal share");
-        assert_eq!(
-            budget.allowance(60, budget.share(10)),
-            40,
-            "what is left of it"
-        );
-        assert_eq!(budget.allowance(150, budget.share(10)), 0, "over its share");
-        assert_eq!(budget.allowance(0, budget.share(1)), 1000);
-        assert_eq!(budget.allowance(0, budget.share(0)), 1000);
+        assert_eq!(budget.share(10), 100);
+        assert_eq!(budget.share(1), 1000);
+        assert_eq!(budget.share(0), 1000, "no connection yet: the whole budget");
         budget.change(0, 950);
-        assert_eq!(
-            budget.allowance(0, budget.share(10)),
-            50,
-            "no more than what is left"
-        );
         budget.change(950, 1200);
-        assert_eq!(
-            budget.allowance(0, budget.share(10)),
-            0,
-            "over the budget: nobody grows"
-        );
+        assert_eq!(budget.held(), 1200);
         budget.change(1200, 0);
         assert_eq!(budget.held(), 0);
     }

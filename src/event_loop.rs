@@ -55,13 +55,6 @@ const _: () = assert!(READ_BUFFER >= net::MAX_DATAGRAM);
 /// at once, one per 256 events.
 const EVENTS_CAPACITY: usize = 256;
 
-/// The most one turn can add to what connections hold: each event, resumed source and
-/// deadline reads at most `READ_BUDGET` and answers at most `REPLY_BUDGET` (plus one
-/// reply). While more than this is left of the budget no connection needs to ask it; under
-/// the default 256 MiB the shares start to apply at 52 MiB held.
-const TURN_GROWTH: usize = (EVENTS_CAPACITY + READY_PER_TURN + DEADLINES_PER_TURN)
-    * (crate::connection::READ_BUDGET + crate::connection::REPLY_BUDGET + 1024);
-
 /// Deadlines acted on per turn (15,000 dribblers cut off at once would otherwise be one
 /// long turn); the rest are due at once and the next `poll` does not block.
 const DEADLINES_PER_TURN: usize = 256;
@@ -172,8 +165,7 @@ impl Scratch {
         &'a mut self,
         config: &'a ServerConfig,
         now: Instant,
-        budget: &'a MemoryBudget,
-        share: Option<usize>,
+        share: usize,
     ) -> Context<'a> {
         Context {
             read_buf: &mut self.read_buf,
@@ -181,7 +173,6 @@ impl Scratch {
             config,
             stats: &mut self.stats,
             now,
-            budget,
             share,
         }
     }
@@ -215,9 +206,12 @@ pub(crate) struct EventLoop {
     per_address: Arc<ConnectionsPerAddress>,
     /// Bytes held in connection buffers across every loop, for `--max-buffer-memory`.
     budget: Arc<MemoryBudget>,
-    /// This turn's equal share of the memory budget among the open connections; `None`
-    /// when this turn cannot reach the budget (see [`TURN_GROWTH`]).
-    share: Option<usize>,
+    /// This turn's equal share of the memory budget among the open connections.
+    share: usize,
+    /// The listener, and the UDP socket, are on the ready list already: each goes there
+    /// at most once, however many times it used up its budget.
+    listener_queued: bool,
+    udp_queued: bool,
     shutdown_deadline: Option<Instant>,
     signals_seen: usize,
     greeting: Vec<u8>,
@@ -282,7 +276,9 @@ impl EventLoop {
             open_connections,
             per_address,
             budget,
-            share: None,
+            share: 0,
+            listener_queued: false,
+            udp_queued: false,
             shutdown_deadline: None,
             signals_seen: 0,
             greeting,
@@ -324,7 +320,9 @@ impl EventLoop {
             Err(e) => return Err(e),
         }
         self.now = Instant::now();
-        self.share = self.budget_share();
+        self.share = self
+            .budget
+            .share(self.open_connections.load(Ordering::Relaxed));
         let mut handed_over = 0;
         for event in events.iter() {
             handed_over += 1;
@@ -366,15 +364,18 @@ impl EventLoop {
         self.serve_udp(true, false);
     }
 
-    /// The budget's equal share for this turn, or `None` if even a turn in which every
-    /// connection served grows as much as it can would stay within the budget: then no
-    /// connection needs to ask, which keeps the budget off the per-message path.
-    fn budget_share(&self) -> Option<usize> {
-        let room = self.budget.limit().saturating_sub(self.budget.held());
-        (room <= TURN_GROWTH).then(|| {
-            self.budget
-                .share(self.open_connections.load(Ordering::Relaxed))
-        })
+    /// Puts the listener on the ready list, unless it is there already.
+    fn listener_ready(&mut self) {
+        if !std::mem::replace(&mut self.listener_queued, true) {
+            self.ready.push(Ready::Listener);
+        }
+    }
+
+    /// Puts the UDP socket on the ready list, unless it is there already.
+    fn udp_ready(&mut self) {
+        if !std::mem::replace(&mut self.udp_queued, true) {
+            self.ready.push(Ready::Udp);
+        }
     }
 
     fn check_stop_request(&mut self) {
@@ -444,7 +445,7 @@ impl EventLoop {
                 }
             }
         }
-        self.ready.push(Ready::Listener);
+        self.listener_ready();
     }
 
     fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
@@ -514,9 +515,7 @@ impl EventLoop {
         if matches!(slot.conn.state(), State::Closed) {
             return;
         }
-        let mut ctx = self
-            .scratch
-            .context(&self.config, self.now, &self.budget, self.share);
+        let mut ctx = self.scratch.context(&self.config, self.now, self.share);
         if event.is_writable() {
             let progress = slot.conn.on_writable(&mut ctx);
             slot.follow(progress, token, &mut self.ready);
@@ -561,22 +560,22 @@ impl EventLoop {
         if writable {
             udp.on_writable(&mut self.scratch.stats);
         }
-        if readable
+        let more = readable
             && udp.on_readable(
                 &mut self.scratch.read_buf,
                 &mut self.scratch.replies,
                 self.config.protocol.udp_mode(),
                 &mut self.scratch.stats,
-            )
-        {
-            self.ready.push(Ready::Udp);
-        }
+            );
         // WRITABLE is needed only while replies are queued (the send buffer filled), so this
         // re-registers only on the way into and out of that condition.
         if let Some(wanted) = udp.interest_change() {
             if let Err(e) = self.poll.registry().reregister(udp.socket(), UDP, wanted) {
                 log::error!("udp reregister failed: {e}");
             }
+        }
+        if more {
+            self.udp_ready();
         }
     }
 
@@ -590,8 +589,14 @@ impl EventLoop {
         };
         for ready in batch {
             match ready {
-                Ready::Listener => self.accept(),
-                Ready::Udp => self.serve_udp(true, false),
+                Ready::Listener => {
+                    self.listener_queued = false;
+                    self.accept();
+                }
+                Ready::Udp => {
+                    self.udp_queued = false;
+                    self.serve_udp(true, false);
+                }
                 Ready::Connection(token, serial) => {
                     let Some(slot) = self.connections.get_mut(token.0) else {
                         continue;
@@ -601,9 +606,7 @@ impl EventLoop {
                     }
                     slot.queued = false;
                     // No event told us the socket is drained: read until WouldBlock.
-                    let mut ctx =
-                        self.scratch
-                            .context(&self.config, self.now, &self.budget, self.share);
+                    let mut ctx = self.scratch.context(&self.config, self.now, self.share);
                     let progress = slot.conn.on_readable(&mut ctx, false);
                     slot.follow(progress, token, &mut self.ready);
                     self.after_io(token);
@@ -632,9 +635,7 @@ impl EventLoop {
             }
             slot.scheduled = None;
             let token = Token(timer.key);
-            let mut ctx = self
-                .scratch
-                .context(&self.config, self.now, &self.budget, self.share);
+            let mut ctx = self.scratch.context(&self.config, self.now, self.share);
             let progress = slot.conn.on_deadline(&mut ctx);
             slot.follow(progress, token, &mut self.ready);
             self.after_io(token);
@@ -681,7 +682,7 @@ impl EventLoop {
 
     fn resume_accepting(&mut self) {
         self.accept_paused_until = None;
-        self.ready.push(Ready::Listener);
+        self.listener_ready();
     }
 
     fn on_signals(&mut self) {
@@ -708,12 +709,6 @@ impl EventLoop {
         if self.shutdown_deadline.is_some() {
             return;
         }
-        // This turn touches every connection, more than `TURN_GROWTH` allows for, so every
-        // connection asks the budget.
-        self.share = Some(
-            self.budget
-                .share(self.open_connections.load(Ordering::Relaxed)),
-        );
         self.shutdown_deadline = Some(self.now + self.config.shutdown_grace);
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
@@ -730,9 +725,7 @@ impl EventLoop {
         let tokens: Vec<Token> = self.connections.iter().map(|(k, _)| Token(k)).collect();
         for token in tokens {
             let slot = &mut self.connections[token.0];
-            let mut ctx = self
-                .scratch
-                .context(&self.config, self.now, &self.budget, self.share);
+            let mut ctx = self.scratch.context(&self.config, self.now, self.share);
             let progress = slot.conn.shut_down(&mut ctx);
             slot.follow(progress, token, &mut self.ready);
             self.after_io(token);

@@ -14,6 +14,7 @@ mod common;
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
+#[cfg(unix)]
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::thread;
@@ -335,6 +336,8 @@ fn bad_hostile_flags_are_one_line_on_stderr_and_exit_2() {
     }
 }
 
+// A descriptor limit to exceed exists on Unix only.
+#[cfg(unix)]
 #[test]
 fn hostile_clients_that_do_not_fit_the_descriptor_limit_are_refused() {
     let mut command = loadgen_binary();

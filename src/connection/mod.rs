@@ -14,7 +14,8 @@
 //! Its memory is bounded by construction: answering stops as soon as unsent output reaches
 //! [`OUTPUT_HIGH_WATER`], and the input read but not answered yet waits here (one read at
 //! most) until the output drains. What all connections hold together is bounded by the
-//! server-wide [`MemoryBudget`], which each connection asks before it takes more on.
+//! server-wide [`MemoryBudget`](crate::budget::MemoryBudget): each connection takes on no more
+//! than its equal share of it.
 //!
 //! Error policy, the same for every call: `WouldBlock` means stop and wait for the next
 //! event; `Interrupted` is retried in the loop; `Ok(0)` from a read is EOF, answered only
@@ -26,7 +27,6 @@ use std::time::Instant;
 
 use mio::Interest;
 
-use crate::budget::MemoryBudget;
 use crate::config::ServerConfig;
 use crate::net::LINGER_TIMEOUT;
 use crate::protocol::{Flow, Session, LINE_TIMEOUT};
@@ -160,11 +160,9 @@ pub struct Context<'a> {
     pub stats: &'a mut Stats,
     /// The time of this loop turn.
     pub now: Instant,
-    /// The server-wide memory budget (see [`budget`](crate::budget)).
-    pub budget: &'a MemoryBudget,
-    /// This turn's equal share of the budget ([`MemoryBudget::share`]), or `None` when this
-    /// turn cannot reach the budget whatever its connections do: then nothing is asked.
-    pub share: Option<usize>,
+    /// This turn's equal share of the server-wide memory budget
+    /// ([`MemoryBudget::share`](crate::budget::MemoryBudget::share)).
+    pub share: usize,
 }
 
 /// What the loop must do after a call.
@@ -548,14 +546,11 @@ impl<S: Stream> Connection<S> {
         Progress::Wait
     }
 
-    /// How many more bytes this connection may take on now under the memory budget. Asked
-    /// before every read and every batch of replies when the budget is within reach, so a
-    /// connection overshoots its share by at most what one of those adds.
+    /// How many more bytes this connection may take on now under the memory budget: what
+    /// is left of its equal share. Asked before every read and every batch of replies, so a
+    /// connection overshoots its share by at most one reply.
     fn allowance(&self, ctx: &Context<'_>) -> usize {
-        match ctx.share {
-            None => usize::MAX,
-            Some(share) => ctx.budget.allowance(self.holds(), share),
-        }
+        ctx.share.saturating_sub(self.holds())
     }
 
     /// The memory budget: true (and the connection pauses) when it holds its share and

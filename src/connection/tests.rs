@@ -65,8 +65,6 @@ struct Harness {
     stats: Stats,
     /// The clock the tests move by hand.
     now: Instant,
-    /// The server-wide memory budget, as the loop would lend it.
-    budget: crate::budget::MemoryBudget,
 }
 
 impl Harness {
@@ -77,7 +75,6 @@ impl Harness {
             config: ServerConfig::default(),
             stats: Stats::default(),
             now: Instant::now(),
-            budget: crate::budget::MemoryBudget::new(usize::MAX),
         }
     }
 
@@ -88,8 +85,7 @@ impl Harness {
             config: &self.config,
             stats: &mut self.stats,
             now: self.now,
-            budget: &self.budget,
-            share: None,
+            share: usize::MAX,
         }
     }
 
