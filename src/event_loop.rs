@@ -710,6 +710,10 @@ impl EventLoop {
             return;
         }
         self.shutdown_deadline = Some(self.now + self.config.shutdown_grace);
+        if self.config.handle_signals {
+            // Running as the process's server (the binary): tell systemd, if it asked.
+            crate::systemd::notify_stopping();
+        }
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }

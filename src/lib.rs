@@ -15,8 +15,8 @@
 //! 8. [`loadgen`]: the client side: one poll loop driving many clients, checking every
 //!    reply and measuring latency.
 //!
-//! [`config`], [`stats`], [`budget`], [`net`], [`signals`], [`cli`] and [`running`] are the
-//! plumbing the binaries share; [`procfs`] measures a server process for the tests and
+//! [`config`], [`stats`], [`budget`], [`net`], [`signals`], [`systemd`], [`cli`] and
+//! [`running`] are the plumbing the binaries share; [`procfs`] measures a server process for the tests and
 //! benches, and [`measure`] is the arithmetic the bench's figures come from.
 //!
 //! Layering: each numbered module uses only those above it and the plumbing; the plumbing
@@ -39,6 +39,7 @@ pub mod reactor;
 pub mod running;
 pub mod signals;
 pub mod stats;
+pub mod systemd;
 pub mod threaded;
 pub mod timers;
 pub mod udp;

@@ -181,13 +181,35 @@ pub struct Bound {
 const SHARED_PORT_ATTEMPTS: usize = 16;
 
 /// Binds the TCP listener and, if asked, the UDP socket. A UDP address with port 0 takes the
-/// port number TCP was given, so the two share it as the README promises.
+/// port number TCP was given, so the two share it as the README promises. Under systemd
+/// socket activation the sockets it passed are used instead (see [`crate::systemd`]); a
+/// UDP socket it did not pass is bound as asked.
 pub fn bind(
     listen: SocketAddr,
     udp: Option<SocketAddr>,
     backlog: i32,
     reuse_port: bool,
 ) -> io::Result<Bound> {
+    let inherited = crate::systemd::take_inherited()?;
+    if let Some(tcp) = inherited.tcp {
+        let udp = match (inherited.udp, udp) {
+            (Some(socket), Some(_)) => Some(socket),
+            (Some(_), None) => {
+                log::warn!("not serving the datagram socket systemd passed: UDP is off");
+                None
+            }
+            (None, None) => None,
+            (None, Some(mut udp_addr)) => {
+                if udp_addr.port() == 0 {
+                    udp_addr.set_port(tcp.local_addr()?.port());
+                }
+                let socket = udp_socket(udp_addr, reuse_port)
+                    .map_err(|e| with_context(e, "udp", udp_addr))?;
+                Some(socket)
+            }
+        };
+        return Ok(Bound { tcp, udp });
+    }
     let mut attempt = 0;
     loop {
         attempt += 1;

@@ -709,6 +709,7 @@ fn watch_signals(signals: ThreadSignals, stop: StopHandle) -> io::Result<crate::
     signals.watch(move |seen, name, code| {
         if seen == 1 {
             info!("{name}: stopping; a second one exits at once");
+            crate::systemd::notify_stopping();
             stop.stop();
         } else {
             warn!("{name} again: exiting without waiting for connections");

@@ -35,6 +35,7 @@ fn main() {
     if let Err(e) = std::io::stdout().flush() {
         cli::fail(format!("cannot write to stdout: {e}"));
     }
+    evloop::systemd::notify_ready();
     if let Err(e) = server.run() {
         cli::fail(format!("event loop failed: {e}"));
     }

@@ -34,6 +34,7 @@ fn main() {
         cli::fail(format!("cannot write the startup line: {e}"));
     }
     drop(stdout);
+    evloop::systemd::notify_ready();
     match fd_limit {
         Ok((soft, hard)) => log::info!("descriptor limit {soft} (hard {hard})"),
         Err(e) => log::warn!("cannot read the descriptor limit: {e}"),
