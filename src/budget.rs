@@ -39,11 +39,6 @@ impl MemoryBudget {
         }
     }
 
-    /// The limit, in bytes.
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-
     /// Bytes held right now, across every loop.
     pub fn held(&self) -> usize {
         self.held.load(Ordering::Relaxed)

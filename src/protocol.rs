@@ -337,7 +337,6 @@ impl Session {
         out_limit: usize,
     ) -> (Flow, usize) {
         let mut rest = input;
-        let consumed = |rest: &[u8]| input.len() - rest.len();
         // Finish a line begun in an earlier read. Only its tail is copied; lines that arrive
         // whole are answered straight from `input` with no copy at all.
         if !self.partial.is_empty() {
@@ -370,7 +369,7 @@ impl Session {
             }
             rest = &rest[end + 1..];
         }
-        (Flow::Continue, consumed(rest))
+        (Flow::Continue, input.len() - rest.len())
     }
 
     /// Keeps the start of an unfinished line, or refuses it once it cannot fit.

@@ -392,7 +392,7 @@ impl Server {
         }
         let shared = Arc::clone(&self.shared);
         let protocol = self.config.protocol.clone();
-        let timeouts = Timeouts {
+        let settings = SocketSettings {
             idle: self.config.idle_timeout,
             line: self.config.line_timeout,
             send_buffer: self.config.send_buffer,
@@ -408,7 +408,7 @@ impl Server {
                     id,
                 };
                 let mut connection = Connection::new(&thread_stream, &protocol);
-                if let Err(e) = connection.serve(timeouts, &shared.stopping) {
+                if let Err(e) = connection.serve(settings, &shared.stopping) {
                     debug!("{peer}: {e}");
                 }
                 let lingered = close_politely(&thread_stream, &mut connection.read_buffer);
@@ -448,12 +448,11 @@ enum Admission {
 }
 
 /// What a connection thread sets on its socket: the timeouts it enforces with the read
-/// timeout, and the send buffer.
+/// timeout, and the buffer sizes.
 #[derive(Clone, Copy)]
-struct Timeouts {
+struct SocketSettings {
     idle: Option<Duration>,
     line: Option<Duration>,
-    /// Not timeouts, but set on the socket with them: `--send-buffer`, `--recv-buffer`.
     send_buffer: Option<usize>,
     recv_buffer: Option<usize>,
 }
@@ -521,16 +520,16 @@ impl<'a> Connection<'a> {
 
     /// Greets, then answers until the protocol says close, the peer goes away or idles out,
     /// or the server stops. An error ends this connection only.
-    fn serve(&mut self, timeouts: Timeouts, stopping: &AtomicBool) -> io::Result<()> {
-        let idle_timeout = timeouts.idle;
+    fn serve(&mut self, settings: SocketSettings, stopping: &AtomicBool) -> io::Result<()> {
+        let idle_timeout = settings.idle;
         // Each write is a whole batch of replies; Nagle's algorithm would only hold the next
         // batch back until the previous one is acknowledged, which with delayed ACKs on the
         // client costs up to 40 ms per pipelined round trip.
         self.stream.set_nodelay(true)?;
         net::set_buffer_sizes(
             socket2::SockRef::from(self.stream),
-            timeouts.send_buffer,
-            timeouts.recv_buffer,
+            settings.send_buffer,
+            settings.recv_buffer,
         );
         // The same timeout on writes: a client that stops reading makes no more progress
         // than one that stops sending, and must not hold a thread forever.
@@ -545,7 +544,7 @@ impl<'a> Connection<'a> {
         let mut line_started: Option<Instant> = None;
         let mut read_timeout = idle_timeout;
         loop {
-            let wanted = match (line_started, timeouts.line) {
+            let wanted = match (line_started, settings.line) {
                 (Some(started), Some(line)) => {
                     let left = line
                         .saturating_sub(started.elapsed())
@@ -586,12 +585,12 @@ impl<'a> Connection<'a> {
                     ) =>
                 {
                     let line_over = line_started
-                        .zip(timeouts.line)
+                        .zip(settings.line)
                         .is_some_and(|(started, line)| started.elapsed() >= line);
                     if !line_over {
                         return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
                     }
-                    debug!("a line unfinished for {:?}: closing", timeouts.line);
+                    debug!("a line unfinished for {:?}: closing", settings.line);
                     self.pending_output
                         .extend_from_slice(protocol::LINE_TIMEOUT);
                     return self.flush();

@@ -242,6 +242,8 @@ pub struct Connection<S> {
     /// Counts the changes that can move the deadline earlier: a change of state, a line
     /// starting. Every other change (progress) moves it later. The loop asks for the
     /// deadline again only when this count moved, which keeps that off the per-message path.
+    /// It wraps; the loop looks after every event, and one event makes a handful of
+    /// changes at most, never 256.
     earlier_deadlines: u8,
 }
 
