@@ -15,8 +15,9 @@
 //! 8. [`loadgen`]: the client side: one poll loop driving many clients, checking every
 //!    reply and measuring latency.
 //!
-//! [`config`], [`stats`], [`budget`], [`net`], [`signals`], [`systemd`], [`cli`] and
-//! [`running`] are the plumbing the binaries share; [`procfs`] measures a server process for the tests and
+//! [`config`], [`stats`], [`budget`], [`net`], [`proxy`] (the PROXY protocol header, as
+//! free of I/O as [`protocol`]), [`signals`], [`systemd`], [`cli`] and [`running`] are the
+//! plumbing the binaries share; [`procfs`] measures a server process for the tests and
 //! benches, and [`measure`] is the arithmetic the bench's figures come from.
 //!
 //! Layering: each numbered module uses only those above it and the plumbing; the plumbing
@@ -35,6 +36,7 @@ pub mod measure;
 pub mod net;
 pub mod procfs;
 pub mod protocol;
+pub mod proxy;
 pub mod reactor;
 pub mod running;
 pub mod signals;

@@ -40,6 +40,9 @@ fuzz_target!(|data: &[u8]| {
         mode,
         greeting: Vec::new(),
         max_line: 1 + usize::from(data[1]) % 64,
+        // The model below knows the default exit word only.
+        exit_word: b"exit".to_vec(),
+        udp_mode: None,
     };
     let chunk_sizes: Vec<usize> = data[2..HEADER]
         .iter()
