@@ -105,6 +105,14 @@ pub struct ServerArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub max_connections_per_ip: usize,
 
+    /// Every TCP connection begins with a PROXY protocol header (version 1 or 2, as a
+    /// load balancer such as HAProxy sends with `send-proxy` or `send-proxy-v2`); the
+    /// client address in it is used for logs and --max-connections-per-ip. A connection
+    /// without a valid header within 3 seconds is closed without a greeting. UDP is
+    /// unaffected.
+    #[arg(long)]
+    pub proxy_protocol: bool,
+
     /// Bytes all connections' buffers may hold together, across every loop (suffixes K, M,
     /// G for KiB, MiB, GiB). A connection that holds an equal share of it stops being read
     /// until its client takes its replies; nothing is lost. Reactor only: a thread of the
@@ -171,6 +179,7 @@ impl ServerArgs {
             idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),
             line_timeout: (self.line_timeout > 0).then(|| Duration::from_secs(self.line_timeout)),
             max_connections_per_ip: self.max_connections_per_ip,
+            proxy_protocol: self.proxy_protocol,
             max_buffer_memory: self.max_buffer_memory,
             send_buffer: self.send_buffer,
             recv_buffer: self.recv_buffer,

@@ -55,6 +55,9 @@ pub struct ServerConfig {
     /// Connections beyond this many from one IP address are told `ERR too many connections
     /// from your address` and closed; 0 means no limit.
     pub max_connections_per_ip: usize,
+    /// Every TCP connection begins with a PROXY protocol header (see [`crate::proxy`]),
+    /// whose client address stands for the connection's.
+    pub proxy_protocol: bool,
     /// Independent single-threaded loops sharing the port via SO_REUSEPORT.
     pub threads: usize,
     /// Listen backlog.
@@ -77,6 +80,7 @@ impl Default for ServerConfig {
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             line_timeout: Some(DEFAULT_LINE_TIMEOUT),
             max_connections_per_ip: 0,
+            proxy_protocol: false,
             max_buffer_memory: crate::budget::DEFAULT_MAX_BUFFER_MEMORY,
             send_buffer: None,
             recv_buffer: None,

@@ -26,7 +26,7 @@ use slab::Slab;
 
 use crate::budget::MemoryBudget;
 use crate::config::ServerConfig;
-use crate::connection::{Connection, Context, Progress, State};
+use crate::connection::{Connection, Context, HeaderRead, Progress, State};
 use crate::net::{self, ConnectionsPerAddress, ACCEPT_BACKOFF, SHORT_READ_DRAINS};
 use crate::protocol::{SERVER_BUSY, TOO_MANY_FROM_ADDRESS};
 use crate::signals::LoopSignals;
@@ -79,8 +79,9 @@ struct Slot {
     conn: Connection<TcpStream>,
     /// Serial number, unique for the life of the loop (slab keys are not).
     serial: u64,
-    /// The client's address, counted in `per_address` until the connection closes.
-    peer: IpAddr,
+    /// The client's address, counted in `per_address` until the connection closes. `None`
+    /// while a PROXY header is awaited: the balancer's address is nobody's to count.
+    peer: Option<IpAddr>,
     /// The interest the socket is registered with.
     registered: Interest,
     /// The time of this connection's live entry in the timers, if any. Entries with another
@@ -164,6 +165,7 @@ impl Scratch {
     fn context<'a>(
         &'a mut self,
         config: &'a ServerConfig,
+        greeting: &'a [u8],
         now: Instant,
         share: usize,
     ) -> Context<'a> {
@@ -174,6 +176,7 @@ impl Scratch {
             stats: &mut self.stats,
             now,
             share,
+            greeting,
         }
     }
 }
@@ -458,7 +461,9 @@ impl EventLoop {
             log::debug!("refused {peer}: at --max-connections");
             return;
         }
-        if !self.per_address.admit(peer.ip()) {
+        // Behind a balancer the address to count is in the PROXY header, not known yet.
+        let counted = (!self.config.proxy_protocol).then(|| peer.ip());
+        if counted.is_some_and(|ip| !self.per_address.admit(ip)) {
             net::refuse(socket2::SockRef::from(&stream), TOO_MANY_FROM_ADDRESS);
             self.scratch.stats.refused_per_ip += 1;
             log::debug!("refused {peer}: its address is at --max-connections-per-ip");
@@ -471,11 +476,15 @@ impl EventLoop {
         }
         let socket = socket2::SockRef::from(&stream);
         net::set_buffer_sizes(socket, self.config.send_buffer, self.config.recv_buffer);
-        self.scratch.stats.connections += 1;
-        let conn = Connection::accept(stream, &self.greeting, &mut self.scratch.stats, self.now);
+        let conn = if self.config.proxy_protocol {
+            Connection::accept_proxied(stream, self.now)
+        } else {
+            self.scratch.stats.connections += 1;
+            Connection::accept(stream, &self.greeting, &mut self.scratch.stats, self.now)
+        };
         let Some(registered) = conn.interest() else {
             log::debug!("{peer} failed before its greeting was written");
-            self.per_address.release(peer.ip());
+            counted.inspect(|&ip| self.per_address.release(ip));
             return;
         };
         let entry = self.connections.vacant_entry();
@@ -485,7 +494,7 @@ impl EventLoop {
         let slot = entry.insert(Slot {
             conn,
             serial,
-            peer: peer.ip(),
+            peer: counted,
             registered,
             scheduled: None,
             queued: false,
@@ -499,7 +508,7 @@ impl EventLoop {
         {
             log::warn!("cannot register {peer}: {e}");
             self.connections.remove(token.0);
-            self.per_address.release(peer.ip());
+            counted.inspect(|&ip| self.per_address.release(ip));
             return;
         }
         self.open_connections.fetch_add(1, Ordering::Relaxed);
@@ -512,10 +521,14 @@ impl EventLoop {
             return;
         };
         // A slot closed earlier in this batch stays until the sweep; ignore its events.
-        if matches!(slot.conn.state(), State::Closed) {
-            return;
+        match slot.conn.state() {
+            State::Closed => return,
+            State::ProxyHeader => return self.serve_proxy_header(token),
+            _ => {}
         }
-        let mut ctx = self.scratch.context(&self.config, self.now, self.share);
+        let mut ctx = self
+            .scratch
+            .context(&self.config, &self.greeting, self.now, self.share);
         if event.is_writable() {
             let progress = slot.conn.on_writable(&mut ctx);
             slot.follow(progress, token, &mut self.ready);
@@ -524,6 +537,46 @@ impl EventLoop {
             let drains = SHORT_READ_DRAINS && !event.is_read_closed() && !event.is_error();
             let progress = slot.conn.on_readable(&mut ctx, drains);
             slot.follow(progress, token, &mut self.ready);
+        }
+        self.after_io(token);
+    }
+
+    /// `--proxy-protocol`: reads the header and, once it is whole, admits the client it
+    /// names as [`admit`](Self::admit) admits a direct one (`--max-connections-per-ip`
+    /// counts that address), then greets it. Only then is the client served.
+    // Once per connection, never per message: kept out of line so that it does not weigh
+    // on the per-event path it branches off.
+    #[cold]
+    fn serve_proxy_header(&mut self, token: Token) {
+        let slot = &mut self.connections[token.0];
+        let mut ctx = self
+            .scratch
+            .context(&self.config, &self.greeting, self.now, self.share);
+        let read = slot.conn.read_proxy_header(&mut ctx);
+        let balancer = slot.conn.stream().peer_addr().ok();
+        let via = balancer.map_or_else(|| "a client gone already".into(), |a| a.to_string());
+        match read {
+            HeaderRead::Waiting => {}
+            HeaderRead::Rejected(why) => log::info!("{via}: closed without a greeting: {why}"),
+            HeaderRead::Received(source) => {
+                // No address in the header (LOCAL, a health check): the balancer stands.
+                let client = source.or(balancer);
+                let ip = client.map(|a| a.ip());
+                let who = client.map_or_else(|| via.clone(), |a| a.to_string());
+                if ip.is_some_and(|ip| !self.per_address.admit(ip)) {
+                    let socket = socket2::SockRef::from(&*slot.conn.stream());
+                    net::refuse(socket, TOO_MANY_FROM_ADDRESS);
+                    ctx.stats.refused_per_ip += 1;
+                    slot.conn.close_now(self.now);
+                    log::debug!("refused {who} (via {via}): at --max-connections-per-ip");
+                } else {
+                    slot.peer = ip;
+                    ctx.stats.connections += 1;
+                    log::debug!("accepted {who} (PROXY header from {via}) as {token:?}");
+                    let progress = slot.conn.greet(&mut ctx);
+                    slot.follow(progress, token, &mut self.ready);
+                }
+            }
         }
         self.after_io(token);
     }
@@ -606,7 +659,9 @@ impl EventLoop {
                     }
                     slot.queued = false;
                     // No event told us the socket is drained: read until WouldBlock.
-                    let mut ctx = self.scratch.context(&self.config, self.now, self.share);
+                    let mut ctx =
+                        self.scratch
+                            .context(&self.config, &self.greeting, self.now, self.share);
                     let progress = slot.conn.on_readable(&mut ctx, false);
                     slot.follow(progress, token, &mut self.ready);
                     self.after_io(token);
@@ -635,8 +690,19 @@ impl EventLoop {
             }
             slot.scheduled = None;
             let token = Token(timer.key);
-            let mut ctx = self.scratch.context(&self.config, self.now, self.share);
+            let mut ctx = self
+                .scratch
+                .context(&self.config, &self.greeting, self.now, self.share);
+            let awaited_header = slot.conn.state() == State::ProxyHeader;
             let progress = slot.conn.on_deadline(&mut ctx);
+            if awaited_header && slot.conn.state() == State::Closed {
+                let peer = slot.conn.stream().peer_addr();
+                log::info!(
+                    "{}: closed without a greeting: no whole PROXY header within {:?}",
+                    peer.map_or_else(|_| "a client gone already".into(), |a| a.to_string()),
+                    crate::proxy::HEADER_TIMEOUT
+                );
+            }
             slot.follow(progress, token, &mut self.ready);
             self.after_io(token);
         }
@@ -667,7 +733,9 @@ impl EventLoop {
                 // Dropping the stream closes the descriptor, which also removes it from the
                 // epoll set: no deregister call needed.
                 let slot = self.connections.remove(token.0);
-                self.per_address.release(slot.peer);
+                if let Some(ip) = slot.peer {
+                    self.per_address.release(ip);
+                }
                 self.budget.change(slot.accounted, 0);
                 self.scratch.stats.messages += slot.conn.messages();
                 self.open_connections.fetch_sub(1, Ordering::Relaxed);
@@ -729,7 +797,9 @@ impl EventLoop {
         let tokens: Vec<Token> = self.connections.iter().map(|(k, _)| Token(k)).collect();
         for token in tokens {
             let slot = &mut self.connections[token.0];
-            let mut ctx = self.scratch.context(&self.config, self.now, self.share);
+            let mut ctx = self
+                .scratch
+                .context(&self.config, &self.greeting, self.now, self.share);
             let progress = slot.conn.shut_down(&mut ctx);
             slot.follow(progress, token, &mut self.ready);
             self.after_io(token);

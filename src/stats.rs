@@ -20,6 +20,9 @@ pub struct Stats {
     pub bytes_out: u64,
     /// UDP replies dropped because they could not be sent.
     pub udp_dropped: u64,
+    /// `--proxy-protocol`: TCP connections closed without a greeting because their PROXY
+    /// header was invalid, or did not arrive whole in time or before the peer closed.
+    pub proxy_rejected: u64,
     /// The longest loop turn, from `poll` returning to the end of the turn (the reactor
     /// only: the threaded server has no turns). What a fresh client or a UDP ping may have
     /// had to wait on top of its own turn.
@@ -39,6 +42,7 @@ impl Stats {
         self.bytes_in += other.bytes_in;
         self.bytes_out += other.bytes_out;
         self.udp_dropped += other.udp_dropped;
+        self.proxy_rejected += other.proxy_rejected;
         self.longest_turn = self.longest_turn.max(other.longest_turn);
         self.peak_buffered = self.peak_buffered.max(other.peak_buffered);
     }
@@ -51,6 +55,9 @@ impl std::fmt::Display for Stats {
             "served {} connections ({} refused busy, {} refused per address), {} messages, {} bytes in, {} bytes out, {} udp replies dropped",
             self.connections, self.refused, self.refused_per_ip, self.messages, self.bytes_in, self.bytes_out, self.udp_dropped
         )?;
+        if self.proxy_rejected > 0 {
+            write!(f, ", {} without a valid PROXY header", self.proxy_rejected)?;
+        }
         if !self.longest_turn.is_zero() {
             write!(
                 f,

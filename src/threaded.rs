@@ -24,6 +24,7 @@ use log::{debug, error, info, warn};
 use crate::config::ServerConfig;
 use crate::net::{self, ConnectionsPerAddress, ACCEPT_BACKOFF, LINGER_TIMEOUT, MAX_DATAGRAM};
 use crate::protocol::{self, Flow, ProtocolConfig, Session};
+use crate::proxy;
 use crate::running::Running;
 use crate::signals::ThreadSignals;
 use crate::stats::Stats;
@@ -106,6 +107,11 @@ struct Totals {
     bytes_out: AtomicU64,
     udp_dropped: AtomicU64,
     refused_per_ip: AtomicU64,
+    /// `--proxy-protocol`: connections closed for want of a valid PROXY header.
+    proxy_rejected: AtomicU64,
+    /// Connections that got a thread but were never greeted (no valid PROXY header, or
+    /// refused for the address in it): not counted as served.
+    not_greeted: AtomicU64,
 }
 
 impl Totals {
@@ -311,7 +317,8 @@ impl Server {
 
         let totals = &self.shared.totals;
         let stats = Stats {
-            connections,
+            connections: connections - totals.not_greeted.load(Ordering::Relaxed),
+            proxy_rejected: totals.proxy_rejected.load(Ordering::Relaxed),
             refused,
             refused_per_ip: totals.refused_per_ip.load(Ordering::Relaxed),
             messages: totals.messages.load(Ordering::Relaxed),
@@ -364,7 +371,10 @@ impl Server {
     /// Registers the connection and starts its thread, or refuses it.
     fn start_connection(&self, id: u64, stream: TcpStream, peer: SocketAddr) -> Admission {
         let stream = Arc::new(stream);
-        if !self.shared.per_address.admit(peer.ip()) {
+        // Behind a balancer the address to count is in the PROXY header, read by the
+        // connection's thread.
+        let counted = (!self.config.proxy_protocol).then(|| peer.ip());
+        if counted.is_some_and(|ip| !self.shared.per_address.admit(ip)) {
             debug!("refusing {peer}: its address is at --max-connections-per-ip");
             net::refuse(
                 socket2::SockRef::from(&*stream),
@@ -385,7 +395,7 @@ impl Server {
                     self.config.max_connections
                 );
                 net::refuse(socket2::SockRef::from(&*stream), protocol::SERVER_BUSY);
-                self.shared.per_address.release(peer.ip());
+                counted.inspect(|&ip| self.shared.per_address.release(ip));
                 return Admission::Busy;
             }
             live.insert(id, Arc::clone(&stream));
@@ -399,6 +409,7 @@ impl Server {
             recv_buffer: self.config.recv_buffer,
         };
         let thread_stream = Arc::clone(&stream);
+        let proxied = self.config.proxy_protocol;
         let spawned = thread::Builder::new()
             .name(format!("conn-{id}"))
             .stack_size(CONNECTION_STACK_SIZE)
@@ -408,7 +419,21 @@ impl Server {
                     id,
                 };
                 let mut connection = Connection::new(&thread_stream, &protocol);
-                if let Err(e) = connection.serve(settings, &shared.stopping) {
+                let mut counted = counted;
+                let mut early = Vec::new();
+                if proxied {
+                    match connection.admit_proxied(peer, &shared, &mut early) {
+                        Some(ip) => counted = Some(ip),
+                        None => {
+                            shared.totals.not_greeted.fetch_add(1, Ordering::Relaxed);
+                            shared
+                                .totals
+                                .add(0, connection.bytes_in, connection.bytes_out);
+                            return;
+                        }
+                    }
+                }
+                if let Err(e) = connection.serve(settings, &shared.stopping, &early) {
                     debug!("{peer}: {e}");
                 }
                 let lingered = close_politely(&thread_stream, &mut connection.read_buffer);
@@ -417,7 +442,7 @@ impl Server {
                     connection.bytes_in + lingered,
                     connection.bytes_out,
                 );
-                shared.per_address.release(peer.ip());
+                counted.inspect(|&ip| shared.per_address.release(ip));
                 debug!("{peer}: closed");
             });
         match spawned {
@@ -431,7 +456,7 @@ impl Server {
                 warn!("cannot start a thread for {peer}: {e}; refusing it");
                 self.shared.connections().remove(&id);
                 net::refuse(socket2::SockRef::from(&*stream), protocol::SERVER_BUSY);
-                self.shared.per_address.release(peer.ip());
+                counted.inspect(|&ip| self.shared.per_address.release(ip));
                 Admission::Busy
             }
         }
@@ -518,9 +543,90 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// Greets, then answers until the protocol says close, the peer goes away or idles out,
-    /// or the server stops. An error ends this connection only.
-    fn serve(&mut self, settings: SocketSettings, stopping: &AtomicBool) -> io::Result<()> {
+    /// `--proxy-protocol`: reads the PROXY header (within [`proxy::HEADER_TIMEOUT`] of
+    /// now), then admits the client it names under `--max-connections-per-ip`. Returns the
+    /// address counted, or `None` when the connection is to close ungreeted (logged).
+    /// Bytes that came behind the header go to `early`, to be answered after the greeting.
+    fn admit_proxied(
+        &mut self,
+        balancer: SocketAddr,
+        shared: &Shared,
+        early: &mut Vec<u8>,
+    ) -> Option<std::net::IpAddr> {
+        let source = match self.read_proxy_header(early) {
+            Ok(source) => source,
+            Err(why) => {
+                shared.totals.proxy_rejected.fetch_add(1, Ordering::Relaxed);
+                info!("{balancer}: closed without a greeting: {why}");
+                return None;
+            }
+        };
+        // No address in the header (LOCAL, a health check): the balancer stands.
+        let client = source.unwrap_or(balancer);
+        if !shared.per_address.admit(client.ip()) {
+            debug!("refused {client} (via {balancer}): at --max-connections-per-ip");
+            net::refuse(
+                socket2::SockRef::from(self.stream),
+                protocol::TOO_MANY_FROM_ADDRESS,
+            );
+            shared.totals.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        debug!("{client}: connected (PROXY header from {balancer})");
+        Some(client.ip())
+    }
+
+    /// Reads until `input` begins with a whole PROXY header; leaves in it what followed.
+    fn read_proxy_header(&mut self, input: &mut Vec<u8>) -> Result<Option<SocketAddr>, String> {
+        let deadline = Instant::now() + proxy::HEADER_TIMEOUT;
+        loop {
+            match proxy::parse(input) {
+                proxy::Parsed::Header { len, source } => {
+                    input.drain(..len);
+                    return Ok(source);
+                }
+                proxy::Parsed::Invalid(why) => return Err(why),
+                proxy::Parsed::Incomplete => {}
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "no whole PROXY header within {:?}",
+                    proxy::HEADER_TIMEOUT
+                ));
+            }
+            let limit = (proxy::MAX_HEADER - input.len()).min(self.read_buffer.len());
+            let read = self
+                .stream
+                .set_read_timeout(Some(left))
+                .and_then(|()| self.stream.read(&mut self.read_buffer[..limit]));
+            match read {
+                Ok(0) => return Err("closed before its PROXY header was whole".into()),
+                Ok(n) => {
+                    self.bytes_in += n as u64;
+                    input.extend_from_slice(&self.read_buffer[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The read timeout; the deadline check above says so.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(format!("read failed: {e}")),
+            }
+        }
+    }
+
+    /// Greets, answers `early` (what came behind a PROXY header), then answers until the
+    /// protocol says close, the peer goes away or idles out, or the server stops. An error
+    /// ends this connection only.
+    fn serve(
+        &mut self,
+        settings: SocketSettings,
+        stopping: &AtomicBool,
+        early: &[u8],
+    ) -> io::Result<()> {
         let idle_timeout = settings.idle;
         // Each write is a whole batch of replies; Nagle's algorithm would only hold the next
         // batch back until the previous one is acknowledged, which with delayed ACKs on the
@@ -537,11 +643,21 @@ impl<'a> Connection<'a> {
         self.stream.set_write_timeout(idle_timeout)?;
 
         self.protocol.greeting(&mut self.pending_output);
+        // (With `--framing raw` every read is a message, so an empty one must not be.)
+        let flow = match early.is_empty() {
+            true => Flow::Continue,
+            false => self
+                .session
+                .on_input(self.protocol, early, &mut self.pending_output),
+        };
         self.flush()?;
+        if flow == Flow::Close {
+            return Ok(());
+        }
         // When the unfinished line held in the session began. While one is held, the read
         // timeout is what is left of `--line-timeout` (or the idle timeout, if sooner), so a
         // client dribbling bytes cannot stretch it; a whole line costs no extra syscall.
-        let mut line_started: Option<Instant> = None;
+        let mut line_started = (self.session.buffered() > 0).then(Instant::now);
         let mut read_timeout = idle_timeout;
         loop {
             let wanted = match (line_started, settings.line) {

@@ -117,7 +117,8 @@ fn the_pitfalls_link_to_their_lines_and_name_tests_that_exist() {
     assert!(named >= 7, "each pitfall names its test");
 }
 
-const TRIGGERS: [Trigger; 7] = [
+const TRIGGERS: [Trigger; 8] = [
+    Trigger::HeaderReceived,
     Trigger::Flushed,
     Trigger::AboveHighWater,
     Trigger::BelowLowWater,
@@ -131,7 +132,8 @@ const TRIGGERS: [Trigger; 7] = [
 #[allow(dead_code)]
 fn every_trigger_is_listed(trigger: Trigger) {
     match trigger {
-        Trigger::Flushed
+        Trigger::HeaderReceived
+        | Trigger::Flushed
         | Trigger::AboveHighWater
         | Trigger::BelowLowWater
         | Trigger::InputEnded
@@ -141,7 +143,8 @@ fn every_trigger_is_listed(trigger: Trigger) {
     }
 }
 
-const STATES: [State; 7] = [
+const STATES: [State; 8] = [
+    State::ProxyHeader,
     State::Greeting,
     State::Reading,
     State::Replying,
@@ -154,7 +157,8 @@ const STATES: [State; 7] = [
 #[allow(dead_code)]
 fn every_state_is_listed(state: State) {
     match state {
-        State::Greeting
+        State::ProxyHeader
+        | State::Greeting
         | State::Reading
         | State::Replying
         | State::Closing { .. }

@@ -101,6 +101,18 @@ struct Args {
     /// The report says what the server did to them; they never count as errors.
     #[arg(long, value_name = "KIND:N")]
     hostile: Vec<Hostile>,
+
+    /// Begin every TCP connection with a PROXY protocol header (v1: text, v2: binary)
+    /// naming its own two ends, as a load balancer does; for a server run with
+    /// --proxy-protocol.
+    #[arg(long, value_name = "VERSION")]
+    proxy_protocol: Option<evloop::proxy::Version>,
+
+    /// Local addresses to connect from, comma-separated, taken by the clients in turn
+    /// (e.g. 127.0.0.2,127.0.0.3: several loopback clients a server can tell apart)
+    /// [default: the address the kernel picks].
+    #[arg(long, value_name = "IP,...", value_delimiter = ',')]
+    source: Vec<std::net::IpAddr>,
 }
 
 /// A positive, finite number of seconds, fractions allowed.
@@ -137,6 +149,8 @@ impl Args {
             timeout: self.timeout,
             threads: self.threads,
             hostile: self.hostile.clone(),
+            proxy_protocol: self.proxy_protocol,
+            sources: self.source.clone(),
         }
     }
 }

@@ -1,8 +1,8 @@
 //! One TCP connection: its state machine, its bounded output, and what it does when its
 //! socket is readable or writable or one of its deadlines passes.
 //!
-//! This module owns the life of a connection, `Greeting → Reading ⇄ Replying → Closing →
-//! Lingering → Closed`, with every transition in [`State::on`]. It does the non-blocking
+//! This module owns the life of a connection, `(ProxyHeader →) Greeting → Reading ⇄ Replying
+//! → Closing → Lingering → Closed`, with every transition in [`State::on`]. It does the non-blocking
 //! reads and writes for one socket, asks [`protocol`](crate::protocol) what to answer, and
 //! decides when it next needs attention ([`Connection::deadline`]) and what happens then
 //! ([`Connection::on_deadline`]). It never reads the clock: the loop passes the time in.
@@ -30,6 +30,7 @@ use mio::Interest;
 use crate::config::ServerConfig;
 use crate::net::LINGER_TIMEOUT;
 use crate::protocol::{Flow, Session, LINE_TIMEOUT};
+use crate::proxy::{self, Parsed};
 use crate::stats::Stats;
 
 /// Once this many bytes of output are unsent the connection stops answering and reading, so
@@ -62,6 +63,10 @@ pub const REPLY_BUDGET: usize = 16 * 1024;
 /// then in [`Connection::deadline`] and [`Connection::on_deadline`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
+    /// `--proxy-protocol`: waiting for the PROXY header, which must come whole within
+    /// [`proxy::HEADER_TIMEOUT`] of the accept. Nothing is written and no line is read
+    /// until it has; the loop decides, from the address in it, whether to greet.
+    ProxyHeader,
     /// The greeting is not fully written yet (it almost always is at once: a new socket's
     /// send buffer is empty). Input waits in the socket until the client has been greeted.
     Greeting,
@@ -94,6 +99,8 @@ pub enum State {
 /// (`Connection::write`) reports it, so no state copies what the buffer already knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trigger {
+    /// A whole, valid PROXY header has arrived and the loop admitted its client.
+    HeaderReceived,
     /// Everything owed has been written, and no input is held unanswered.
     Flushed,
     /// Unsent output is above [`OUTPUT_HIGH_WATER`].
@@ -104,8 +111,8 @@ pub enum Trigger {
     InputEnded,
     /// The peer half-closed (a read returned 0).
     PeerEof,
-    /// Stop waiting: a deadline passed with nothing moving, or the server cannot wait any
-    /// longer (shutdown grace over).
+    /// Stop waiting: a deadline passed with nothing moving, the server cannot wait any
+    /// longer (shutdown grace over), or the peer sent no valid PROXY header.
     GiveUp,
     /// An I/O error (reset, broken pipe): nothing more can be delivered.
     Failed,
@@ -120,6 +127,9 @@ impl State {
         use Trigger::*;
         match (self, trigger) {
             (Closed, _) | (_, Failed | GiveUp) => Closed,
+            // Nobody was greeted, so nothing is owed.
+            (ProxyHeader, InputEnded | PeerEof) => Closed,
+            (ProxyHeader, HeaderReceived) => Greeting,
             (Greeting, Flushed) => Reading,
             (Reading, AboveHighWater) => Replying,
             (Replying, BelowLowWater | Flushed) => Reading,
@@ -163,6 +173,22 @@ pub struct Context<'a> {
     /// This turn's equal share of the server-wide memory budget
     /// ([`MemoryBudget::share`](crate::budget::MemoryBudget::share)).
     pub share: usize,
+    /// The greeting, for a connection that is greeted only once its PROXY header is in.
+    pub greeting: &'a [u8],
+}
+
+/// What reading a PROXY header came to ([`Connection::read_proxy_header`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderRead {
+    /// Not all of it yet: wait for the next event (or the header's deadline).
+    Waiting,
+    /// A whole header, with the client's address (`None`: the header carries none, so the
+    /// socket's peer stands). Bytes that came behind it are kept for after the greeting.
+    /// The loop now calls [`Connection::greet`], or refuses the client.
+    Received(Option<std::net::SocketAddr>),
+    /// No valid header (the reason says why), or the peer closed first: the connection
+    /// is closed, without a greeting.
+    Rejected(String),
 }
 
 /// What the loop must do after a call.
@@ -250,9 +276,22 @@ pub struct Connection<S> {
 impl<S: Stream> Connection<S> {
     /// Takes a freshly accepted stream and writes the greeting at once.
     pub fn accept(stream: S, greeting: &[u8], stats: &mut Stats, now: Instant) -> Connection<S> {
-        let mut conn = Connection {
+        let mut conn = Connection::new(stream, State::Greeting, now);
+        conn.write(greeting, stats, now);
+        conn
+    }
+
+    /// Takes a freshly accepted stream that must begin with a PROXY header
+    /// (`--proxy-protocol`): nothing is written until it has arrived, see
+    /// [`read_proxy_header`](Self::read_proxy_header).
+    pub fn accept_proxied(stream: S, now: Instant) -> Connection<S> {
+        Connection::new(stream, State::ProxyHeader, now)
+    }
+
+    fn new(stream: S, state: State, now: Instant) -> Connection<S> {
+        Connection {
             stream,
-            state: State::Greeting,
+            state,
             session: Session::new(),
             held: Vec::new(),
             output: Output::default(),
@@ -260,9 +299,7 @@ impl<S: Stream> Connection<S> {
             line_started: None,
             budget_paused: false,
             earlier_deadlines: 0,
-        };
-        conn.write(greeting, stats, now);
-        conn
+        }
     }
 
     /// Where the connection is in its life.
@@ -293,7 +330,7 @@ impl<S: Stream> Connection<S> {
             State::Reading if self.output.is_empty() => Some(Interest::READABLE),
             State::Reading => Some(Interest::READABLE | Interest::WRITABLE),
             State::Greeting | State::Replying | State::Closing { .. } => Some(Interest::WRITABLE),
-            State::Lingering => Some(Interest::READABLE),
+            State::ProxyHeader | State::Lingering => Some(Interest::READABLE),
             State::Closed => None,
         }
     }
@@ -304,6 +341,8 @@ impl<S: Stream> Connection<S> {
     pub fn deadline(&self, config: &ServerConfig) -> Option<Instant> {
         match self.state {
             State::Reading => earliest(self.idle_deadline(config), self.line_deadline(config)),
+            // From the accept: reading part of a header does not extend it.
+            State::ProxyHeader => Some(self.last_progress + proxy::HEADER_TIMEOUT),
             State::Lingering => Some(self.last_progress + LINGER_TIMEOUT),
             State::Closed => None,
             _ => self.idle_deadline(config),
@@ -362,6 +401,10 @@ impl<S: Stream> Connection<S> {
                 );
                 self.close_now(ctx.now);
             }
+            State::ProxyHeader => {
+                ctx.stats.proxy_rejected += 1;
+                self.close_now(ctx.now);
+            }
             State::Lingering => self.close_now(ctx.now),
             State::Closed => {}
         }
@@ -380,8 +423,68 @@ impl<S: Stream> Connection<S> {
             State::Closing { .. } => self.answer_held(ctx),
             State::Lingering => self.discard_input(ctx),
             // The greeting goes first, and backpressure holds input in the socket. An event
-            // here is spurious, or an error the next write will report.
-            State::Greeting | State::Replying | State::Closed => Progress::Wait,
+            // here is spurious, or an error the next write will report. A PROXY header is
+            // read by `read_proxy_header`, since the loop has a decision to make after it.
+            State::ProxyHeader | State::Greeting | State::Replying | State::Closed => {
+                Progress::Wait
+            }
+        }
+    }
+
+    /// `--proxy-protocol`: reads until the PROXY header is whole, the socket would block,
+    /// or the header is found invalid. The header is gathered in `held` (bounded by
+    /// [`proxy::MAX_HEADER`]); what follows it stays there, answered after the greeting.
+    pub fn read_proxy_header(&mut self, ctx: &mut Context<'_>) -> HeaderRead {
+        while self.state == State::ProxyHeader {
+            let limit = proxy::MAX_HEADER
+                .saturating_sub(self.held.len())
+                .clamp(1, ctx.read_buf.len());
+            match self.stream.read(&mut ctx.read_buf[..limit]) {
+                Ok(0) => {
+                    ctx.stats.proxy_rejected += 1;
+                    self.transition(Trigger::PeerEof, ctx.now);
+                    return HeaderRead::Rejected("closed before its PROXY header was whole".into());
+                }
+                Ok(n) => {
+                    ctx.stats.bytes_in += n as u64;
+                    self.held.extend_from_slice(&ctx.read_buf[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let why = format!("read failed: {e}");
+                    self.fail("read", e);
+                    return HeaderRead::Rejected(why);
+                }
+            }
+            match proxy::parse(&self.held) {
+                Parsed::Incomplete => continue,
+                Parsed::Header { len, source } => {
+                    self.held.drain(..len);
+                    if self.held.is_empty() {
+                        self.held = Vec::new();
+                    }
+                    return HeaderRead::Received(source);
+                }
+                Parsed::Invalid(why) => {
+                    ctx.stats.proxy_rejected += 1;
+                    self.transition(Trigger::GiveUp, ctx.now);
+                    return HeaderRead::Rejected(why);
+                }
+            }
+        }
+        HeaderRead::Waiting
+    }
+
+    /// After a PROXY header the loop admitted: greets. What came behind the header, and
+    /// anything more the socket holds, is answered on the next turn, as a new connection's
+    /// input would be: no edge will announce bytes that already arrived.
+    pub fn greet(&mut self, ctx: &mut Context<'_>) -> Progress {
+        self.transition(Trigger::HeaderReceived, ctx.now);
+        self.write(ctx.greeting, ctx.stats, ctx.now);
+        match self.state {
+            State::Reading => Progress::ReadAgain,
+            _ => Progress::Wait,
         }
     }
 
@@ -630,6 +733,10 @@ impl<S: Stream> Connection<S> {
             if self.state == State::Reading {
                 return;
             }
+            Trigger::Flushed
+        } else if unsent == 0 && self.state == State::Greeting {
+            // Input held while greeting came behind a PROXY header: it is not owed
+            // output yet, just input that arrived early, read once serving begins.
             Trigger::Flushed
         } else if unsent > OUTPUT_HIGH_WATER {
             Trigger::AboveHighWater

@@ -60,6 +60,8 @@ impl Stream for FakeStream {
 
 struct Harness {
     read_buf: Vec<u8>,
+    /// The default config's greeting, for a connection greeted after its PROXY header.
+    greeting: Vec<u8>,
     replies: Vec<u8>,
     config: ServerConfig,
     stats: Stats,
@@ -69,8 +71,11 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
+        let mut greeting = Vec::new();
+        ServerConfig::default().protocol.greeting(&mut greeting);
         Harness {
             read_buf: vec![0; 64],
+            greeting,
             replies: Vec::new(),
             config: ServerConfig::default(),
             stats: Stats::default(),
@@ -86,6 +91,7 @@ impl Harness {
             stats: &mut self.stats,
             now: self.now,
             share: usize::MAX,
+            greeting: &self.greeting,
         }
     }
 
@@ -131,7 +137,12 @@ fn the_transition_table() {
         Closing { peer_eof: false }
     );
     assert_eq!(Lingering.on(PeerEof), Closed);
+    assert_eq!(ProxyHeader.on(HeaderReceived), Greeting);
+    assert_eq!(ProxyHeader.on(PeerEof), Closed);
+    assert_eq!(ProxyHeader.on(InputEnded), Closed);
+    assert_eq!(ProxyHeader.on(Flushed), ProxyHeader);
     for state in [
+        ProxyHeader,
         Greeting,
         Reading,
         Replying,
@@ -534,4 +545,112 @@ fn spurious_events_change_nothing() {
     let unread = conn.stream.reads.len();
     assert_eq!(conn.on_readable(&mut h.ctx(), false), Progress::Wait);
     assert_eq!(conn.stream.reads.len(), unread, "backpressure holds");
+}
+
+fn proxy_header(version: proxy::Version) -> Vec<u8> {
+    let client: std::net::SocketAddr = ([192, 0, 2, 1], 5000).into();
+    proxy::encode(version, client, ([127, 0, 0, 1], 9999).into())
+}
+
+#[test]
+fn a_proxy_header_is_read_whole_before_anything_is_written() {
+    for version in [proxy::Version::V1, proxy::Version::V2] {
+        let mut h = Harness::new();
+        let header = proxy_header(version);
+        let mut conn = Connection::accept_proxied(stream(&[&header[..10]], 1000), h.now);
+        assert_eq!(conn.state(), State::ProxyHeader);
+        assert_eq!(conn.interest(), Some(Interest::READABLE));
+        assert_eq!(conn.read_proxy_header(&mut h.ctx()), HeaderRead::Waiting);
+        assert!(
+            conn.stream.written.is_empty(),
+            "no greeting before the header"
+        );
+        let rest = [&header[10..], b"alice\nbo"].concat();
+        conn.stream.reads.push_back(Ok(rest));
+        assert_eq!(
+            conn.read_proxy_header(&mut h.ctx()),
+            HeaderRead::Received(Some(([192, 0, 2, 1], 5000).into()))
+        );
+        assert!(
+            conn.stream.written.is_empty(),
+            "the loop decides whether to greet"
+        );
+        assert_eq!(conn.greet(&mut h.ctx()), Progress::ReadAgain);
+        assert_eq!(conn.stream.written, b"Welcome!\n");
+        conn.on_readable(&mut h.ctx(), false);
+        assert_eq!(
+            conn.stream.written, b"Welcome!\nHello, alice!\n",
+            "{version:?}"
+        );
+        assert_eq!(conn.state(), State::Reading);
+        assert_eq!(conn.messages(), 1, "the header is not a line");
+        conn.stream.reads.push_back(Ok(b"b\n".to_vec()));
+        conn.on_readable(&mut h.ctx(), false);
+        assert!(conn.stream.written.ends_with(b"Hello, bob!\n"));
+    }
+}
+
+#[test]
+fn anything_but_a_proxy_header_is_closed_without_a_greeting() {
+    let mut h = Harness::new();
+    let mut conn = Connection::accept_proxied(stream(&[b"hello\n"], 1000), h.now);
+    assert!(matches!(
+        conn.read_proxy_header(&mut h.ctx()),
+        HeaderRead::Rejected(_)
+    ));
+    assert_eq!(conn.state(), State::Closed);
+    assert!(conn.stream.written.is_empty());
+    assert_eq!(h.stats.proxy_rejected, 1);
+}
+
+#[test]
+fn a_proxy_header_must_be_whole_within_its_timeout_from_the_accept() {
+    let mut h = Harness::new();
+    let start = h.now;
+    let header = proxy_header(proxy::Version::V1);
+    let mut conn = Connection::accept_proxied(stream(&[], 1000), h.now);
+    assert_eq!(
+        conn.deadline(&h.config),
+        Some(start + proxy::HEADER_TIMEOUT)
+    );
+    h.now += Duration::from_secs(1);
+    conn.stream.reads.push_back(Ok(header[..5].to_vec()));
+    assert_eq!(conn.read_proxy_header(&mut h.ctx()), HeaderRead::Waiting);
+    assert_eq!(
+        conn.deadline(&h.config),
+        Some(start + proxy::HEADER_TIMEOUT),
+        "part of a header does not buy more time"
+    );
+    h.now = start + proxy::HEADER_TIMEOUT;
+    conn.on_deadline(&mut h.ctx());
+    assert_eq!(conn.state(), State::Closed);
+    assert!(conn.stream.written.is_empty());
+    assert_eq!(h.stats.proxy_rejected, 1);
+}
+
+#[test]
+fn shutdown_while_a_proxy_header_is_awaited_closes_at_once() {
+    let mut h = Harness::new();
+    let mut conn = Connection::accept_proxied(stream(&[], 1000), h.now);
+    conn.shut_down(&mut h.ctx());
+    assert_eq!(conn.state(), State::Closed);
+    assert!(conn.stream.written.is_empty());
+}
+
+#[test]
+fn input_behind_a_header_waits_for_a_greeting_the_socket_did_not_take() {
+    let mut h = Harness::new();
+    let input = [proxy_header(proxy::Version::V2), b"x\n".to_vec()].concat();
+    let mut conn = Connection::accept_proxied(stream(&[&input], 4), h.now);
+    assert!(matches!(
+        conn.read_proxy_header(&mut h.ctx()),
+        HeaderRead::Received(_)
+    ));
+    conn.greet(&mut h.ctx());
+    assert_eq!(conn.state(), State::Greeting);
+    assert_eq!(conn.stream.written, b"Welc");
+    conn.stream.accept = 1000;
+    assert_eq!(conn.on_writable(&mut h.ctx()), Progress::ReadAgain);
+    conn.on_readable(&mut h.ctx(), false);
+    assert_eq!(conn.stream.written, b"Welcome!\nHello, x!\n");
 }

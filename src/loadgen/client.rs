@@ -17,6 +17,7 @@ use mio::{Interest, Registry, Token};
 use super::engine::{Failure, InFlight, Shared};
 use super::options::{Options, Transport};
 use super::script::{compare, Match, Script};
+use crate::proxy;
 
 /// One client, or the empty slot a failed one leaves. Slots are never reused, so a late
 /// event for a closed client finds `Closed` and is ignored.
@@ -71,8 +72,8 @@ impl Client {
     /// Opens client `token` (for TCP, starts a non-blocking connect) and registers it.
     pub(super) fn open(options: &Options, token: Token, registry: &Registry) -> io::Result<Client> {
         Ok(match options.transport {
-            Transport::Tcp => Client::Tcp(TcpClient::open(options.addr, token, registry)?),
-            Transport::Udp => Client::Udp(UdpClient::open(options.addr, token, registry)?),
+            Transport::Tcp => Client::Tcp(TcpClient::open(options, token, registry)?),
+            Transport::Udp => Client::Udp(UdpClient::open(options, token, registry)?),
         })
     }
 
@@ -131,9 +132,26 @@ pub(super) struct TcpClient {
 }
 
 impl TcpClient {
-    fn open(addr: SocketAddr, token: Token, registry: &Registry) -> io::Result<TcpClient> {
+    fn open(options: &Options, token: Token, registry: &Registry) -> io::Result<TcpClient> {
+        let stream = match options.source(token.0) {
+            None => TcpStream::connect(options.addr)?,
+            Some(source) => {
+                // mio connects from an address the kernel picks; binding first needs the
+                // socket before its connect.
+                let domain = socket2::Domain::for_address(options.addr);
+                let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+                socket.set_nonblocking(true)?;
+                socket.bind(&SocketAddr::new(source, 0).into())?;
+                match socket.connect(&options.addr.into()) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+                    Err(e) => return Err(e),
+                }
+                TcpStream::from_std(socket.into())
+            }
+        };
         let mut tcp = TcpClient {
-            stream: TcpStream::connect(addr)?,
+            stream,
             phase: Phase::Connecting,
             phase_since: Instant::now(),
             in_flight: VecDeque::new(),
@@ -178,6 +196,9 @@ impl TcpClient {
         // Requests are small and latency is the point: Nagle would hold back a request
         // while an earlier one is unacknowledged.
         self.stream.set_nodelay(true).map_err(Failure::Connection)?;
+        if let Some(version) = shared.options.proxy_protocol {
+            self.send_proxy_header(version)?;
+        }
         if shared.script.greeting_line.is_empty() {
             self.become_ready(shared);
         } else {
@@ -185,6 +206,25 @@ impl TcpClient {
             self.phase_since = now;
         }
         Ok(true)
+    }
+
+    /// What a balancer sends first: the connection's own two ends, so the server sees this
+    /// client's real address. A new socket's send buffer is empty, so the few bytes go in
+    /// one write; anything less is an error rather than a state to track.
+    fn send_proxy_header(&mut self, version: proxy::Version) -> Result<(), Failure> {
+        let ends = self
+            .stream
+            .local_addr()
+            .and_then(|local| Ok((local, self.stream.peer_addr()?)));
+        let (local, peer) = ends.map_err(Failure::Connection)?;
+        let header = proxy::encode(version, local, peer);
+        match self.stream.write(&header) {
+            Ok(n) if n == header.len() => Ok(()),
+            Ok(_) => Err(Failure::Connection(io::Error::other(
+                "the PROXY header did not fit in a new socket's send buffer",
+            ))),
+            Err(e) => Err(Failure::Connection(e)),
+        }
     }
 
     fn become_ready(&mut self, shared: &mut Shared) {
@@ -316,13 +356,17 @@ pub(super) struct UdpClient {
 }
 
 impl UdpClient {
-    fn open(addr: SocketAddr, token: Token, registry: &Registry) -> io::Result<UdpClient> {
+    fn open(options: &Options, token: Token, registry: &Registry) -> io::Result<UdpClient> {
+        let addr = options.addr;
         let any: SocketAddr = if addr.is_ipv4() {
             ([0, 0, 0, 0], 0).into()
         } else {
             ([0u16; 8], 0).into()
         };
-        let socket = UdpSocket::bind(any)?;
+        let from = options
+            .source(token.0)
+            .map_or(any, |ip| SocketAddr::new(ip, 0));
+        let socket = UdpSocket::bind(from)?;
         // Connected: the kernel drops datagrams from anyone else, and a closed port comes
         // back as ECONNREFUSED instead of silence.
         socket.connect(addr)?;

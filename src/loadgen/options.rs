@@ -3,11 +3,12 @@
 //! messages are shared out among its engines. Data and arithmetic only: nothing here opens
 //! a socket, reads the clock or knows how a run goes.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::hostile::Hostile;
 use crate::protocol::Mode;
+use crate::proxy;
 
 /// The largest `size` a UDP request may have: the largest UDP payload over IPv4 (65,507
 /// bytes) less the 8 bytes `Hello, ` and `!` add to the reply.
@@ -55,6 +56,13 @@ pub struct Options {
     /// Hostile clients to run beside the honest ones (`--hostile KIND:N`), each kind at
     /// most once. They run on engines of their own, never in an honest client's loop.
     pub hostile: Vec<Hostile>,
+    /// Send a PROXY protocol header of this version first on every TCP connection, as a
+    /// load balancer would (`--proxy-protocol v1|v2`), naming the connection's own ends.
+    pub proxy_protocol: Option<proxy::Version>,
+    /// Local addresses the clients connect from, in turn (`--source`); empty: the one the
+    /// kernel picks. Several loopback addresses make several clients a server can tell
+    /// apart, through a balancer too.
+    pub sources: Vec<IpAddr>,
 }
 
 impl Default for Options {
@@ -73,6 +81,8 @@ impl Default for Options {
             timeout: Duration::from_secs(2),
             threads: 1,
             hostile: Vec::new(),
+            proxy_protocol: None,
+            sources: Vec::new(),
         }
     }
 }
@@ -118,6 +128,19 @@ impl Options {
                 return Err(format!("hostile {} given twice", hostile.kind.name()));
             }
         }
+        if let Some(source) = self
+            .sources
+            .iter()
+            .find(|s| s.is_ipv4() != self.addr.is_ipv4())
+        {
+            return Err(format!(
+                "source {source} and server {} are not of one address family",
+                self.addr
+            ));
+        }
+        if self.proxy_protocol.is_some() && self.transport == Transport::Udp {
+            return Err("a PROXY header is sent on TCP connections only".into());
+        }
         if !self.hostile.is_empty() && !self.addr.ip().is_loopback() {
             return Err(format!(
                 "hostile clients send only to loopback, and {} is not",
@@ -125,6 +148,11 @@ impl Options {
             ));
         }
         Ok(())
+    }
+
+    /// The local address client `id` connects from, if `sources` names any.
+    pub(super) fn source(&self, id: usize) -> Option<IpAddr> {
+        (!self.sources.is_empty()).then(|| self.sources[id % self.sources.len()])
     }
 
     /// Sockets the run holds open at most: one per honest client and one per hostile

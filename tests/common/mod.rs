@@ -154,8 +154,24 @@ impl Binary {
 
     /// Starts `exe`, optionally with RLIMIT_NOFILE set to `fd_limit` (soft and hard).
     pub fn start_with(exe: &str, args: &[&str], fd_limit: Option<u64>) -> Binary {
+        Binary::start_configured(exe, args, fd_limit, &[])
+    }
+
+    /// Starts `exe` with these environment variables added (`RUST_LOG`, say).
+    #[allow(dead_code)] // for tests/proxy.rs
+    pub fn start_with_env(exe: &str, args: &[&str], env: &[(&str, &str)]) -> Binary {
+        Binary::start_configured(exe, args, None, env)
+    }
+
+    fn start_configured(
+        exe: &str,
+        args: &[&str],
+        fd_limit: Option<u64>,
+        env: &[(&str, &str)],
+    ) -> Binary {
         let mut command = Command::new(exe);
         command
+            .envs(env.iter().copied())
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .stdout(Stdio::piped())

@@ -1,0 +1,293 @@
+//! `--proxy-protocol` against real sockets: the PROXY header by hand against both servers,
+//! then a real HAProxy (`send-proxy-v2`) in front of two reactor binaries, driven by
+//! loadgen from several loopback addresses.
+
+// This crate uses the line client, the server starter and the binary helper only.
+#[allow(dead_code)]
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use evloop::proxy::{self, Version};
+
+/// A header naming `client` as the connection's source, as a balancer in front of `server`
+/// would send it.
+fn header(version: Version, client: &str, server: SocketAddr) -> Vec<u8> {
+    proxy::encode(version, client.parse().unwrap(), server)
+}
+
+/// The suite, run against each server: `proxy_suite!(evloop::reactor::spawn)`.
+macro_rules! proxy_suite {
+    ($spawn:path) => {
+        use super::*;
+        use common::{start, Client};
+        use evloop::protocol::TOO_MANY_FROM_ADDRESS;
+
+        fn proxied(configure: impl FnOnce(&mut evloop::ServerConfig)) -> evloop::Running {
+            start($spawn, |c| {
+                c.proxy_protocol = true;
+                configure(c);
+            })
+        }
+
+        #[test]
+        fn either_version_then_lines_in_the_same_write() {
+            let server = proxied(|_| {});
+            for version in [Version::V1, Version::V2] {
+                let mut c = Client::connect(server.tcp);
+                let first = [
+                    header(version, "192.0.2.1:4000", server.tcp),
+                    b"alice\n".to_vec(),
+                ];
+                c.send(&first.concat());
+                assert_eq!(c.line(), b"Welcome!\n", "{version:?}");
+                assert_eq!(c.line(), b"Hello, alice!\n");
+                c.send(b"exit\n");
+                assert_eq!(c.rest(), b"");
+            }
+            let stats = server.shutdown().unwrap();
+            assert_eq!((stats.connections, stats.messages), (2, 2), "{stats:?}");
+        }
+
+        #[test]
+        fn a_header_split_across_writes_is_waited_for() {
+            let server = proxied(|_| {});
+            let mut c = Client::connect(server.tcp);
+            let whole = header(Version::V1, "192.0.2.1:4000", server.tcp);
+            for part in whole.chunks(7) {
+                c.send(part);
+            }
+            c.send(b"bob\n");
+            assert_eq!(c.line(), b"Welcome!\n");
+            assert_eq!(c.line(), b"Hello, bob!\n");
+            drop(c);
+            server.shutdown().unwrap();
+        }
+
+        #[test]
+        fn no_header_means_no_greeting() {
+            let server = proxied(|_| {});
+            let mut garbage = Client::connect(server.tcp);
+            garbage.send(b"hello\n");
+            assert_eq!(garbage.rest(), b"", "closed, not greeted, not answered");
+            // The bytes of a v2 signature and then nonsense.
+            let mut broken = Client::connect(server.tcp);
+            broken.send(b"\r\n\r\n\0\r\nQUIT\n\x99\x11\x00\x0c");
+            assert_eq!(broken.rest(), b"");
+            // Nothing at all: closed at the header's deadline.
+            let mut silent = Client::connect(server.tcp);
+            assert_eq!(silent.rest(), b"");
+            let stats = server.shutdown().unwrap();
+            assert_eq!(stats.proxy_rejected, 3, "{stats:?}");
+            assert_eq!(stats.connections, 0, "none was served");
+        }
+
+        #[test]
+        fn the_address_in_the_header_is_the_one_limited() {
+            let server = proxied(|c| c.max_connections_per_ip = 1);
+            let mut first = Client::connect(server.tcp);
+            first.send(&header(Version::V2, "192.0.2.1:1", server.tcp));
+            assert_eq!(first.line(), b"Welcome!\n");
+            let mut again = Client::connect(server.tcp);
+            again.send(&header(Version::V1, "192.0.2.1:2", server.tcp));
+            assert_eq!(again.rest(), TOO_MANY_FROM_ADDRESS);
+            // Another client behind the same balancer address is someone else.
+            let mut other = Client::connect(server.tcp);
+            other.send(&header(Version::V2, "192.0.2.2:3", server.tcp));
+            assert_eq!(other.line(), b"Welcome!\n");
+            other.send(b"x\n");
+            assert_eq!(other.line(), b"Hello, x!\n");
+            drop((first, other));
+            let stats = server.shutdown().unwrap();
+            assert_eq!(
+                (stats.connections, stats.refused_per_ip),
+                (2, 1),
+                "{stats:?}"
+            );
+        }
+
+        #[test]
+        fn local_is_answered_like_any_client() {
+            let server = proxied(|_| {});
+            // A v2 header naming addresses of two families is written as LOCAL.
+            let local = proxy::encode(Version::V2, "[::1]:1".parse().unwrap(), server.tcp);
+            let unknown = b"PROXY UNKNOWN\r\n".to_vec();
+            for header in [local, unknown] {
+                let mut c = Client::connect(server.tcp);
+                c.send(&header);
+                assert_eq!(c.line(), b"Welcome!\n");
+                c.send(b"health\n");
+                assert_eq!(c.line(), b"Hello, health!\n");
+            }
+            server.shutdown().unwrap();
+        }
+
+        #[test]
+        fn a_header_is_never_a_line() {
+            // A header longer than the longest line allowed, and a greeting-less server.
+            let server = proxied(|c| {
+                c.protocol.max_line = 8;
+                c.protocol.greeting.clear();
+            });
+            let mut c = Client::connect(server.tcp);
+            let long = header(
+                Version::V1,
+                "[2001:db8::1]:65535",
+                "[2001:db8::2]:65535".parse().unwrap(),
+            );
+            assert!(long.len() > 8);
+            c.send(&[long, b"hi\n".to_vec()].concat());
+            assert_eq!(c.line(), b"Hello, hi!\n");
+            drop(c);
+            let stats = server.shutdown().unwrap();
+            assert_eq!(stats.messages, 1);
+        }
+    };
+}
+
+mod reactor {
+    proxy_suite!(evloop::reactor::spawn);
+}
+
+mod threaded {
+    proxy_suite!(evloop::threaded::spawn);
+}
+
+/// HAProxy in front of two reactors, as the README's snippet configures it, driven by
+/// loadgen from three loopback addresses with 10 connections each. Each reactor allows 10
+/// connections per address: without the headers all 30 would come from HAProxy's one
+/// address and most would be refused.
+#[cfg(target_os = "linux")]
+#[test]
+fn haproxy_in_front_of_two_reactors() {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    let haproxy = "haproxy";
+    if Command::new(haproxy).arg("-v").output().is_err() {
+        panic!("this test needs HAProxy: `apt-get install haproxy` (Debian's package)");
+    }
+    let backends: Vec<common::Binary> = (0..2)
+        .map(|_| {
+            common::Binary::start_with_env(
+                env!("CARGO_BIN_EXE_reactor"),
+                &[
+                    "--no-udp",
+                    "--proxy-protocol",
+                    "--max-connections-per-ip",
+                    "10",
+                ],
+                &[("RUST_LOG", "evloop=debug")],
+            )
+        })
+        .collect();
+
+    // The front end's socket is bound here, on port 0, and handed to HAProxy as
+    // descriptor 3 (`bind fd@3`): no port to guess, and connections made before HAProxy
+    // is up wait in its backlog.
+    let front = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let front_addr = front.local_addr().unwrap();
+    let dir = std::env::temp_dir().join(format!("evloop-haproxy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("haproxy.cfg");
+    let mut cfg = std::fs::File::create(&config).unwrap();
+    write!(
+        cfg,
+        "global\n    maxconn 1000\n\n\
+         defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n\n\
+         frontend clients\n    bind fd@3\n    default_backend reactors\n\n\
+         backend reactors\n    balance roundrobin\n\
+         \x20   server r1 {} send-proxy-v2\n\
+         \x20   server r2 {} send-proxy-v2\n",
+        backends[0].tcp, backends[1].tcp
+    )
+    .unwrap();
+    drop(cfg);
+
+    let mut command = Command::new(haproxy);
+    command
+        .args(["-f", config.to_str().unwrap(), "-db"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&front);
+    // SAFETY: between fork and exec only dup2 and fcntl run, which are async-signal-safe.
+    // dup2 onto another number clears close-on-exec; onto the same number it would not,
+    // so that case clears the flag itself.
+    unsafe {
+        command.pre_exec(move || {
+            if fd == 3 {
+                let flags = libc::fcntl(3, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut balancer = command.spawn().expect("start haproxy");
+    drop(front);
+
+    let sources: Vec<std::net::IpAddr> =
+        (2..5).map(|i| Ipv4Addr::new(127, 0, 0, i).into()).collect();
+    let report = evloop::loadgen::run(&evloop::loadgen::Options {
+        addr: front_addr,
+        connections: 30,
+        duration: None,
+        messages: Some(6_000),
+        timeout: Duration::from_secs(5),
+        sources: sources.clone(),
+        ..evloop::loadgen::Options::default()
+    })
+    .expect("loadgen through haproxy");
+    let _ = balancer.kill();
+    let haproxy_log = {
+        let _ = balancer.wait();
+        let mut log = String::new();
+        let _ = std::io::Read::read_to_string(&mut balancer.stderr.take().unwrap(), &mut log);
+        log
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(report.errors(), 0, "{report:?}\nhaproxy: {haproxy_log}");
+    assert_eq!(report.connected, 30);
+    assert_eq!(report.messages, 6_000);
+
+    let mut per_backend = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for backend in backends {
+        backend.signal(libc::SIGTERM);
+        let (code, log) = backend.wait();
+        assert_eq!(code, Some(0), "{log}");
+        let accepted: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("(PROXY header from 127.0.0.1:"))
+            .collect();
+        for line in &accepted {
+            let client = line
+                .split("accepted ")
+                .nth(1)
+                .unwrap()
+                .split(':')
+                .next()
+                .unwrap();
+            seen.insert(client.to_string());
+        }
+        per_backend.push(accepted.len());
+        assert!(
+            log.contains("(0 refused busy, 0 refused per address)"),
+            "{log}"
+        );
+    }
+    eprintln!("connections per backend: {per_backend:?}; client addresses seen: {seen:?}");
+    assert!(per_backend.iter().all(|&n| n > 0), "{per_backend:?}");
+    assert_eq!(per_backend.iter().sum::<usize>(), 30);
+    let expected: std::collections::BTreeSet<String> =
+        sources.iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        seen, expected,
+        "the reactors saw the clients' own addresses"
+    );
+}
