@@ -6,7 +6,7 @@
 #[allow(dead_code)]
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use evloop::proxy::{self, Version};
 
@@ -161,6 +161,7 @@ mod threaded {
 #[test]
 fn haproxy_in_front_of_two_reactors() {
     use std::io::Write;
+    use std::net::Ipv4Addr;
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     use std::time::Duration;
