@@ -384,6 +384,7 @@ mod tests {
             mismatches: 1,
             timeouts: 0,
             connection_errors: 0,
+            connections_opened: 2,
             latency,
             client_cpu: Duration::from_millis(500),
             hostile: Vec::new(),

@@ -1,6 +1,6 @@
 //! loadgen against both real servers: every reply verified, zero errors, for lockstep,
 //! pipelined and UDP load, in hello and echo mode and with a reply template, on one engine
-//! thread and on several.
+//! thread and on several, and with clients that reconnect every few requests.
 
 // Only `common::start` and its `Spawn` are used here; the rest is for the server suites
 // and tests/limits.rs.
@@ -44,8 +44,20 @@ fn zero_errors_against(spawn: common::Spawn) {
         o.messages = Some(2_000);
         o.threads = 2;
     });
+    // Reconnecting every 7 requests (5,000 is no multiple of it, nor of the pipeline):
+    // every connection closes cleanly and its successor is set up without an error.
+    for pipeline in [1, 4] {
+        let report = drive(&server, |o| {
+            o.requests_per_connection = Some(7);
+            o.pipeline = pipeline;
+        });
+        assert!(
+            report.connections_opened >= 5_000 / 7,
+            "a connection per 7 requests: {report}"
+        );
+    }
     let stats = server.shutdown().unwrap();
-    assert!(stats.messages >= 19_000);
+    assert!(stats.messages >= 29_000);
 
     let echo = common::start(spawn, |c| c.protocol.mode = Mode::Echo);
     drive(&echo, |o| {

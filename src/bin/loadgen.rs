@@ -90,6 +90,13 @@ struct Args {
           value_parser = clap::value_parser!(u32).range(1..=1024).map(|v| v as usize))]
     threads: usize,
 
+    /// TCP: after N replies a client closes its connection cleanly (it half-closes and reads
+    /// the server's EOF) and opens a new one, for the whole run, so that connection setup is
+    /// part of the load. A reconnect that fails is an error. The report says how many
+    /// connections were opened in all.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    requests_per_connection: Option<u64>,
+
     /// Print one JSON object on one line instead of the human-readable report.
     #[arg(long)]
     json: bool,
@@ -151,6 +158,7 @@ impl Args {
             hostile: self.hostile.clone(),
             proxy_protocol: self.proxy_protocol,
             sources: self.source.clone(),
+            requests_per_connection: self.requests_per_connection,
         }
     }
 }

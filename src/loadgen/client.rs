@@ -3,8 +3,11 @@
 //! ([`UdpClient`]: each datagram on its own), behind the [`Client`] the engine drives by
 //! token. A failure that ends a client is returned as a [`Failure`], for the engine to
 //! count and close; a client never closes itself, and counts only what does not end it
-//! (a UDP datagram lost or wrong). The bytes it sends and expects come from the
-//! [`Script`]; a client adds nothing but the newline that ends a TCP request.
+//! (a UDP datagram lost or wrong). The one exception is a clean close it asked for: with
+//! [`Options::requests_per_connection`] a TCP client that has had its replies half-closes,
+//! waits for the server's EOF and opens its next connection in the same place. The bytes
+//! it sends and expects come from the [`Script`]; a client adds nothing but the newline
+//! that ends a TCP request.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -72,13 +75,15 @@ impl Client {
     /// Opens client `token` (for TCP, starts a non-blocking connect) and registers it.
     pub(super) fn open(options: &Options, token: Token, registry: &Registry) -> io::Result<Client> {
         Ok(match options.transport {
-            Transport::Tcp => Client::Tcp(TcpClient::open(options, token, registry)?),
+            Transport::Tcp => {
+                Client::Tcp(TcpClient::open(options, token, registry, Instant::now())?)
+            }
             Transport::Udp => Client::Udp(UdpClient::open(options, token, registry)?),
         })
     }
 
     pub(super) fn is_setting_up(&self) -> bool {
-        matches!(self, Client::Tcp(tcp) if tcp.phase != Phase::Ready)
+        matches!(self, Client::Tcp(tcp) if matches!(tcp.phase, Phase::Connecting | Phase::Greeting))
     }
 
     pub(super) fn in_flight(&self) -> usize {
@@ -108,6 +113,10 @@ enum Phase {
     Greeting,
     /// Sending requests and checking replies.
     Ready,
+    /// `requests_per_connection`: every reply of this connection has come and our side is
+    /// shut down (the protocol's clean close: the server answers what it read, then
+    /// closes); waiting for the server's EOF, then the next connection.
+    Closing,
 }
 
 /// One TCP connection.
@@ -117,11 +126,15 @@ enum Phase {
 /// full, so the writable interest costs nothing until the one moment it is needed.
 pub(super) struct TcpClient {
     stream: TcpStream,
+    /// The client's token, which each of its connections is registered with in turn.
+    token: Token,
     phase: Phase,
     /// When `phase` began; a setup phase lasting `timeout` fails the client.
     phase_since: Instant,
     in_flight: VecDeque<InFlight>,
     next_seq: u64,
+    /// Requests sent on this connection, for `requests_per_connection`.
+    sent_here: u64,
     /// Bytes received and not yet matched. Between reads it holds only the start of a
     /// reply (or the greeting) that has not fully arrived: anything longer that does not
     /// match is a mismatch at once, so a misbehaving server cannot make it grow.
@@ -132,8 +145,30 @@ pub(super) struct TcpClient {
 }
 
 impl TcpClient {
-    fn open(options: &Options, token: Token, registry: &Registry) -> io::Result<TcpClient> {
-        let stream = match options.source(token.0) {
+    fn open(
+        options: &Options,
+        token: Token,
+        registry: &Registry,
+        now: Instant,
+    ) -> io::Result<TcpClient> {
+        Ok(TcpClient {
+            stream: Self::connect(options, token, registry)?,
+            token,
+            phase: Phase::Connecting,
+            phase_since: now,
+            in_flight: VecDeque::new(),
+            next_seq: 0,
+            sent_here: 0,
+            input: Vec::new(),
+            output: Vec::new(),
+            written: 0,
+        })
+    }
+
+    /// Starts a non-blocking connect, from the client's `--source` address if it has one,
+    /// and registers the socket as `token`.
+    fn connect(options: &Options, token: Token, registry: &Registry) -> io::Result<TcpStream> {
+        let mut stream = match options.source(token.0) {
             None => TcpStream::connect(options.addr)?,
             Some(source) => {
                 // mio connects from an address the kernel picks; binding first needs the
@@ -150,22 +185,25 @@ impl TcpClient {
                 TcpStream::from_std(socket.into())
             }
         };
-        let mut tcp = TcpClient {
-            stream,
-            phase: Phase::Connecting,
-            phase_since: Instant::now(),
-            in_flight: VecDeque::new(),
-            next_seq: 0,
-            input: Vec::new(),
-            output: Vec::new(),
-            written: 0,
-        };
-        registry.register(
-            &mut tcp.stream,
-            token,
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
-        Ok(tcp)
+        registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
+        Ok(stream)
+    }
+
+    /// The server closed after our half-close, as the protocol says it does: open the next
+    /// connection in this one's place. It takes the same token, so an event of the old
+    /// socket still in this batch reaches the new one, which treats it as the spurious
+    /// wakeup every handler copes with. The old socket has nothing unread, so dropping it
+    /// sends no reset. A connect that fails here fails the client, as any failure does.
+    fn reopen(&mut self, shared: &mut Shared, now: Instant) -> Result<(), Failure> {
+        let _ = shared.registry.deregister(&mut self.stream);
+        self.stream = Self::connect(shared.options, self.token, &shared.registry)
+            .map_err(Failure::Connection)?;
+        self.phase = Phase::Connecting;
+        self.phase_since = now;
+        self.sent_here = 0;
+        self.input.clear();
+        shared.setting_up += 1;
+        Ok(())
     }
 
     fn on_event(&mut self, id: usize, shared: &mut Shared, now: Instant) -> Result<(), Failure> {
@@ -230,12 +268,14 @@ impl TcpClient {
     fn become_ready(&mut self, shared: &mut Shared) {
         self.phase = Phase::Ready;
         shared.setting_up -= 1;
+        shared.tally.connections_opened += 1;
     }
 
     /// Reads until WouldBlock, as edge-triggered readiness requires, checking as it goes.
     fn receive(&mut self, id: usize, shared: &mut Shared, now: Instant) -> Result<(), Failure> {
         loop {
             match self.stream.read(&mut shared.read_buffer) {
+                Ok(0) if self.phase == Phase::Closing => return self.reopen(shared, now),
                 Ok(0) => {
                     return Err(Failure::Connection(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -293,9 +333,14 @@ impl TcpClient {
         if self.phase != Phase::Ready {
             return Ok(());
         }
-        while self.in_flight.len() < shared.options.pipeline && shared.may_send() {
+        let per_connection = shared.options.requests_per_connection;
+        while self.in_flight.len() < shared.options.pipeline
+            && per_connection.is_none_or(|n| self.sent_here < n)
+            && shared.may_send()
+        {
             let seq = self.next_seq;
             self.next_seq += 1;
+            self.sent_here += 1;
             self.output
                 .extend_from_slice(shared.script.request(id, seq));
             self.output.push(b'\n');
@@ -313,6 +358,15 @@ impl TcpClient {
         }
         self.output.clear();
         self.written = 0;
+        if per_connection == Some(self.sent_here) && self.in_flight.is_empty() {
+            // Every reply of this connection has come: half-close, and the server, having
+            // answered everything, closes too (the next read sees its EOF).
+            self.stream
+                .shutdown(std::net::Shutdown::Write)
+                .map_err(Failure::Connection)?;
+            self.phase = Phase::Closing;
+            self.phase_since = now;
+        }
         Ok(())
     }
 
@@ -321,7 +375,7 @@ impl TcpClient {
     fn check_timeout(&self, shared: &Shared, now: Instant) -> Result<(), Failure> {
         let timeout = shared.options.timeout;
         let started = match self.phase {
-            Phase::Connecting | Phase::Greeting => self.phase_since,
+            Phase::Connecting | Phase::Greeting | Phase::Closing => self.phase_since,
             Phase::Ready => match self.in_flight.front() {
                 Some(request) => request.sent_at,
                 None => return Ok(()),

@@ -49,6 +49,7 @@ pub fn run_with_progress(
         mismatches: total.tally.mismatches,
         timeouts: total.tally.timeouts,
         connection_errors: total.tally.connection_errors,
+        connections_opened: total.tally.connections_opened,
         latency: total.tally.latency,
         client_cpu: total.cpu,
         hostile: total.hostile,
@@ -137,6 +138,7 @@ impl Drop for StopAttackers<'_> {
 struct EngineCounts {
     messages: AtomicU64,
     errors: AtomicU64,
+    connections_opened: AtomicU64,
 }
 
 /// Runs `options.threads` engines on threads of their own, and the attackers for the
@@ -179,6 +181,9 @@ fn drive_threads(options: &Options, progress: &mut impl FnMut(&Progress)) -> io:
                     let part = drive(share, ready, &mut |p: &Progress| {
                         count.messages.store(p.messages, Ordering::Relaxed);
                         count.errors.store(p.errors, Ordering::Relaxed);
+                        count
+                            .connections_opened
+                            .store(p.connections_opened, Ordering::Relaxed);
                     });
                     let _ = done.send(());
                     part
@@ -203,6 +208,7 @@ fn drive_threads(options: &Options, progress: &mut impl FnMut(&Progress)) -> io:
                         elapsed: started.elapsed(),
                         messages: sum(|c| &c.messages),
                         errors: sum(|c| &c.errors),
+                        connections_opened: sum(|c| &c.connections_opened),
                     });
                 }
                 // Only if a thread panicked: `join` below says so.

@@ -173,6 +173,7 @@ impl<'a> Engine<'a> {
                     elapsed: now - started,
                     messages: self.shared.tally.messages,
                     errors: self.shared.tally.errors(),
+                    connections_opened: self.shared.tally.connections_opened,
                 });
                 continue;
             }
@@ -338,6 +339,8 @@ pub(super) struct Tally {
     pub(super) mismatches: u64,
     pub(super) timeouts: u64,
     pub(super) connection_errors: u64,
+    /// TCP connections set up (connected and greeted), the first of each client included.
+    pub(super) connections_opened: u64,
     pub(super) latency: Histogram<u64>,
 }
 
@@ -353,6 +356,7 @@ impl Tally {
             mismatches: 0,
             timeouts: 0,
             connection_errors: 0,
+            connections_opened: 0,
             latency,
         })
     }
@@ -375,6 +379,7 @@ impl Tally {
         self.mismatches += other.mismatches;
         self.timeouts += other.timeouts;
         self.connection_errors += other.connection_errors;
+        self.connections_opened += other.connections_opened;
         self.latency
             .add(&other.latency)
             .map_err(|e| io::Error::other(format!("{e:?}")))

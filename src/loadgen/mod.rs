@@ -22,9 +22,11 @@
 //!
 //! Errors are counted per failure, not per request: a TCP connection that gets a wrong
 //! reply, times out or is reset is closed and counted once, and the requests queued behind
-//! the failure are abandoned with it. Closed connections are not reopened, which keeps the
+//! the failure are abandoned with it. Failed connections are not reopened, which keeps the
 //! numbers easy to read: `connections - connected` never got going, and a run whose
-//! clients have all failed ends at once. UDP has no stream to fall out of step, so a lost
+//! clients have all failed ends at once. Only a clean close is followed by a new connection:
+//! with [`Options::requests_per_connection`] a client closes after that many replies and
+//! connects again, and a reconnect that fails is an error like any other. UDP has no stream to fall out of step, so a lost
 //! or wrong datagram is counted on its own and the socket carries on.
 //!
 //! Hostile clients ([`Options::hostile`], `--hostile KIND:N`) run beside the honest ones,

@@ -63,6 +63,10 @@ pub struct Options {
     /// kernel picks. Several loopback addresses make several clients a server can tell
     /// apart, through a balancer too.
     pub sources: Vec<IpAddr>,
+    /// TCP only: after this many replies a client closes its connection cleanly and opens
+    /// a new one, for the whole run, so that the run measures connection setup too (and
+    /// keeps connecting across a server restart). `None`: one connection per client.
+    pub requests_per_connection: Option<u64>,
 }
 
 impl Default for Options {
@@ -83,6 +87,7 @@ impl Default for Options {
             hostile: Vec::new(),
             proxy_protocol: None,
             sources: Vec::new(),
+            requests_per_connection: None,
         }
     }
 }
@@ -122,6 +127,16 @@ impl Options {
                 "size {} does not fit in one UDP datagram with its reply (at most {MAX_UDP_SIZE})",
                 self.size
             ));
+        }
+        match self.requests_per_connection {
+            Some(0) => return Err("requests per connection must be at least 1".into()),
+            Some(_) if self.transport == Transport::Udp => {
+                return Err(
+                    "requests per connection needs TCP: a UDP socket has no connection to reopen"
+                        .into(),
+                )
+            }
+            _ => {}
         }
         for (i, hostile) in self.hostile.iter().enumerate() {
             if self.hostile[..i].iter().any(|h| h.kind == hostile.kind) {
@@ -233,6 +248,28 @@ mod tests {
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn reconnecting_needs_tcp_and_at_least_one_request_per_connection() {
+        let reconnecting = |n, transport| Options {
+            requests_per_connection: Some(n),
+            transport,
+            ..Options::default()
+        };
+        assert!(reconnecting(1, Transport::Tcp).validate().is_ok());
+        assert!(reconnecting(1000, Transport::Tcp).validate().is_ok());
+        let none = reconnecting(0, Transport::Tcp).validate().unwrap_err();
+        assert!(none.contains("at least 1"), "{none}");
+        let udp = reconnecting(10, Transport::Udp).validate().unwrap_err();
+        assert!(udp.contains("TCP"), "{udp}");
+        // A pipeline deeper than a connection's requests is fine: a connection sends only
+        // what it has left.
+        let deep = Options {
+            pipeline: 64,
+            ..reconnecting(4, Transport::Tcp)
+        };
+        assert!(deep.validate().is_ok());
     }
 
     fn hostile(list: &str) -> Vec<Hostile> {

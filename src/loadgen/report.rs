@@ -21,6 +21,9 @@ pub struct Progress {
     pub messages: u64,
     /// Errors so far.
     pub errors: u64,
+    /// TCP connections set up so far, the clients' first ones included (see
+    /// [`Report::connections_opened`]).
+    pub connections_opened: u64,
 }
 
 /// What a run measured.
@@ -40,6 +43,11 @@ pub struct Report {
     pub timeouts: u64,
     /// Connections refused, reset, closed by the server, or not set up within `timeout`.
     pub connection_errors: u64,
+    /// TCP connections set up (connected and greeted) over the whole run, the clients'
+    /// first ones included: `connected` unless
+    /// [`requests_per_connection`](super::Options::requests_per_connection) makes clients
+    /// reconnect. 0 over UDP.
+    pub connections_opened: u64,
     /// Latency of each correct reply, in microseconds, from queueing the request to
     /// reading the last byte of its reply.
     pub latency: Histogram<u64>,
@@ -87,7 +95,7 @@ impl Report {
                 "\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},",
                 "\"mean_us\":{:.1},\"errors\":{},\"mismatches\":{},\"timeouts\":{},",
                 "\"connection_errors\":{},\"connections\":{},\"connected\":{},",
-                "\"client_cpu_s\":{:.6}}}"
+                "\"client_cpu_s\":{:.6},\"connections_opened\":{}}}"
             ),
             self.messages,
             self.duration.as_secs_f64(),
@@ -105,6 +113,7 @@ impl Report {
             self.connections,
             self.connected,
             self.client_cpu.as_secs_f64(),
+            self.connections_opened,
         );
         if !self.hostile.is_empty() {
             json.pop();
@@ -144,8 +153,8 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "connections  {} of {} set up",
-            self.connected, self.connections
+            "connections  {} of {} set up, {} opened in all",
+            self.connected, self.connections, self.connections_opened
         )?;
         write!(
             f,
@@ -192,6 +201,7 @@ mod tests {
             mismatches: 1,
             timeouts: 2,
             connection_errors: 3,
+            connections_opened: 0,
             latency: Tally::new().unwrap().latency,
             client_cpu: Duration::ZERO,
             hostile: Vec::new(),
