@@ -4,7 +4,8 @@
 //! This module owns everything that involves more than one connection: tokens, accepting,
 //! the UDP endpoint's place in the loop, the deadlines (the nearest one is the `poll`
 //! timeout), the list of sources that still have work, closing in a sweep after each event
-//! batch, signals and graceful shutdown. What one connection does with its socket, and when
+//! batch, signals, graceful shutdown and draining after a restart's hand-over (starting
+//! the successor is [`restart`](crate::restart)'s). What one connection does with its socket, and when
 //! and why it times out, is [`connection`](crate::connection)'s business, and what a reply
 //! says is [`protocol`](crate::protocol)'s; this module must not parse a byte. Running
 //! several loops side by side is [`reactor`](crate::reactor)'s.
@@ -29,6 +30,7 @@ use crate::config::ServerConfig;
 use crate::connection::{Connection, Context, HeaderRead, Progress, State};
 use crate::net::{self, ConnectionsPerAddress, ACCEPT_BACKOFF, SHORT_READ_DRAINS};
 use crate::protocol::{SERVER_BUSY, TOO_MANY_FROM_ADDRESS};
+use crate::restart::{Handover, Restart};
 use crate::signals::LoopSignals;
 use crate::stats::Stats;
 use crate::timers::{Timer, Timers};
@@ -40,6 +42,7 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const UDP: Token = Token(usize::MAX - 2);
 const WAKER: Token = Token(usize::MAX - 3);
 const SIGNALS: Token = Token(usize::MAX - 4);
+const SUCCESSOR: Token = Token(usize::MAX - 5);
 
 /// The loop's one read buffer, lent to whichever connection is being served. 64 KiB holds
 /// the largest UDP datagram and a default `--max-line` line in one read.
@@ -216,6 +219,11 @@ pub(crate) struct EventLoop {
     listener_queued: bool,
     udp_queued: bool,
     shutdown_deadline: Option<Instant>,
+    /// Restarting: SIGUSR2 starts a successor on this loop's sockets (first loop only).
+    handover: Handover,
+    /// Set once a successor took the sockets over: no more accepting; the loop ends when
+    /// its last connection closes, or shuts down gracefully at this deadline.
+    drain_deadline: Option<Instant>,
     signals_seen: usize,
     greeting: Vec<u8>,
     scratch: Scratch,
@@ -283,6 +291,8 @@ impl EventLoop {
             listener_queued: false,
             udp_queued: false,
             shutdown_deadline: None,
+            handover: Handover::default(),
+            drain_deadline: None,
             signals_seen: 0,
             greeting,
             scratch: Scratch {
@@ -297,6 +307,11 @@ impl EventLoop {
     /// What wakes this loop from another thread (to notice a stop request).
     pub(crate) fn waker(&self) -> Arc<Waker> {
         Arc::clone(&self.waker)
+    }
+
+    /// Lets SIGUSR2 hand this loop's sockets to a successor (see [`crate::restart`]).
+    pub(crate) fn restart_on_sigusr2(&mut self, restart: Restart) {
+        self.handover = Handover::new(restart);
     }
 
     /// Turns until shut down, then returns what this loop did.
@@ -339,6 +354,7 @@ impl EventLoop {
                     self.on_signals();
                 }
                 SIGNALS => self.on_signals(),
+                SUCCESSOR => self.check_successor(),
                 token => self.serve_connection(token, event),
             }
         }
@@ -396,6 +412,8 @@ impl EventLoop {
             self.timers.next(),
             self.accept_paused_until,
             self.shutdown_deadline,
+            self.handover.deadline(),
+            self.drain_deadline,
         ]
         .into_iter()
         .flatten()
@@ -404,9 +422,10 @@ impl EventLoop {
     }
 
     fn finished(&self) -> bool {
-        match self.shutdown_deadline {
-            Some(deadline) => self.connections.is_empty() || self.now >= deadline,
-            None => false,
+        match (self.shutdown_deadline, self.drain_deadline) {
+            (Some(deadline), _) => self.connections.is_empty() || self.now >= deadline,
+            (None, Some(_)) => self.connections.is_empty(),
+            (None, None) => false,
         }
     }
 
@@ -676,6 +695,13 @@ impl EventLoop {
         if self.accept_paused_until.is_some_and(|t| t <= self.now) {
             self.resume_accepting();
         }
+        if self.handover.deadline().is_some_and(|t| t <= self.now) {
+            self.check_successor();
+        }
+        if self.drain_deadline.is_some_and(|t| t <= self.now) && self.shutdown_deadline.is_none() {
+            log::info!("drain timeout: shutting down the connections still open");
+            self.begin_shutdown();
+        }
         let mut fired = 0;
         while fired < DEADLINES_PER_TURN {
             let Some(timer) = self.timers.pop_due(self.now) else {
@@ -757,8 +783,14 @@ impl EventLoop {
         let Some(signals) = &mut self.signals else {
             return;
         };
-        let count = signals.take();
-        for _ in 0..count {
+        let requests = signals.take();
+        if requests.child {
+            self.check_successor();
+        }
+        if requests.restart {
+            self.restart();
+        }
+        for _ in 0..requests.stops {
             self.signals_seen += 1;
             if self.signals_seen == 1 {
                 log::info!("signal received: shutting down gracefully");
@@ -771,17 +803,43 @@ impl EventLoop {
         }
     }
 
-    /// Stops accepting, stops reading, delivers what is owed, then closes; the loop ends
-    /// when every connection is gone or the grace period is over.
-    fn begin_shutdown(&mut self) {
-        if self.shutdown_deadline.is_some() {
+    /// SIGUSR2: starts a successor on the listening sockets, unless this loop no longer
+    /// has them (shutting down, or handed over already).
+    fn restart(&mut self) {
+        let Some(listener) = &self.listener else {
+            log::warn!("SIGUSR2 ignored: no longer accepting (shutting down or handed over)");
             return;
-        }
-        self.shutdown_deadline = Some(self.now + self.config.shutdown_grace);
-        if self.config.handle_signals {
-            // Running as the process's server (the binary): tell systemd, if it asked.
-            crate::systemd::notify_stopping();
-        }
+        };
+        let udp = self.udp.as_mut().map(|udp| &*udp.socket());
+        self.handover.request(
+            self.config.threads,
+            listener,
+            udp,
+            self.poll.registry(),
+            SUCCESSOR,
+            self.now,
+        );
+    }
+
+    /// The successor may be ready, or gone: once it is ready, drain.
+    fn check_successor(&mut self) {
+        let Some(successor) = self.handover.check(self.poll.registry(), self.now) else {
+            return;
+        };
+        let drain = self.handover.drain_timeout();
+        self.drain_deadline = Some(self.now + drain);
+        self.stop_accepting();
+        log::info!(
+            "handed over to pid {successor}; serving {} connections until they close, for at most {drain:?}",
+            self.connections.len()
+        );
+    }
+
+    /// Deregisters and closes the listener and the UDP socket. Deregistering comes first
+    /// and is not optional here: epoll forgets a socket only when every descriptor of it is
+    /// closed, and after a restart's hand-over the successor holds the same sockets, so
+    /// closing ours alone would leave them in our epoll set, still reporting events.
+    fn stop_accepting(&mut self) {
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
@@ -789,6 +847,23 @@ impl EventLoop {
             udp.on_writable(&mut self.scratch.stats);
             let _ = self.poll.registry().deregister(udp.socket());
         }
+    }
+
+    /// Stops accepting, stops reading, delivers what is owed, then closes; the loop ends
+    /// when every connection is gone or the grace period is over.
+    fn begin_shutdown(&mut self) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        self.shutdown_deadline = Some(self.now + self.config.shutdown_grace);
+        // A process that handed over is not the service any more: its stop is not the
+        // service's, so systemd is not told.
+        if self.config.handle_signals && self.drain_deadline.is_none() {
+            // Running as the process's server (the binary): tell systemd, if it asked.
+            crate::systemd::notify_stopping();
+        }
+        self.handover.abandon(self.poll.registry());
+        self.stop_accepting();
         log::info!(
             "shutdown: no longer accepting; {} connections to finish within {:?}",
             self.connections.len(),

@@ -10,7 +10,8 @@
 //! 4. [`timers`]: the loop's deadlines, nearest first.
 //! 5. [`event_loop`]: the poll loop: tokens, the slab of connections, accept, the ready
 //!    list, the timers, the sweep, shutdown.
-//! 6. [`reactor`]: one or more loops as a server (`--threads`, the stop handle).
+//! 6. [`reactor`]: one or more loops as a server (`--threads`, the stop handle), and
+//!    [`restart`]: handing its sockets to a successor on SIGUSR2.
 //! 7. [`threaded`]: the baseline, blocking I/O and one thread per connection, same protocol.
 //! 8. [`loadgen`]: the client side: one poll loop driving many clients, checking every
 //!    reply and measuring latency.
@@ -38,6 +39,7 @@ pub mod procfs;
 pub mod protocol;
 pub mod proxy;
 pub mod reactor;
+pub mod restart;
 pub mod running;
 pub mod signals;
 pub mod stats;

@@ -106,6 +106,15 @@ impl Server {
         Arc::clone(&self.open_connections)
     }
 
+    /// Lets SIGUSR2 hand the sockets to a successor and drain (see [`crate::restart`]);
+    /// the binary's choice, since a successor is this executable run again. With
+    /// `--threads` above 1 SIGUSR2 is refused with a log line.
+    pub fn restart_on_sigusr2(&mut self, restart: crate::restart::Restart) {
+        if let Some(first) = self.loops.first_mut() {
+            first.restart_on_sigusr2(restart);
+        }
+    }
+
     /// A handle that stops this server from another thread.
     pub fn stop_handle(&self) -> StopHandle {
         self.stop.clone()

@@ -1,22 +1,36 @@
 //! Stop requests from the operating system, for both servers, on every platform: a first
-//! one asks for a graceful shutdown, a second one for an immediate one.
+//! one asks for a graceful shutdown, a second one for an immediate one. And, for the
+//! reactor on Unix, a restart request.
 //!
 //! - Unix: SIGINT and SIGTERM. The reactor receives them as events on its own poll (with
 //!   `signal-hook-mio` the handler only writes to a pipe that the poll watches, so the
 //!   loop learns of a signal exactly as it learns of a readable socket); the thread-per-
-//!   connection baseline waits for them on a thread of its own.
+//!   connection baseline waits for them on a thread of its own. The reactor also takes
+//!   SIGUSR2, a restart request, and SIGCHLD, which says that the successor a restart
+//!   started may have exited (see [`restart`](crate::restart)), the same way.
 //! - Windows has no signals to put in a poll: Ctrl-C (and Ctrl-Break) run a handler on a
 //!   thread of their own (the `ctrlc` crate), which counts the request and wakes the loop
 //!   with its [`Waker`].
 //!
-//! Nothing here knows what a stop does: the loop and the baseline decide that.
+//! Nothing here knows what a stop or a restart does: the loop and the baseline decide that.
 
 use std::io;
 use std::sync::Arc;
 
 use mio::{Registry, Token, Waker};
 
-/// Stop requests delivered to one event loop.
+/// What arrived for one event loop since it last looked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Requests {
+    /// Stop requests (SIGINT, SIGTERM, Ctrl-C).
+    pub stops: usize,
+    /// SIGUSR2: start a successor and hand over to it.
+    pub restart: bool,
+    /// SIGCHLD: a child process exited (or stopped).
+    pub child: bool,
+}
+
+/// Stop and restart requests delivered to one event loop.
 pub struct LoopSignals {
     #[cfg(unix)]
     signals: signal_hook_mio::v1_0::Signals,
@@ -31,10 +45,9 @@ impl LoopSignals {
         #[cfg(unix)]
         {
             let _ = waker;
-            let mut signals = signal_hook_mio::v1_0::Signals::new([
-                signal_hook::consts::SIGINT,
-                signal_hook::consts::SIGTERM,
-            ])?;
+            use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM, SIGUSR2};
+            let mut signals =
+                signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM, SIGUSR2, SIGCHLD])?;
             registry.register(&mut signals, token, mio::Interest::READABLE)?;
             Ok(LoopSignals { signals })
         }
@@ -54,15 +67,27 @@ impl LoopSignals {
         }
     }
 
-    /// How many stop requests arrived since the last call.
-    pub fn take(&mut self) -> usize {
+    /// What arrived since the last call.
+    pub fn take(&mut self) -> Requests {
         #[cfg(unix)]
         {
-            self.signals.pending().count()
+            use signal_hook::consts::{SIGCHLD, SIGUSR2};
+            let mut requests = Requests::default();
+            for signal in self.signals.pending() {
+                match signal {
+                    SIGUSR2 => requests.restart = true,
+                    SIGCHLD => requests.child = true,
+                    _ => requests.stops += 1,
+                }
+            }
+            requests
         }
         #[cfg(not(unix))]
         {
-            self.count.swap(0, std::sync::atomic::Ordering::SeqCst)
+            Requests {
+                stops: self.count.swap(0, std::sync::atomic::Ordering::SeqCst),
+                ..Requests::default()
+            }
         }
     }
 }

@@ -7,13 +7,25 @@
 //!   the port. [`take_inherited`] finds them (a stream socket and at most one datagram
 //!   socket); [`net::bind`](crate::net::bind) uses them when there are any.
 //! - **Readiness.** A `Type=notify` service tells systemd when it is ready, and when it
-//!   begins to stop, over the datagram socket named in `NOTIFY_SOCKET` (the `sd-notify`
-//!   crate does that). Without `NOTIFY_SOCKET` nothing is sent.
+//!   begins to stop, in one datagram each (`READY=1`, `STOPPING=1`) to the unix socket
+//!   named in `NOTIFY_SOCKET`. Without `NOTIFY_SOCKET` nothing is sent.
+//! - **A restart** ([`crate::restart`]) bends both: the successor inherits its
+//!   predecessor's sockets the way systemd passes them, and its `NOTIFY_SOCKET` is its
+//!   predecessor's own, so that its `READY=1` tells the predecessor. Whatever it says
+//!   after that goes to the service manager, whose socket (if any) it finds in
+//!   [`MANAGER_NOTIFY_SOCKET`]; and the predecessor tells systemd, with `MAINPID=`, which
+//!   process is the service now.
 //!
 //! Unix only; elsewhere there is nothing to inherit and nobody to notify.
 
+use std::ffi::OsString;
 use std::io;
 use std::net::{TcpListener, UdpSocket};
+use std::sync::OnceLock;
+
+/// During a restart, the service manager's `NOTIFY_SOCKET` for the successor, whose own
+/// `NOTIFY_SOCKET` is its predecessor's; empty when there is no service manager.
+pub const MANAGER_NOTIFY_SOCKET: &str = "EVLOOP_MANAGER_NOTIFY_SOCKET";
 
 /// The sockets systemd passed, if any.
 #[derive(Debug, Default)]
@@ -79,7 +91,7 @@ pub fn take_inherited() -> io::Result<Inherited> {
         ));
     }
     log::info!(
-        "serving on the sockets systemd passed (LISTEN_FDS={})",
+        "serving on the inherited sockets (LISTEN_FDS={})",
         count.unwrap_or(0)
     );
     Ok(inherited)
@@ -90,27 +102,84 @@ pub fn take_inherited() -> io::Result<Inherited> {
     Ok(Inherited::default())
 }
 
-/// Tells systemd the server is ready (`READY=1`), when it runs as `Type=notify`.
+/// Where notifications go, read from the environment once.
+struct Targets {
+    /// `NOTIFY_SOCKET`: who waits for `READY=1` (systemd, or a predecessor).
+    ready: Option<OsString>,
+    /// The service manager, for everything else.
+    manager: Option<OsString>,
+}
+
+fn targets() -> &'static Targets {
+    static TARGETS: OnceLock<Targets> = OnceLock::new();
+    TARGETS.get_or_init(|| {
+        let nonempty = |s: OsString| (!s.is_empty()).then_some(s);
+        let ready = std::env::var_os("NOTIFY_SOCKET").and_then(nonempty);
+        let manager = match std::env::var_os(MANAGER_NOTIFY_SOCKET) {
+            Some(manager) => nonempty(manager),
+            None => ready.clone(),
+        };
+        Targets { ready, manager }
+    })
+}
+
+/// The service manager's notification socket, if there is one: what a successor is told
+/// in [`MANAGER_NOTIFY_SOCKET`].
+pub fn manager_socket() -> Option<OsString> {
+    targets().manager.clone()
+}
+
+/// Tells systemd (or the predecessor that started this process) the server is ready
+/// (`READY=1`), when it runs as `Type=notify`.
 pub fn notify_ready() {
-    notify("READY=1");
+    notify(targets().ready.as_ref(), "READY=1");
 }
 
 /// Tells systemd the server has begun to stop (`STOPPING=1`).
 pub fn notify_stopping() {
-    notify("STOPPING=1");
+    notify(targets().manager.as_ref(), "STOPPING=1");
 }
 
-fn notify(state: &str) {
-    #[cfg(unix)]
-    {
-        let state = match state {
-            "READY=1" => sd_notify::NotifyState::Ready,
-            _ => sd_notify::NotifyState::Stopping,
-        };
-        if let Err(e) = sd_notify::notify(false, &[state]) {
-            log::warn!("cannot notify systemd: {e}");
-        }
+/// Tells systemd that `pid`, a successor this process started, is the service's main
+/// process from now on (`MAINPID=`). Sent while this process is still the main one, which
+/// is what systemd's default `NotifyAccess=main` accepts.
+pub fn notify_main_pid(pid: u32) {
+    notify(targets().manager.as_ref(), &format!("MAINPID={pid}"));
+}
+
+fn notify(socket: Option<&OsString>, state: &str) {
+    let Some(socket) = socket else {
+        return;
+    };
+    if let Err(e) = send(socket, state) {
+        log::warn!("cannot send {state} to {}: {e}", socket.to_string_lossy());
     }
-    #[cfg(not(unix))]
-    let _ = state;
+}
+
+/// One datagram to the unix socket `socket`; on Linux a name starting with `@` is in the
+/// abstract namespace, as systemd's protocol says.
+#[cfg(unix)]
+fn send(socket: &OsString, state: &str) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::UnixDatagram;
+
+    let sender = UnixDatagram::unbound()?;
+    let message = format!("{state}\n");
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Some(name) = socket.as_bytes().strip_prefix(b"@") {
+        #[cfg(target_os = "android")]
+        use std::os::android::net::SocketAddrExt;
+        #[cfg(target_os = "linux")]
+        use std::os::linux::net::SocketAddrExt;
+        let address = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+        sender.send_to_addr(message.as_bytes(), &address)?;
+        return Ok(());
+    }
+    sender.send_to(message.as_bytes(), socket)?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn send(_socket: &OsString, _state: &str) -> io::Result<()> {
+    Ok(())
 }

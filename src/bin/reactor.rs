@@ -1,9 +1,11 @@
 //! `reactor`: the single-threaded mio event-loop server. See `evloop::reactor`.
 
 use std::io::Write;
+use std::time::Duration;
 
 use clap::Parser;
 use evloop::cli::{self, ServerArgs};
+use evloop::restart::{self, Restart};
 use evloop::{net, reactor};
 
 /// A single-threaded, non-blocking TCP + UDP server on one mio poll loop.
@@ -11,19 +13,39 @@ use evloop::{net, reactor};
 /// Every TCP connection is greeted, then each line it sends gets one reply
 /// (`Hello, <line>!` by default); the line `exit` closes it. Each UDP datagram gets one
 /// reply datagram. SIGINT/SIGTERM stop accepting, deliver the replies owed and exit 0; a
-/// second signal closes everything at once. Logs go to stderr (RUST_LOG=debug for more).
+/// second signal closes everything at once. SIGUSR2 (Unix) starts this executable again on
+/// the same sockets and, once it is ready, stops accepting and lets its own connections
+/// finish (the README's "Restarting without dropping a client"). Logs go to stderr
+/// (RUST_LOG=debug for more).
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
     #[command(flatten)]
     server: ServerArgs,
+
+    /// Seconds the old process keeps serving its connections after SIGUSR2 handed the
+    /// sockets to its successor; then it shuts down as at SIGTERM.
+    #[arg(long, value_name = "SECS", default_value_t = restart::DEFAULT_DRAIN_TIMEOUT.as_secs_f64())]
+    drain_timeout: f64,
 }
 
 fn main() {
     let cli: Cli = cli::parse_or_exit();
     cli::init_logging();
+    let drain_timeout = Duration::try_from_secs_f64(cli.drain_timeout).unwrap_or_else(|_| {
+        cli::fail(format!(
+            "invalid value '{}' for '--drain-timeout': must be a number of seconds from 0 to 2^64",
+            cli.drain_timeout
+        ))
+    });
+    // At startup: the executable's path, before an upgrade can replace the file.
+    let restart = Restart::recorded_at_startup(drain_timeout);
     let config = cli.server.to_config().unwrap_or_else(|e| cli::fail(e));
-    let server = reactor::Server::bind(config).unwrap_or_else(|e| cli::fail(e));
+    let mut server = reactor::Server::bind(config).unwrap_or_else(|e| cli::fail(e));
+    match restart {
+        Ok(restart) => server.restart_on_sigusr2(restart),
+        Err(e) => log::warn!("SIGUSR2 will not restart: cannot tell this executable's path: {e}"),
+    }
     match net::raise_fd_limit() {
         Ok((soft, hard)) => log::info!("open file limit: {soft} (hard {hard})"),
         Err(e) => log::warn!("cannot read the open file limit: {e}"),
