@@ -803,17 +803,12 @@ impl EventLoop {
         }
     }
 
-    /// SIGUSR2: starts a successor on the listening sockets, unless this loop no longer
-    /// has them (shutting down, or handed over already).
+    /// SIGUSR2: starts a successor on the listening sockets, if this loop still has them.
     fn restart(&mut self) {
-        let Some(listener) = &self.listener else {
-            log::warn!("SIGUSR2 ignored: no longer accepting (shutting down or handed over)");
-            return;
-        };
         let udp = self.udp.as_mut().map(|udp| &*udp.socket());
         self.handover.request(
             self.config.threads,
-            listener,
+            self.listener.as_ref(),
             udp,
             self.poll.registry(),
             SUCCESSOR,

@@ -10,16 +10,16 @@
 //! 4. [`timers`]: the loop's deadlines, nearest first.
 //! 5. [`event_loop`]: the poll loop: tokens, the slab of connections, accept, the ready
 //!    list, the timers, the sweep, shutdown.
-//! 6. [`reactor`]: one or more loops as a server (`--threads`, the stop handle), and
-//!    [`restart`]: handing its sockets to a successor on SIGUSR2.
+//! 6. [`reactor`]: one or more loops as a server (`--threads`, the stop handle).
 //! 7. [`threaded`]: the baseline, blocking I/O and one thread per connection, same protocol.
 //! 8. [`loadgen`]: the client side: one poll loop driving many clients, checking every
 //!    reply and measuring latency.
 //!
 //! [`config`], [`stats`], [`budget`], [`net`], [`proxy`] (the PROXY protocol header, as
-//! free of I/O as [`protocol`]), [`signals`], [`systemd`], [`cli`] and [`running`] are the
-//! plumbing the binaries share; [`procfs`] measures a server process for the tests and
-//! benches, and [`measure`] is the arithmetic the bench's figures come from.
+//! free of I/O as [`protocol`]), [`signals`], [`systemd`], [`restart`] (a successor on the
+//! same sockets at SIGUSR2), [`cli`] and [`running`] are the plumbing the binaries share;
+//! [`procfs`] measures a server process for the tests and benches, and [`measure`] is the
+//! arithmetic the bench's figures come from.
 //!
 //! Layering: each numbered module uses only those above it and the plumbing; the plumbing
 //! uses nothing but itself and [`protocol`]; [`procfs`] and [`measure`] (which reads

@@ -13,12 +13,12 @@
 //! 1. [`Restart`], recorded at startup, names the executable and the arguments. The path is
 //!    read before an upgrade can replace the file, so the successor is whatever is at that
 //!    path when SIGUSR2 comes: the new version.
-//! 2. [`Successor::start`] runs it with the listening sockets as descriptors 3 and 4, and
+//! 2. `Successor::start` runs it with the listening sockets as descriptors 3 and 4, and
 //!    `LISTEN_FDS` and `LISTEN_PID` set, exactly as systemd passes sockets, which
 //!    [`systemd::take_inherited`](crate::systemd::take_inherited) already accepts; and with
 //!    a private `NOTIFY_SOCKET`, a unix datagram socket of ours, so that the successor's
 //!    ordinary `READY=1` tells us it serves.
-//! 3. [`Handover::check`] reads that socket (it is on the loop's poll) and notices the
+//! 3. `Handover::check` reads that socket (it is on the loop's poll) and notices the
 //!    successor's exit (SIGCHLD, on the poll too) and [`READY_TIMEOUT`]. Ready: under
 //!    systemd it sends `MAINPID=` so systemd follows the successor, and the loop drains
 //!    (`event_loop.rs`). Exited or late: one error line, the successor is killed, and the
@@ -101,11 +101,12 @@ impl Handover {
     }
 
     /// SIGUSR2: starts the successor on `listener` (and `udp`), registering its
-    /// notification socket as `token`; or says in one line why not.
+    /// notification socket as `token`; or says in one line why not. No `listener`: the loop
+    /// is shutting down, or has handed over already.
     pub(crate) fn request(
         &mut self,
         threads: usize,
-        listener: &TcpListener,
+        listener: Option<&TcpListener>,
         udp: Option<&UdpSocket>,
         registry: &Registry,
         token: Token,
@@ -122,6 +123,10 @@ impl Handover {
             );
             return;
         }
+        let Some(listener) = listener else {
+            log::warn!("SIGUSR2 ignored: no longer accepting (shutting down or handed over)");
+            return;
+        };
         #[cfg(unix)]
         {
             if let Some(successor) = &self.successor {

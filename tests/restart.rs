@@ -15,6 +15,8 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
@@ -88,12 +90,21 @@ struct Reactor {
 
 impl Reactor {
     fn start(exe: &str, args: &[&str]) -> Reactor {
+        Reactor::start_notifying(exe, args, None)
+    }
+
+    /// With `NOTIFY_SOCKET` set to `notify`, as systemd would.
+    fn start_notifying(exe: &str, args: &[&str], notify: Option<&Path>) -> Reactor {
         become_subreaper();
-        let mut child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command.env_remove("NOTIFY_SOCKET");
+        if let Some(path) = notify {
+            command.env("NOTIFY_SOCKET", path);
+        }
+        let mut child = command
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -361,4 +372,41 @@ fn sigterm_during_a_drain_shuts_the_old_process_down_at_once() {
     );
     served(old.tcp, "successor");
     assert_eq!(successor.stop(), Some(0));
+}
+
+/// Under systemd (played here by a socket in `NOTIFY_SOCKET`): the old process names the
+/// successor the main process, the successor's `READY=1` goes to the old process and not to
+/// systemd, and the successor, now the service, says `STOPPING=1` when it stops. The old
+/// process's own exit is not the service's stop, and says nothing.
+#[test]
+fn under_systemd_the_old_process_hands_the_main_pid_to_its_successor() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("restart-notify-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let systemd = UnixDatagram::bind(&path).unwrap();
+    systemd.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let told = || {
+        let mut message = [0; 256];
+        let n = systemd.recv(&mut message).expect("a notification");
+        String::from_utf8_lossy(&message[..n]).trim().to_string()
+    };
+
+    let mut old =
+        Reactor::start_notifying(env!("CARGO_BIN_EXE_reactor"), &["--no-udp"], Some(&path));
+    assert_eq!(told(), "READY=1");
+    let mut successor = old.hand_over();
+    assert_eq!(told(), format!("MAINPID={}", successor.0.unwrap()));
+    assert!(old.child.wait().unwrap().success());
+    served(old.tcp, "successor");
+    assert_eq!(successor.stop(), Some(0));
+    assert_eq!(told(), "STOPPING=1");
+    systemd.set_nonblocking(true).unwrap();
+    let mut more = [0; 256];
+    let extra = systemd
+        .recv(&mut more)
+        .map(|n| String::from_utf8_lossy(&more[..n]).to_string());
+    assert!(extra.is_err(), "nothing else: {extra:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
