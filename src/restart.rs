@@ -51,6 +51,9 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a restart runs, recorded when the process starts.
 #[derive(Clone, Debug)]
+// Where there is no SIGUSR2 (Windows) nothing starts a successor, so the command is kept
+// but never read.
+#[cfg_attr(not(unix), allow(dead_code))]
 pub struct Restart {
     executable: PathBuf,
     arguments: Vec<OsString>,

@@ -97,6 +97,7 @@ pub fn take_inherited() -> io::Result<Inherited> {
     Ok(inherited)
 }
 
+/// Nothing is ever passed where there is no socket activation.
 #[cfg(not(unix))]
 pub fn take_inherited() -> io::Result<Inherited> {
     Ok(Inherited::default())
@@ -160,13 +161,14 @@ fn notify(socket: Option<&OsString>, state: &str) {
 /// abstract namespace, as systemd's protocol says.
 #[cfg(unix)]
 fn send(socket: &OsString, state: &str) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::net::UnixDatagram;
 
     let sender = UnixDatagram::unbound()?;
     let message = format!("{state}\n");
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    if let Some(name) = socket.as_bytes().strip_prefix(b"@") {
+    if let Some(name) =
+        std::os::unix::ffi::OsStrExt::as_bytes(socket.as_os_str()).strip_prefix(b"@")
+    {
         #[cfg(target_os = "android")]
         use std::os::android::net::SocketAddrExt;
         #[cfg(target_os = "linux")]
