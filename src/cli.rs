@@ -149,12 +149,13 @@ pub struct ServerArgs {
 impl ServerArgs {
     /// The server configuration these flags describe.
     pub fn to_config(&self) -> Result<ServerConfig, String> {
-        if !(self.shutdown_grace.is_finite() && self.shutdown_grace >= 0.0) {
+        // `try_from` refuses what `from_secs_f64` would panic on: NaN, negative, too large.
+        let Ok(shutdown_grace) = Duration::try_from_secs_f64(self.shutdown_grace) else {
             return Err(format!(
                 "invalid value '{}' for '--shutdown-grace': must be a number of seconds >= 0",
                 self.shutdown_grace
             ));
-        }
+        };
         let mode = self.reply.clone().unwrap_or_else(|| self.mode.into());
         let udp = match (self.no_udp, self.udp) {
             (true, _) => None,
@@ -185,7 +186,7 @@ impl ServerArgs {
             recv_buffer: self.recv_buffer,
             threads: self.threads,
             backlog: self.backlog,
-            shutdown_grace: Duration::from_secs_f64(self.shutdown_grace),
+            shutdown_grace,
             handle_signals: true,
         })
     }

@@ -83,6 +83,8 @@ macro_rules! binary_suite {
                     &["--no-such-flag"],
                     &["--idle-timeout", "-1"],
                     &["--threads", "0"],
+                    &["--shutdown-grace", "1e30"],
+                    &["--shutdown-grace", "nan"],
                 ] {
                     let (code, stderr) = run($exe, args);
                     assert_eq!(code, Some(2), "{args:?}: {stderr}");
