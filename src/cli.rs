@@ -144,6 +144,12 @@ pub struct ServerArgs {
     /// stops at once.
     #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_SHUTDOWN_GRACE.as_secs_f64())]
     pub shutdown_grace: f64,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics from the event loop (reactor only);
+    /// port 0 picks a free port. No authentication: bind it where only your Prometheus
+    /// reaches.
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    pub metrics: Option<SocketAddr>,
 }
 
 impl ServerArgs {
@@ -187,6 +193,7 @@ impl ServerArgs {
             threads: self.threads,
             backlog: self.backlog,
             shutdown_grace,
+            metrics: self.metrics,
             handle_signals: true,
         })
     }

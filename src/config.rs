@@ -64,6 +64,9 @@ pub struct ServerConfig {
     pub backlog: i32,
     /// How long shutdown waits for owed replies to drain.
     pub shutdown_grace: Duration,
+    /// Serve Prometheus metrics on this address (the reactor only; see
+    /// [`metrics`](crate::metrics)); `None` serves none.
+    pub metrics: Option<SocketAddr>,
     /// Install SIGINT/SIGTERM handlers in the loop (the binaries do; embedders and tests
     /// usually stop the server through its handle instead).
     pub handle_signals: bool,
@@ -87,6 +90,7 @@ impl Default for ServerConfig {
             threads: 1,
             backlog: DEFAULT_BACKLOG,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            metrics: None,
             handle_signals: false,
         }
     }

@@ -28,6 +28,7 @@ use slab::Slab;
 use crate::budget::MemoryBudget;
 use crate::config::ServerConfig;
 use crate::connection::{Connection, Context, HeaderRead, Progress, State};
+use crate::metrics::{LoopMetrics, OpenConnections, MAX_METRICS_CLIENTS};
 use crate::net::{self, ConnectionsPerAddress, ACCEPT_BACKOFF, SHORT_READ_DRAINS};
 use crate::protocol::{SERVER_BUSY, TOO_MANY_FROM_ADDRESS};
 use crate::restart::{Handover, Restart};
@@ -43,6 +44,10 @@ const UDP: Token = Token(usize::MAX - 2);
 const WAKER: Token = Token(usize::MAX - 3);
 const SIGNALS: Token = Token(usize::MAX - 4);
 const SUCCESSOR: Token = Token(usize::MAX - 5);
+/// The metrics endpoint's listener (`--metrics`), and below it one token per place for a
+/// metrics client.
+const METRICS: Token = Token(usize::MAX - 6);
+const METRICS_CLIENTS: usize = METRICS.0 - MAX_METRICS_CLIENTS;
 
 /// The loop's one read buffer, lent to whichever connection is being served. 64 KiB holds
 /// the largest UDP datagram and a default `--max-line` line in one read.
@@ -229,6 +234,8 @@ pub(crate) struct EventLoop {
     scratch: Scratch,
     /// The time this turn's `poll` returned: one clock reading per turn.
     now: Instant,
+    /// `--metrics`: this loop's part in them; `None` when they are off.
+    metrics: Option<LoopMetrics>,
 }
 
 impl EventLoop {
@@ -242,6 +249,7 @@ impl EventLoop {
         open_connections: Arc<AtomicUsize>,
         per_address: Arc<ConnectionsPerAddress>,
         budget: Arc<MemoryBudget>,
+        mut metrics: Option<LoopMetrics>,
     ) -> io::Result<EventLoop> {
         let poll = Poll::new()?;
         let registry = poll.registry();
@@ -260,6 +268,10 @@ impl EventLoop {
             }
             None => None,
         };
+
+        if let Some(metrics) = &mut metrics {
+            metrics.register(registry, METRICS, METRICS_CLIENTS)?;
+        }
 
         let signals = if config.handle_signals {
             Some(LoopSignals::register(registry, SIGNALS, &waker)?)
@@ -301,6 +313,7 @@ impl EventLoop {
                 stats: Stats::default(),
             },
             now: Instant::now(),
+            metrics,
         })
     }
 
@@ -355,6 +368,7 @@ impl EventLoop {
                 }
                 SIGNALS => self.on_signals(),
                 SUCCESSOR => self.check_successor(),
+                // A connection's, or else one of the metrics endpoint's (see there).
                 token => self.serve_connection(token, event),
             }
         }
@@ -364,9 +378,19 @@ impl EventLoop {
         self.resume_ready();
         self.fire_timers();
         self.sweep_closed();
+        if let Some(metrics) = &mut self.metrics {
+            let connections = &self.connections;
+            metrics.end_of_turn(self.now, self.poll.registry(), &self.scratch.stats, || {
+                count_open(connections)
+            });
+        }
+        let turn = self.now.elapsed();
         let stats = &mut self.scratch.stats;
-        stats.longest_turn = stats.longest_turn.max(self.now.elapsed());
+        stats.longest_turn = stats.longest_turn.max(turn);
         stats.peak_buffered = stats.peak_buffered.max(self.budget.held());
+        if let Some(metrics) = &mut self.metrics {
+            metrics.observe_turn(turn);
+        }
         Ok(())
     }
 
@@ -414,6 +438,7 @@ impl EventLoop {
             self.shutdown_deadline,
             self.handover.deadline(),
             self.drain_deadline,
+            self.metrics.as_ref().and_then(LoopMetrics::next_deadline),
         ]
         .into_iter()
         .flatten()
@@ -537,6 +562,12 @@ impl EventLoop {
 
     fn serve_connection(&mut self, token: Token, event: &mio::event::Event) {
         let Some(slot) = self.connections.get_mut(token.0) else {
+            // The metrics endpoint's tokens lie far above any slab key, so they land here,
+            // where the slab has already said no: sorting them out costs the connections
+            // nothing (an arm of their own in `turn` costs two instructions per event).
+            if token.0 >= METRICS_CLIENTS {
+                self.serve_metrics(token);
+            }
             return;
         };
         // A slot closed earlier in this batch stays until the sweep; ignore its events.
@@ -623,6 +654,12 @@ impl EventLoop {
         }
         slot.account(&self.budget);
         slot.schedule(token.0, &mut self.timers, &self.config);
+    }
+
+    fn serve_metrics(&mut self, token: Token) {
+        if let Some(metrics) = &mut self.metrics {
+            metrics.on_event(token, self.poll.registry(), self.now);
+        }
     }
 
     fn serve_udp(&mut self, readable: bool, writable: bool) {
@@ -886,6 +923,19 @@ impl EventLoop {
     }
 }
 
+/// What a scrape needs of the open connections that the loop's `Stats` does not hold yet.
+/// It walks the slab, so the metrics call it only when a scrape asks, never per turn.
+fn count_open(connections: &Slab<Slot>) -> OpenConnections {
+    let mut open = OpenConnections::default();
+    for (_, slot) in connections {
+        open.messages += slot.conn.messages();
+        if slot.conn.state() == State::Replying {
+            open.paused += 1;
+        }
+    }
+    open
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -902,6 +952,7 @@ mod tests {
             Arc::new(AtomicUsize::new(0)),
             Arc::new(ConnectionsPerAddress::new(0)),
             Arc::new(MemoryBudget::new(usize::MAX)),
+            None,
         )
         .unwrap();
         (event_loop, addr)

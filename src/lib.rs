@@ -8,11 +8,13 @@
 //!    with its own deadlines.
 //! 3. [`udp`]: the datagram endpoint, served by the same loop.
 //! 4. [`timers`]: the loop's deadlines, nearest first.
-//! 5. [`event_loop`]: the poll loop: tokens, the slab of connections, accept, the ready
+//! 5. [`metrics`]: the Prometheus endpoint a loop serves with `--metrics`: its clients and
+//!    their bounds, the counts the loops publish for a scrape, the text it returns.
+//! 6. [`event_loop`]: the poll loop: tokens, the slab of connections, accept, the ready
 //!    list, the timers, the sweep, shutdown.
-//! 6. [`reactor`]: one or more loops as a server (`--threads`, the stop handle).
-//! 7. [`threaded`]: the baseline, blocking I/O and one thread per connection, same protocol.
-//! 8. [`loadgen`]: the client side: one poll loop driving many clients, checking every
+//! 7. [`reactor`]: one or more loops as a server (`--threads`, the stop handle).
+//! 8. [`threaded`]: the baseline, blocking I/O and one thread per connection, same protocol.
+//! 9. [`loadgen`]: the client side: one poll loop driving many clients, checking every
 //!    reply and measuring latency.
 //!
 //! [`config`], [`stats`], [`budget`], [`net`], [`proxy`] (the PROXY protocol header, as
@@ -34,6 +36,7 @@ pub mod connection;
 pub mod event_loop;
 pub mod loadgen;
 pub mod measure;
+pub mod metrics;
 pub mod net;
 pub mod procfs;
 pub mod protocol;

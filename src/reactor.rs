@@ -17,6 +17,7 @@ use mio::Waker;
 use crate::budget::MemoryBudget;
 use crate::config::ServerConfig;
 use crate::event_loop::EventLoop;
+use crate::metrics::{Hub, LoopMetrics};
 use crate::net;
 use crate::running::Running;
 use crate::stats::Stats;
@@ -47,6 +48,7 @@ pub struct Server {
     udp: Option<SocketAddr>,
     stop: StopHandle,
     open_connections: Arc<AtomicUsize>,
+    metrics: Option<SocketAddr>,
 }
 
 impl Server {
@@ -67,10 +69,31 @@ impl Server {
             config.max_connections_per_ip,
         ));
         let budget = Arc::new(MemoryBudget::new(config.max_buffer_memory));
+        // The first loop serves the metrics endpoint; every loop counts for it.
+        let mut metrics_listener = config
+            .metrics
+            .map(|addr| {
+                std::net::TcpListener::bind(addr)
+                    .map_err(|e| io::Error::new(e.kind(), format!("--metrics {addr}: {e}")))
+            })
+            .transpose()?;
+        let metrics = metrics_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?;
+        let hub = metrics.map(|_| {
+            let (open, budget) = (Arc::clone(&open_connections), Arc::clone(&budget));
+            Hub::new(threads, open, budget, config.max_buffer_memory)
+        });
         let config = Arc::new(config);
         let loops = bound
             .into_iter()
-            .map(|b| {
+            .enumerate()
+            .map(|(i, b)| {
+                let metrics = hub
+                    .as_ref()
+                    .map(|hub| LoopMetrics::new(Arc::clone(hub), i, metrics_listener.take()))
+                    .transpose()?;
                 EventLoop::new(
                     b,
                     Arc::clone(&config),
@@ -78,9 +101,13 @@ impl Server {
                     Arc::clone(&open_connections),
                     Arc::clone(&per_address),
                     Arc::clone(&budget),
+                    metrics,
                 )
             })
             .collect::<io::Result<Vec<_>>>()?;
+        if let Some(hub) = &hub {
+            hub.set_wakers(loops.iter().map(EventLoop::waker).collect());
+        }
         let wakers = loops.iter().map(EventLoop::waker).collect();
         Ok(Server {
             loops,
@@ -88,6 +115,7 @@ impl Server {
             udp,
             stop: StopHandle { requested, wakers },
             open_connections,
+            metrics,
         })
     }
 
@@ -99,6 +127,11 @@ impl Server {
     /// The UDP address actually bound, if UDP is served.
     pub fn udp_addr(&self) -> Option<SocketAddr> {
         self.udp
+    }
+
+    /// Where Prometheus metrics are served (`--metrics`, port 0 resolved), if they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
     }
 
     /// Open TCP connections right now, across every loop.

@@ -23,6 +23,9 @@ pub struct Stats {
     /// `--proxy-protocol`: TCP connections closed without a greeting because their PROXY
     /// header was invalid, or did not arrive whole in time or before the peer closed.
     pub proxy_rejected: u64,
+    /// UDP datagrams received (the reactor only; the threaded server counts them as
+    /// messages alone).
+    pub udp_datagrams: u64,
     /// The longest loop turn, from `poll` returning to the end of the turn (the reactor
     /// only: the threaded server has no turns). What a fresh client or a UDP ping may have
     /// had to wait on top of its own turn.
@@ -43,6 +46,7 @@ impl Stats {
         self.bytes_out += other.bytes_out;
         self.udp_dropped += other.udp_dropped;
         self.proxy_rejected += other.proxy_rejected;
+        self.udp_datagrams += other.udp_datagrams;
         self.longest_turn = self.longest_turn.max(other.longest_turn);
         self.peak_buffered = self.peak_buffered.max(other.peak_buffered);
     }

@@ -325,6 +325,7 @@ impl Server {
             bytes_in: totals.bytes_in.load(Ordering::Relaxed),
             bytes_out: totals.bytes_out.load(Ordering::Relaxed),
             udp_dropped: totals.udp_dropped.load(Ordering::Relaxed),
+            udp_datagrams: 0,
             longest_turn: Duration::ZERO,
             peak_buffered: 0,
         };

@@ -108,6 +108,7 @@ impl<S: Datagrams> UdpEndpoint<S> {
             };
             stats.bytes_in += n as u64;
             stats.messages += 1;
+            stats.udp_datagrams += 1;
             reply.clear();
             udp_reply(mode, &buf[..n], reply);
             self.send(peer, reply, stats);

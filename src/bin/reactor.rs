@@ -50,10 +50,14 @@ fn main() {
         Ok((soft, hard)) => log::info!("open file limit: {soft} (hard {hard})"),
         Err(e) => log::warn!("cannot read the open file limit: {e}"),
     }
-    println!(
-        "{}",
-        net::startup_line(server.tcp_addr(), server.udp_addr())
-    );
+    let mut ready = net::startup_line(server.tcp_addr(), server.udp_addr());
+    if let Some(metrics) = server.metrics_addr() {
+        log::info!("metrics on http://{metrics}/metrics");
+        // A second line, in the same write as the first: a reader that takes only the
+        // first line and closes the pipe then never makes a later write fail.
+        ready += &format!("\nmetrics on {metrics}");
+    }
+    println!("{ready}");
     if let Err(e) = std::io::stdout().flush() {
         cli::fail(format!("cannot write to stdout: {e}"));
     }

@@ -21,6 +21,9 @@ fn main() {
     // line and nothing else.
     let fd_limit = net::raise_fd_limit();
     let config = args.server.to_config().unwrap_or_else(|e| cli::fail(e));
+    if config.metrics.is_some() {
+        cli::fail("--metrics is served by the reactor only");
+    }
     let server = threaded::Server::bind(config).unwrap_or_else(|e| cli::fail(e));
 
     let mut stdout = std::io::stdout().lock();

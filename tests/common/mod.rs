@@ -12,15 +12,16 @@
 //!
 //! Every test crate that declares `mod common;` compiles all of it, and none uses all of
 //! it: a helper that some crates have no use for says so with an `#[allow(dead_code)]` of
-//! its own, and `tests/loadgen_servers.rs`, which needs only [`start`] and [`Spawn`],
-//! allows dead code on its `mod common;`. Anything else unused is a warning, so a helper
+//! its own, and `tests/loadgen_servers.rs`, which needs only [`start`] and [`Spawn`], and
+//! `tests/metrics.rs`, which needs only [`Binary`] and [`Client`], allow dead code on their
+//! `mod common;`. Anything else unused is a warning, so a helper
 //! that no test needs any more does not linger.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
 #[cfg(unix)]
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use evloop::{Running, ServerConfig};
@@ -145,6 +146,9 @@ pub struct Binary {
     pub udp: Option<SocketAddr>,
     #[allow(dead_code)] // read by the binary suite; tests/limits.rs has no use for it
     pub first_line: String,
+    /// The rest of its stdout, kept open (`--metrics` prints a second line).
+    #[allow(dead_code)] // read by tests/metrics.rs only
+    pub stdout: BufReader<ChildStdout>,
 }
 
 impl Binary {
@@ -197,9 +201,8 @@ impl Binary {
         assert!(fd_limit.is_none(), "a descriptor limit is a Unix thing");
         let mut child = command.spawn().expect("start server binary");
         let mut first_line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first_line)
-            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut first_line).unwrap();
         let mut tcp = None;
         let mut udp = None;
         for field in first_line.split_whitespace().skip(1) {
@@ -215,6 +218,7 @@ impl Binary {
             tcp: tcp.expect("tcp= in startup line"),
             udp,
             first_line,
+            stdout,
         }
     }
 
