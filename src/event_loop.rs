@@ -2,13 +2,13 @@
 //! listener and the UDP socket. This is the file to read to see how the reactor works.
 //!
 //! This module owns everything that involves more than one connection: tokens, accepting,
-//! the UDP endpoint's place in the loop, the deadlines (the nearest one is the `poll`
-//! timeout), the list of sources that still have work, closing in a sweep after each event
-//! batch, signals, graceful shutdown, and draining after a restart's hand-over (starting
-//! the successor is [`restart`](crate::restart)'s). What one connection does with its
-//! socket, and when and why it times out, is [`connection`](crate::connection)'s business,
-//! and what a reply says is [`protocol`](crate::protocol)'s; this module must not parse a
-//! byte. Running several loops side by side is [`reactor`](crate::reactor)'s.
+//! the UDP and metrics endpoints' places in the loop, the deadlines (the nearest one is the
+//! `poll` timeout), the list of sources that still have work, closing in a sweep after each
+//! event batch, signals, graceful shutdown, and draining after a restart's hand-over
+//! (starting the successor is [`restart`](crate::restart)'s). What one connection does with
+//! its socket, and when and why it times out, is [`connection`](crate::connection)'s
+//! business, and what a reply says is [`protocol`](crate::protocol)'s; this module must not
+//! parse a byte. Running several loops side by side is [`reactor`](crate::reactor)'s.
 //!
 //! One turn of the loop (`EventLoop::turn`): wait for events (or the nearest deadline, or
 //! not at all if some source still has work), dispatch each event, resume sources that

@@ -3,8 +3,8 @@
 //!
 //! This module owns what spans loops: binding the sockets before any loop starts (so port 0
 //! is resolved and the addresses can be reported), the stop handle that wakes every loop,
-//! the connection count `--max-connections` checks across loops, and adding up what each
-//! loop did. It must not serve a socket itself: the loop is in
+//! the connection count `--max-connections` checks across loops, the metrics listener and
+//! the hub every loop counts in for it, and adding up what each loop did. It must not serve a socket itself: the loop is in
 //! [`event_loop`](crate::event_loop), which is the file to read first.
 
 use std::io;
