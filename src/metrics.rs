@@ -6,14 +6,14 @@
 //! counts each loop publishes for a scrape, and the text a scrape returns. The loop only
 //! hooks it in: a token for the listener and a few for its clients, the dispatch of their
 //! events, one call at the end of each turn and one deadline. Nothing here runs per
-//! message, and with `--metrics` off the loop holds no [`LoopMetrics`] at all.
+//! message, and with `--metrics` off the loop holds no `LoopMetrics` at all.
 //!
 //! Where the numbers come from. Each loop counts in its own [`Stats`], plain integers that no
 //! other thread touches; a connection's messages are added to them only when it closes, and
 //! whether a connection is paused is its state. So a scrape asks the loops: it bumps a
-//! generation number in the shared [`Hub`] and wakes every loop; each loop, at the end of
+//! generation number in the shared `Hub` and wakes every loop; each loop, at the end of
 //! its next turn, walks its slab (messages on open connections, connections paused),
-//! publishes a [`Snapshot`] in its slot and wakes the serving loop (the first), which
+//! publishes a `Snapshot` in its slot and wakes the serving loop (the first), which
 //! answers once every loop has published that generation. The counts are exact as of one
 //! turn of each loop, and a loop that nobody scrapes pays one atomic load and one histogram
 //! observation per turn. The gauges the loops already share (open connections, bytes
@@ -36,7 +36,7 @@ use std::fmt::{Display, Write as _};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::{TcpListener, TcpStream};
@@ -232,7 +232,7 @@ impl Hub {
         self.requested.load(Ordering::SeqCst)
     }
 
-    fn slot(&self, index: usize) -> std::sync::MutexGuard<'_, Snapshot> {
+    fn slot(&self, index: usize) -> MutexGuard<'_, Snapshot> {
         // A loop that panicked while publishing left whole integers behind; they are
         // still worth showing.
         self.slots[index]
@@ -374,7 +374,8 @@ impl Drop for LoopMetrics {
     }
 }
 
-/// A response's status.
+/// A response's status. Declared in the order of [`Status::ALL`], so that `status as usize`
+/// is its place there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Status {
     Ok,
