@@ -483,11 +483,12 @@ fn render(scrape: &Scrape) -> String {
     text.family(
         refused,
         "counter",
-        "TCP connections refused: busy (at --max-connections) or per_address (at \
-         --max-connections-per-ip).",
+        "TCP connections refused: busy (at --max-connections), per_address (at \
+         --max-connections-per-ip), proxy_header (--proxy-protocol: no valid header in time).",
     );
     text.sample(refused, "{reason=\"busy\"}", stats.refused);
     text.sample(refused, "{reason=\"per_address\"}", stats.refused_per_ip);
+    text.sample(refused, "{reason=\"proxy_header\"}", stats.proxy_rejected);
     text.single(
         "evloop_connections_paused",
         "gauge",
@@ -1085,6 +1086,7 @@ mod tests {
                     connections: 12,
                     refused: 3,
                     refused_per_ip: 4,
+                    proxy_rejected: 6,
                     messages: 1000,
                     bytes_in: 17_000,
                     bytes_out: 25_108,
@@ -1133,6 +1135,10 @@ mod tests {
             (
                 "evloop_connections_refused_total{reason=\"per_address\"}",
                 "4",
+            ),
+            (
+                "evloop_connections_refused_total{reason=\"proxy_header\"}",
+                "6",
             ),
             ("evloop_connections_paused", "2"),
             ("evloop_messages_total", "1000"),
@@ -1224,6 +1230,7 @@ mod tests {
             connections: u64::MAX,
             refused: u64::MAX,
             refused_per_ip: u64::MAX,
+            proxy_rejected: u64::MAX,
             messages: u64::MAX,
             bytes_in: u64::MAX,
             bytes_out: u64::MAX,

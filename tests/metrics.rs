@@ -168,6 +168,10 @@ fn scrapes_count_exactly_what_loadgen_did_across_every_loop() {
                 + udp.messages * hello_reply,
         ),
         ("evloop_connections_refused_total{reason=\"busy\"}", 0),
+        (
+            "evloop_connections_refused_total{reason=\"proxy_header\"}",
+            0,
+        ),
         ("evloop_udp_replies_dropped_total", 0),
         ("evloop_connections_paused", 0),
         ("evloop_loops", 2),
@@ -213,6 +217,27 @@ fn bad_requests_get_their_status_and_a_close() {
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
     assert_eq!(body, "");
     hello(&server);
+}
+
+#[test]
+fn a_connection_without_a_valid_proxy_header_counts_as_refused() {
+    let (server, metrics) = start(&["--proxy-protocol"]);
+    let mut stream = TcpStream::connect(server.tcp).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    // Not a PROXY header: the server closes without a greeting as soon as it can tell.
+    stream.write_all(b"hello\r\n").unwrap();
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "no greeting: {rest:?}");
+    let body = scrape(metrics);
+    assert_eq!(
+        value(
+            &body,
+            "evloop_connections_refused_total{reason=\"proxy_header\"}"
+        ),
+        1
+    );
+    assert_eq!(value(&body, "evloop_connections_accepted_total"), 0);
 }
 
 #[test]
