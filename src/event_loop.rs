@@ -867,7 +867,8 @@ impl EventLoop {
         );
     }
 
-    /// Deregisters and closes the listener and the UDP socket. Deregistering comes first
+    /// Deregisters and closes the listener and the UDP socket (and the metrics listener,
+    /// whose address a successor binds for itself). Deregistering comes first
     /// and is not optional here: epoll forgets a socket only when every descriptor of it is
     /// closed, and after a restart's hand-over the successor holds the same sockets, so
     /// closing ours alone would leave them in our epoll set, still reporting events.
@@ -878,6 +879,9 @@ impl EventLoop {
         if let Some(mut udp) = self.udp.take() {
             udp.on_writable(&mut self.scratch.stats);
             let _ = self.poll.registry().deregister(udp.socket());
+        }
+        if let Some(metrics) = &mut self.metrics {
+            metrics.stop_listening(self.poll.registry());
         }
     }
 

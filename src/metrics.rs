@@ -75,6 +75,20 @@ const LINGER_DISCARD_LIMIT: usize = 64 * 1024;
 /// metrics port cannot hold the loop.
 const ACCEPT_PER_TURN: usize = 16;
 
+/// The metrics listener's backlog: a few scrapers at most, and anything beyond
+/// [`MAX_METRICS_CLIENTS`] is refused anyway.
+const METRICS_BACKLOG: i32 = 32;
+
+/// Binds the metrics listener. With SO_REUSEPORT (where there is one), so that a successor
+/// started by a restart (`SIGUSR2`, [`restart`](crate::restart)), which runs with the same
+/// arguments, can bind the same address while this process still listens on it; this one
+/// stops listening when it stops accepting, and from then on every scrape reaches the
+/// successor.
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    net::tcp_listener(addr, METRICS_BACKLOG, cfg!(unix))
+        .map_err(|e| io::Error::new(e.kind(), format!("--metrics {addr}: {e}")))
+}
+
 /// The turn-duration buckets: each upper bound in nanoseconds and as its `le` label. From
 /// 50 µs (a turn of a few events) to 1 s (far beyond what the loop's per-turn bounds allow:
 /// a turn that long means the machine stalled the loop).
@@ -316,6 +330,16 @@ impl LoopMetrics {
         match &mut self.endpoint {
             Some(endpoint) => endpoint.register(registry, listener, first_client),
             None => Ok(()),
+        }
+    }
+
+    /// Closes the listener (a restart's hand-over, or shutdown): new scrapes go to the
+    /// successor, or nowhere. Clients already connected are still answered.
+    pub(crate) fn stop_listening(&mut self, registry: &Registry) {
+        if let Some(endpoint) = &mut self.endpoint {
+            if let Some(mut listener) = endpoint.listener.take() {
+                let _ = registry.deregister(&mut listener);
+            }
         }
     }
 
@@ -825,7 +849,8 @@ impl Client {
 /// The metrics endpoint, in the loop that serves it: the listener and a fixed number of
 /// places for clients, each with its own token.
 struct Endpoint {
-    listener: TcpListener,
+    /// `None` once it stopped listening.
+    listener: Option<TcpListener>,
     listener_token: Token,
     /// The token of place 0; place `i` has `first_client + i`.
     first_client: usize,
@@ -842,7 +867,7 @@ struct Endpoint {
 impl Endpoint {
     fn new(listener: TcpListener) -> Endpoint {
         Endpoint {
-            listener,
+            listener: Some(listener),
             listener_token: Token(0),
             first_client: 0,
             clients: std::array::from_fn(|_| None),
@@ -861,7 +886,10 @@ impl Endpoint {
     ) -> io::Result<()> {
         self.listener_token = listener;
         self.first_client = first_client;
-        registry.register(&mut self.listener, listener, Interest::READABLE)
+        match &mut self.listener {
+            Some(socket) => registry.register(socket, listener, Interest::READABLE),
+            None => Ok(()),
+        }
     }
 
     fn on_event(&mut self, token: Token, registry: &Registry, hub: &Hub, now: Instant) {
@@ -897,7 +925,10 @@ impl Endpoint {
     fn accept(&mut self, registry: &Registry, now: Instant) {
         self.accept_at = None;
         for _ in 0..ACCEPT_PER_TURN {
-            match self.listener.accept() {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
                 Ok((stream, peer)) => self.admit(stream, peer, registry, now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)

@@ -70,13 +70,7 @@ impl Server {
         ));
         let budget = Arc::new(MemoryBudget::new(config.max_buffer_memory));
         // The first loop serves the metrics endpoint; every loop counts for it.
-        let mut metrics_listener = config
-            .metrics
-            .map(|addr| {
-                std::net::TcpListener::bind(addr)
-                    .map_err(|e| io::Error::new(e.kind(), format!("--metrics {addr}: {e}")))
-            })
-            .transpose()?;
+        let mut metrics_listener = config.metrics.map(crate::metrics::bind).transpose()?;
         let metrics = metrics_listener
             .as_ref()
             .map(|l| l.local_addr())

@@ -410,3 +410,44 @@ fn under_systemd_the_old_process_hands_the_main_pid_to_its_successor() {
     assert!(extra.is_err(), "nothing else: {extra:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--metrics` on a fixed port: the successor, started with the same arguments, binds the
+/// same address while the old process still listens on it, and from the hand-over on every
+/// scrape of that address reaches the successor.
+#[test]
+fn after_a_hand_over_the_metrics_port_is_the_successors() {
+    // A fixed port is the point here: take a free one from the kernel and give it back.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let metrics: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut old = Reactor::start(
+        env!("CARGO_BIN_EXE_reactor"),
+        &["--no-udp", "--metrics", &metrics.to_string()],
+    );
+    old.stdout.wait_for(&format!("metrics on {metrics}"));
+    served(old.tcp, "before");
+    let accepted = |addr| {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        std::io::Write::write_all(&mut stream, b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        let line = response
+            .lines()
+            .find(|l| l.starts_with("evloop_connections_accepted_total "))
+            .unwrap_or_else(|| panic!("no accepted count in {response}"));
+        line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+    };
+    assert_eq!(accepted(metrics), 1, "the old process's count");
+
+    let mut successor = old.hand_over();
+    // The old process has let go of the port: the successor, which has accepted no
+    // connection yet, answers.
+    assert_eq!(accepted(metrics), 0, "the successor's count");
+    served(old.tcp, "after");
+    assert_eq!(accepted(metrics), 1);
+    assert_eq!(successor.stop(), Some(0));
+}
