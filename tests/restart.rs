@@ -449,5 +449,8 @@ fn after_a_hand_over_the_metrics_port_is_the_successors() {
     assert_eq!(accepted(metrics), 0, "the successor's count");
     served(old.tcp, "after");
     assert_eq!(accepted(metrics), 1);
+    // With no connection left to drain, the old process exits, and the successor becomes
+    // ours to stop and wait for.
+    assert!(old.child.wait().unwrap().success());
     assert_eq!(successor.stop(), Some(0));
 }
