@@ -2,7 +2,7 @@
 //! and reports throughput and latency. The engine is `evloop::loadgen`; this file parses
 //! flags, shows progress and prints the report.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -229,10 +229,14 @@ fn main() {
     .unwrap_or_else(|e| fail(e));
     bar.finish_and_clear();
 
-    if args.json {
-        println!("{}", report.to_json());
+    let text = if args.json {
+        report.to_json()
     } else {
-        println!("{report}");
+        report.to_string()
+    };
+    // Not `println!`, which panics when stdout is a pipe already closed (`| head -1`).
+    if let Err(e) = writeln!(std::io::stdout(), "{text}") {
+        fail(format!("cannot write the report to stdout: {e}"));
     }
     if report.errors() > 0 {
         std::process::exit(1);
