@@ -933,7 +933,7 @@ fn count_open(connections: &Slab<Slot>) -> OpenConnections {
     let mut open = OpenConnections::default();
     for (_, slot) in connections {
         open.messages += slot.conn.messages();
-        if slot.conn.state() == State::Replying {
+        if slot.conn.paused() {
             open.paused += 1;
         }
     }

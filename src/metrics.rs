@@ -516,8 +516,9 @@ fn render(scrape: &Scrape) -> String {
     text.single(
         "evloop_connections_paused",
         "gauge",
-        "TCP connections not being read because their unsent replies passed the \
-         high-water mark (state Replying).",
+        "TCP connections not being read because their client does not take its replies: \
+         unsent output passed the high-water mark (state Replying), or the connection \
+         holds its share of --max-buffer-memory.",
         scrape.counts.paused,
     );
     text.single(

@@ -312,6 +312,12 @@ impl<S: Stream> Connection<S> {
         &mut self.stream
     }
 
+    /// Not being read until its client takes some of its replies: backpressure (state
+    /// `Replying`) or its share of the memory budget used up.
+    pub fn paused(&self) -> bool {
+        self.state == State::Replying || self.budget_paused
+    }
+
     /// Messages answered on this connection.
     pub fn messages(&self) -> u64 {
         self.session.messages()

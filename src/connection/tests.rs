@@ -67,6 +67,8 @@ struct Harness {
     stats: Stats,
     /// The clock the tests move by hand.
     now: Instant,
+    /// This connection's share of the memory budget; unlimited unless a test sets it.
+    share: usize,
 }
 
 impl Harness {
@@ -80,6 +82,7 @@ impl Harness {
             config: ServerConfig::default(),
             stats: Stats::default(),
             now: Instant::now(),
+            share: usize::MAX,
         }
     }
 
@@ -90,7 +93,7 @@ impl Harness {
             config: &self.config,
             stats: &mut self.stats,
             now: self.now,
-            share: usize::MAX,
+            share: self.share,
             greeting: &self.greeting,
         }
     }
@@ -298,6 +301,7 @@ fn reading_stops_above_the_high_water_mark_and_resumes_below_the_low() {
     serve_until_it_waits(&mut h, &mut conn);
     assert!(conn.output.unsent().len() > OUTPUT_HIGH_WATER);
     assert_eq!(conn.state(), State::Replying);
+    assert!(conn.paused());
     assert!(!readable(conn.interest()), "backpressure: not reading");
     assert!(conn.stream.reads.len() > 1, "input left in the socket");
     // Draining to just under the high-water mark is not enough: the low one counts.
@@ -312,6 +316,21 @@ fn reading_stops_above_the_high_water_mark_and_resumes_below_the_low() {
     assert_eq!(conn.on_writable(&mut h.ctx()), Progress::ReadAgain);
     assert_eq!(conn.state(), State::Reading);
     assert!(readable(conn.interest()));
+    assert!(!conn.paused());
+}
+
+#[test]
+fn a_connection_at_its_share_of_the_budget_is_paused_until_its_output_moves() {
+    let mut h = Harness::new();
+    h.share = 4096;
+    let lines = b"x\n".repeat(2048);
+    let mut conn = h.accept(stream(&[&lines], 9));
+    serve_until_it_waits(&mut h, &mut conn);
+    assert_eq!(conn.state(), State::Reading, "not backpressure: the budget");
+    assert!(conn.paused(), "holds {} of a 4096-byte share", conn.holds());
+    conn.stream.accept = usize::MAX;
+    assert_eq!(conn.on_writable(&mut h.ctx()), Progress::ReadAgain);
+    assert!(!conn.paused());
 }
 
 /// Calls `on_readable` as the loop would, turn after turn, until the connection waits.
