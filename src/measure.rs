@@ -385,6 +385,8 @@ mod tests {
             timeouts: 0,
             connection_errors: 0,
             connections_opened: 2,
+            tls_handshakes: 0,
+            tls_verified: None,
             latency,
             client_cpu: Duration::from_millis(500),
             hostile: Vec::new(),

@@ -120,6 +120,33 @@ struct Args {
     /// [default: the address the kernel picks].
     #[arg(long, value_name = "IP,...", value_delimiter = ',')]
     source: Vec<std::net::IpAddr>,
+
+    /// Connect over TLS (for a server run with --tls-cert and --tls-key), trusting the
+    /// certificates in --tls-ca, or, with --tls-insecure, any certificate. The report adds
+    /// the handshakes per second; with --requests-per-connection 1 every request pays one.
+    #[arg(long)]
+    tls: bool,
+
+    /// With --tls: the PEM file of the certificates (a CA's, or the server's own) that the
+    /// server's certificate must chain to.
+    #[arg(
+        long,
+        value_name = "PEM",
+        requires = "tls",
+        conflicts_with = "tls_insecure"
+    )]
+    tls_ca: Option<std::path::PathBuf>,
+
+    /// With --tls: accept any certificate, so the session is encrypted but the server is not
+    /// authenticated; the report says so. For tests and benches against a throwaway
+    /// certificate.
+    #[arg(long, requires = "tls")]
+    tls_insecure: bool,
+
+    /// With --tls: the name the server's certificate must carry [default: --addr's IP
+    /// address].
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    tls_server_name: Option<String>,
 }
 
 /// A positive, finite number of seconds, fractions allowed.
@@ -134,12 +161,12 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
 }
 
 impl Args {
-    fn to_options(&self) -> Options {
+    fn to_options(&self) -> Result<Options, String> {
         let duration = match (self.duration, self.messages) {
             (None, None) => Some(Duration::from_secs_f64(DEFAULT_DURATION_SECS)),
             (duration, _) => duration,
         };
-        Options {
+        Ok(Options {
             addr: self.addr,
             connections: self.connections,
             duration,
@@ -159,7 +186,29 @@ impl Args {
             proxy_protocol: self.proxy_protocol,
             sources: self.source.clone(),
             requests_per_connection: self.requests_per_connection,
+            tls: self.client_tls()?,
+        })
+    }
+
+    /// `--tls` and its companions, checked: one of --tls-ca and --tls-insecure, a file
+    /// that holds certificates, a valid name.
+    fn client_tls(&self) -> Result<Option<loadgen::ClientTls>, String> {
+        if !self.tls {
+            return Ok(None);
         }
+        if self.tls_ca.is_none() && !self.tls_insecure {
+            return Err("--tls needs --tls-ca PEM, or --tls-insecure to skip verification".into());
+        }
+        #[cfg(feature = "tls")]
+        {
+            let name = self
+                .tls_server_name
+                .clone()
+                .unwrap_or_else(|| self.addr.ip().to_string());
+            loadgen::ClientTls::new(self.tls_ca.as_deref(), &name).map(Some)
+        }
+        #[cfg(not(feature = "tls"))]
+        Err("--tls: this loadgen was built without the `tls` feature".into())
     }
 }
 
@@ -189,7 +238,7 @@ fn progress_bar(args: &Args, options: &Options) -> ProgressBar {
 fn main() {
     let args: Args = parse_or_exit();
     init_logging();
-    let options = args.to_options();
+    let options = args.to_options().unwrap_or_else(|e| fail(e));
     if let Err(e) = options.validate() {
         fail(e);
     }

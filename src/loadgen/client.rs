@@ -20,6 +20,7 @@ use mio::{Interest, Registry, Token};
 use super::engine::{Failure, InFlight, Shared};
 use super::options::{Options, Transport};
 use super::script::{compare, Match, Script};
+use super::tls::Session;
 use crate::proxy;
 
 /// One client, or the empty slot a failed one leaves. Slots are never reused, so a late
@@ -83,7 +84,10 @@ impl Client {
     }
 
     pub(super) fn is_setting_up(&self) -> bool {
-        matches!(self, Client::Tcp(tcp) if matches!(tcp.phase, Phase::Connecting | Phase::Greeting))
+        matches!(
+            self,
+            Client::Tcp(tcp) if matches!(tcp.phase, Phase::Connecting | Phase::Handshaking | Phase::Greeting)
+        )
     }
 
     pub(super) fn in_flight(&self) -> usize {
@@ -109,6 +113,8 @@ impl Client {
 enum Phase {
     /// The non-blocking connect has not completed.
     Connecting,
+    /// `--tls`: connected; the TLS handshake has not completed.
+    Handshaking,
     /// Connected; the greeting has not fully arrived.
     Greeting,
     /// Sending requests and checking replies.
@@ -142,6 +148,8 @@ pub(super) struct TcpClient {
     /// Requests queued and not yet accepted by the kernel, from `written` on.
     output: Vec<u8>,
     written: usize,
+    /// `--tls`: this connection's session, which every read and write goes through.
+    tls: Option<Session>,
 }
 
 impl TcpClient {
@@ -162,6 +170,7 @@ impl TcpClient {
             input: Vec::new(),
             output: Vec::new(),
             written: 0,
+            tls: None,
         })
     }
 
@@ -202,6 +211,7 @@ impl TcpClient {
         self.phase_since = now;
         self.sent_here = 0;
         self.input.clear();
+        self.tls = None;
         shared.setting_up += 1;
         Ok(())
     }
@@ -209,6 +219,10 @@ impl TcpClient {
     fn on_event(&mut self, id: usize, shared: &mut Shared, now: Instant) -> Result<(), Failure> {
         if self.phase == Phase::Connecting && !self.finish_connect(shared, now)? {
             return Ok(());
+        }
+        if let Some(tls) = &mut self.tls {
+            // Records a blocked write left queued go first, handshake ones included.
+            tls.flush(&mut self.stream).map_err(Failure::Connection)?;
         }
         self.receive(id, shared, now)?;
         self.send(id, shared, now)
@@ -235,15 +249,49 @@ impl TcpClient {
         // while an earlier one is unacknowledged.
         self.stream.set_nodelay(true).map_err(Failure::Connection)?;
         if let Some(version) = shared.options.proxy_protocol {
+            // Before TLS: a balancer's header is for the server's TCP side.
             self.send_proxy_header(version)?;
         }
+        match &shared.options.tls {
+            Some(tls) => {
+                // The ClientHello goes with the next flush; reading drives the rest.
+                self.tls = Some(tls.session().map_err(Failure::Connection)?);
+                self.phase = Phase::Handshaking;
+                self.phase_since = now;
+            }
+            None => self.connected(shared, now),
+        }
+        Ok(true)
+    }
+
+    /// Connected (and through the TLS handshake): the greeting comes next, if any.
+    fn connected(&mut self, shared: &mut Shared, now: Instant) {
         if shared.script.greeting_line.is_empty() {
             self.become_ready(shared);
         } else {
             self.phase = Phase::Greeting;
             self.phase_since = now;
         }
-        Ok(true)
+    }
+
+    /// Reads plaintext: from the socket, or through the TLS session. `short_read_drains`
+    /// says a read that did not fill `buf` emptied the source (true of the socket where the
+    /// kernel says so; never of a TLS session, which may hold more records than one read
+    /// hands out).
+    fn read(&mut self, buf: &mut [u8]) -> (io::Result<usize>, bool) {
+        match &mut self.tls {
+            None => (self.stream.read(buf), crate::net::SHORT_READ_DRAINS),
+            Some(tls) => (tls.read(&mut self.stream, buf), false),
+        }
+    }
+
+    /// Writes plaintext: to the socket, or through the TLS session.
+    fn write(&mut self, from: usize) -> io::Result<usize> {
+        let bytes = &self.output[from..];
+        match &mut self.tls {
+            None => self.stream.write(bytes),
+            Some(tls) => tls.write(&mut self.stream, bytes),
+        }
     }
 
     /// What a balancer sends first: the connection's own two ends, so the server sees this
@@ -272,10 +320,27 @@ impl TcpClient {
     }
 
     /// Reads until WouldBlock, as edge-triggered readiness requires, checking as it goes.
+    /// Over TLS reading also drives the handshake: its end moves the client on.
     fn receive(&mut self, id: usize, shared: &mut Shared, now: Instant) -> Result<(), Failure> {
         loop {
-            match self.stream.read(&mut shared.read_buffer) {
+            let (read, short_read_drains) = self.read(&mut shared.read_buffer);
+            if self.phase == Phase::Handshaking
+                && !self.tls.as_ref().is_some_and(Session::is_handshaking)
+            {
+                if shared.may_send() {
+                    shared.tally.handshakes += 1;
+                }
+                self.connected(shared, now);
+            }
+            match read {
                 Ok(0) if self.phase == Phase::Closing => return self.reopen(shared, now),
+                // The server's TCP EOF after our close_notify, without one of its own: the
+                // end of this connection all the same.
+                Err(e)
+                    if e.kind() == io::ErrorKind::UnexpectedEof && self.phase == Phase::Closing =>
+                {
+                    return self.reopen(shared, now)
+                }
                 Ok(0) => {
                     return Err(Failure::Connection(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -288,7 +353,7 @@ impl TcpClient {
                     // A read that did not fill the buffer emptied the socket: where the
                     // kernel says so (see `net::SHORT_READ_DRAINS`), skip the read that
                     // would only return WouldBlock, a third of the syscalls in lockstep.
-                    if crate::net::SHORT_READ_DRAINS && n < shared.read_buffer.len() {
+                    if short_read_drains && n < shared.read_buffer.len() {
                         return Ok(());
                     }
                 }
@@ -347,7 +412,7 @@ impl TcpClient {
             shared.issue(&mut self.in_flight, seq, now);
         }
         while self.written < self.output.len() {
-            match self.stream.write(&self.output[self.written..]) {
+            match self.write(self.written) {
                 Ok(0) => return Err(Failure::Connection(io::ErrorKind::WriteZero.into())),
                 Ok(n) => self.written += n,
                 // The rest goes when the writable event comes.
@@ -359,8 +424,12 @@ impl TcpClient {
         self.output.clear();
         self.written = 0;
         if per_connection == Some(self.sent_here) && self.in_flight.is_empty() {
-            // Every reply of this connection has come: half-close, and the server, having
-            // answered everything, closes too (the next read sees its EOF).
+            // Every reply of this connection has come: half-close (after close_notify, over
+            // TLS), and the server, having answered everything, closes too (the next read
+            // sees its EOF).
+            if let Some(tls) = &mut self.tls {
+                tls.close(&mut self.stream).map_err(Failure::Connection)?;
+            }
             self.stream
                 .shutdown(std::net::Shutdown::Write)
                 .map_err(Failure::Connection)?;
@@ -375,7 +444,9 @@ impl TcpClient {
     fn check_timeout(&self, shared: &Shared, now: Instant) -> Result<(), Failure> {
         let timeout = shared.options.timeout;
         let started = match self.phase {
-            Phase::Connecting | Phase::Greeting | Phase::Closing => self.phase_since,
+            Phase::Connecting | Phase::Handshaking | Phase::Greeting | Phase::Closing => {
+                self.phase_since
+            }
             Phase::Ready => match self.in_flight.front() {
                 Some(request) => request.sent_at,
                 None => return Ok(()),

@@ -50,6 +50,8 @@ pub fn run_with_progress(
         timeouts: total.tally.timeouts,
         connection_errors: total.tally.connection_errors,
         connections_opened: total.tally.connections_opened,
+        tls_handshakes: total.tally.handshakes,
+        tls_verified: options.tls.as_ref().map(super::ClientTls::verified),
         latency: total.tally.latency,
         client_cpu: total.cpu,
         hostile: total.hostile,

@@ -341,6 +341,9 @@ pub(super) struct Tally {
     pub(super) connection_errors: u64,
     /// TCP connections set up (connected and greeted), the first of each client included.
     pub(super) connections_opened: u64,
+    /// `--tls`: handshakes completed during the load phase (the first connections' are
+    /// part of the setup, before the clock starts).
+    pub(super) handshakes: u64,
     pub(super) latency: Histogram<u64>,
 }
 
@@ -357,6 +360,7 @@ impl Tally {
             timeouts: 0,
             connection_errors: 0,
             connections_opened: 0,
+            handshakes: 0,
             latency,
         })
     }
@@ -380,6 +384,7 @@ impl Tally {
         self.timeouts += other.timeouts;
         self.connection_errors += other.connection_errors;
         self.connections_opened += other.connections_opened;
+        self.handshakes += other.handshakes;
         self.latency
             .add(&other.latency)
             .map_err(|e| io::Error::other(format!("{e:?}")))

@@ -44,8 +44,10 @@
 //!    counts.
 //! 5. `client.rs`: one client's state machine, a TCP connection or a UDP socket.
 //! 6. `script.rs`: the bytes each client sends and expects, with no I/O.
-//! 7. `hostile.rs`: the hostile kinds, their outcomes and what is counted of them, as data.
-//! 8. `attacker.rs`: the engine that drives the hostile clients.
+//! 7. `tls.rs`: `--tls`: the client configuration, and the session a TCP client reads and
+//!    writes through.
+//! 8. `hostile.rs`: the hostile kinds, their outcomes and what is counted of them, as data.
+//! 9. `attacker.rs`: the engine that drives the hostile clients.
 
 mod attacker;
 mod client;
@@ -55,6 +57,7 @@ mod hostile;
 mod options;
 mod report;
 mod script;
+mod tls;
 
 pub use driver::{run, run_with_progress};
 pub use engine::MAX_SETUPS_IN_FLIGHT;
@@ -63,3 +66,4 @@ pub use hostile::{
 };
 pub use options::{Options, Transport, MAX_UDP_SIZE};
 pub use report::{Progress, Report};
+pub use tls::ClientTls;

@@ -67,6 +67,8 @@ pub struct Options {
     /// a new one, for the whole run, so that the run measures connection setup too (and
     /// keeps connecting across a server restart). `None`: one connection per client.
     pub requests_per_connection: Option<u64>,
+    /// TCP over TLS (`--tls`), with this verifier and server name; `None`: plain TCP.
+    pub tls: Option<super::ClientTls>,
 }
 
 impl Default for Options {
@@ -88,6 +90,7 @@ impl Default for Options {
             proxy_protocol: None,
             sources: Vec::new(),
             requests_per_connection: None,
+            tls: None,
         }
     }
 }
@@ -137,6 +140,9 @@ impl Options {
                 )
             }
             _ => {}
+        }
+        if self.tls.is_some() && self.transport == Transport::Udp {
+            return Err("TLS is for TCP: UDP stays plain".into());
         }
         for (i, hostile) in self.hostile.iter().enumerate() {
             if self.hostile[..i].iter().any(|h| h.kind == hostile.kind) {
@@ -270,6 +276,22 @@ mod tests {
             ..reconnecting(4, Transport::Tcp)
         };
         assert!(deep.validate().is_ok());
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_is_for_tcp() {
+        let tls = Some(crate::loadgen::ClientTls::new(None, "127.0.0.1").unwrap());
+        let tcp = Options {
+            tls: tls.clone(),
+            ..Options::default()
+        };
+        assert!(tcp.validate().is_ok());
+        let udp = Options {
+            transport: Transport::Udp,
+            ..tcp
+        };
+        assert!(udp.validate().unwrap_err().contains("TLS"));
     }
 
     fn hostile(list: &str) -> Vec<Hostile> {

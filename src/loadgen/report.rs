@@ -48,6 +48,12 @@ pub struct Report {
     /// [`requests_per_connection`](super::Options::requests_per_connection) makes clients
     /// reconnect. 0 over UDP.
     pub connections_opened: u64,
+    /// `--tls`: TLS handshakes completed during the load phase (connection setup before it
+    /// not included); 0 without TLS.
+    pub tls_handshakes: u64,
+    /// `--tls`: whether the server's certificate was verified (`--tls-ca`) or not
+    /// (`--tls-insecure`); `None` without TLS.
+    pub tls_verified: Option<bool>,
     /// Latency of each correct reply, in microseconds, from queueing the request to
     /// reading the last byte of its reply.
     pub latency: Histogram<u64>,
@@ -70,6 +76,11 @@ impl Report {
     /// Correct replies per second of the load phase.
     pub fn msgs_per_sec(&self) -> f64 {
         per_second(self.messages as f64, self.duration)
+    }
+
+    /// `--tls`: handshakes completed per second of the load phase.
+    pub fn tls_handshakes_per_sec(&self) -> f64 {
+        per_second(self.tls_handshakes as f64, self.duration)
     }
 
     /// The latency at `quantile` (0.5 for the median), in microseconds; 0 with no replies.
@@ -115,6 +126,15 @@ impl Report {
             self.client_cpu.as_secs_f64(),
             self.connections_opened,
         );
+        if let Some(verified) = self.tls_verified {
+            json.pop();
+            json += &format!(
+                ",\"tls_handshakes\":{},\"tls_handshakes_per_sec\":{:.1},\"tls_verified\":{}}}",
+                self.tls_handshakes,
+                self.tls_handshakes_per_sec(),
+                u8::from(verified)
+            );
+        }
         if !self.hostile.is_empty() {
             json.pop();
             json += &format!(",\"hostile_cpu_s\":{:.6}", self.hostile_cpu.as_secs_f64());
@@ -162,6 +182,19 @@ impl fmt::Display for Report {
             self.client_cpu.as_secs_f64(),
             100.0 * self.client_cpu_fraction()
         )?;
+        if let Some(verified) = self.tls_verified {
+            write!(
+                f,
+                "\ntls          {} handshakes in the load ({:.0}/s), {}",
+                self.tls_handshakes,
+                self.tls_handshakes_per_sec(),
+                if verified {
+                    "the server's certificate verified against --tls-ca"
+                } else {
+                    "the server's certificate NOT verified (--tls-insecure)"
+                }
+            )?;
+        }
         for tally in &self.hostile {
             write!(f, "\nhostile      {tally}")?;
         }
@@ -202,6 +235,8 @@ mod tests {
             timeouts: 2,
             connection_errors: 3,
             connections_opened: 0,
+            tls_handshakes: 0,
+            tls_verified: None,
             latency: Tally::new().unwrap().latency,
             client_cpu: Duration::ZERO,
             hostile: Vec::new(),
