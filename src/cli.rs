@@ -5,6 +5,7 @@
 //! start anything, so a library user can build the same config without a command line.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::TypedValueParser;
@@ -113,6 +114,21 @@ pub struct ServerArgs {
     #[arg(long)]
     pub proxy_protocol: bool,
 
+    /// Serve every TCP connection over TLS 1.2 or 1.3 with this PEM certificate chain (the
+    /// server's certificate first); needs --tls-key. UDP stays plain.
+    #[arg(long, value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert's certificate (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Seconds from the accept within which a TLS handshake must be complete; a connection
+    /// still handshaking then is closed.
+    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_HANDSHAKE_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub handshake_timeout: u64,
+
     /// Bytes all connections' buffers may hold together, across every loop (suffixes K, M,
     /// G for KiB, MiB, GiB). A connection that holds an equal share of it stops being read
     /// until its client takes its replies; nothing is lost. Reactor only: a thread of the
@@ -163,6 +179,14 @@ impl ServerArgs {
             ));
         };
         let mode = self.reply.clone().unwrap_or_else(|| self.mode.into());
+        #[cfg(feature = "tls")]
+        let tls = self.tls()?;
+        #[cfg(not(feature = "tls"))]
+        if self.tls_cert.is_some() || self.tls_key.is_some() {
+            return Err(
+                "--tls-cert: this build has no TLS (built without the `tls` feature)".into(),
+            );
+        }
         let udp = match (self.no_udp, self.udp) {
             (true, _) => None,
             (false, Some(udp)) => Some(udp),
@@ -187,6 +211,9 @@ impl ServerArgs {
             line_timeout: (self.line_timeout > 0).then(|| Duration::from_secs(self.line_timeout)),
             max_connections_per_ip: self.max_connections_per_ip,
             proxy_protocol: self.proxy_protocol,
+            #[cfg(feature = "tls")]
+            tls,
+            handshake_timeout: Duration::from_secs(self.handshake_timeout),
             max_buffer_memory: self.max_buffer_memory,
             send_buffer: self.send_buffer,
             recv_buffer: self.recv_buffer,
@@ -196,6 +223,23 @@ impl ServerArgs {
             metrics: self.metrics,
             handle_signals: true,
         })
+    }
+}
+
+impl ServerArgs {
+    /// `--tls-cert` and `--tls-key`, both or neither, loaded and checked against each other.
+    #[cfg(feature = "tls")]
+    fn tls(&self) -> Result<Option<crate::tls::Identity>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) => Ok(None),
+            (Some(_), None) => Err("--tls-cert needs --tls-key (both or neither)".into()),
+            (None, Some(_)) => Err("--tls-key needs --tls-cert (both or neither)".into()),
+            // A balancer's PROXY header would come before the ClientHello; not handled yet.
+            (Some(_), Some(_)) if self.proxy_protocol => {
+                Err("--proxy-protocol and --tls-cert cannot be used together yet".into())
+            }
+            (Some(cert), Some(key)) => crate::tls::Identity::load(cert, key).map(Some),
+        }
     }
 }
 

@@ -25,6 +25,11 @@ pub const DEFAULT_LINE_TIMEOUT: Duration = Duration::from_secs(30);
 /// the value at `net.core.somaxconn` anyway.
 pub const DEFAULT_BACKLOG: i32 = 4096;
 
+/// Default for `--handshake-timeout`: a TLS handshake is a few round trips, well under a
+/// second for any client; ten seconds also covers a slow link, while a client that opens
+/// connections and never finishes the handshake (slowloris) holds each for no longer.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Default for `--shutdown-grace`: how long replies owed at SIGINT/SIGTERM may take to be
 /// delivered before the server closes everything anyway.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -58,6 +63,12 @@ pub struct ServerConfig {
     /// Every TCP connection begins with a PROXY protocol header (see [`crate::proxy`]),
     /// whose client address stands for the connection's.
     pub proxy_protocol: bool,
+    /// `--tls-cert`, `--tls-key`: every TCP connection is TLS, with this certificate
+    /// (see [`crate::tls`]); `None` serves plain TCP.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::Identity>,
+    /// A TLS handshake not complete this long after the accept closes the connection.
+    pub handshake_timeout: Duration,
     /// Independent single-threaded loops sharing the port via SO_REUSEPORT.
     pub threads: usize,
     /// Listen backlog.
@@ -84,6 +95,9 @@ impl Default for ServerConfig {
             line_timeout: Some(DEFAULT_LINE_TIMEOUT),
             max_connections_per_ip: 0,
             proxy_protocol: false,
+            #[cfg(feature = "tls")]
+            tls: None,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_buffer_memory: crate::budget::DEFAULT_MAX_BUFFER_MEMORY,
             send_buffer: None,
             recv_buffer: None,
@@ -97,6 +111,14 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
+    /// TCP connections are TLS (the startup line says `tls=on`).
+    pub fn tls_enabled(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
+
     /// A config for tests and embedding: loopback, port 0 for TCP and UDP, no signals.
     pub fn ephemeral() -> ServerConfig {
         let listen: SocketAddr = ([127, 0, 0, 1], 0).into();

@@ -35,6 +35,7 @@ use crate::restart::{Handover, Restart};
 use crate::signals::LoopSignals;
 use crate::stats::Stats;
 use crate::timers::{Timer, Timers};
+use crate::transport::Transport;
 use crate::udp::UdpEndpoint;
 
 // Fixed tokens for the loop's own sources. Connections take theirs from the slab, which
@@ -83,8 +84,8 @@ enum Ready {
 }
 
 /// A connection and what the loop keeps about it.
-struct Slot {
-    conn: Connection<TcpStream>,
+struct Slot<S> {
+    conn: Connection<S>,
     /// Serial number, unique for the life of the loop (slab keys are not).
     serial: u64,
     /// The client's address, counted in `per_address` until the connection closes. `None`
@@ -105,7 +106,7 @@ struct Slot {
     scheduled_at_change: u8,
 }
 
-impl Slot {
+impl<S: Transport> Slot<S> {
     /// Puts the connection on the ready list, unless it is there already.
     fn mark_ready(&mut self, token: Token, ready: &mut Vec<Ready>) {
         if !self.queued {
@@ -189,8 +190,10 @@ impl Scratch {
     }
 }
 
-/// One single-threaded loop with its own poll, slab, listener and UDP socket.
-pub(crate) struct EventLoop {
+/// One single-threaded loop with its own poll, slab, listener and UDP socket, serving its
+/// TCP connections over `S`: the socket itself, or TLS. A server runs one kind or the
+/// other, so each is compiled on its own and plain TCP pays nothing for TLS.
+pub(crate) struct EventLoop<S: Transport = TcpStream> {
     poll: Poll,
     waker: Arc<Waker>,
     signals: Option<LoopSignals>,
@@ -199,7 +202,9 @@ pub(crate) struct EventLoop {
     /// `None` once shutdown has begun: no more accepting.
     listener: Option<TcpListener>,
     udp: Option<UdpEndpoint>,
-    connections: Slab<Slot>,
+    connections: Slab<Slot<S>>,
+    /// What an accepted socket is wrapped with: nothing, or the TLS certificate.
+    acceptor: S::Acceptor,
     next_serial: u64,
     /// Every connection's next deadline, nearest first.
     timers: Timers,
@@ -238,10 +243,13 @@ pub(crate) struct EventLoop {
     metrics: Option<LoopMetrics>,
 }
 
-impl EventLoop {
+impl<S: Transport> EventLoop<S> {
     /// Registers the bound sockets (and, if the config says so, SIGINT/SIGTERM) with a new
     /// poll. `stop_requested`, `open_connections` and `per_address` are shared with the
     /// other loops.
+    // Each argument is something the loop shares with the other loops or is handed once;
+    // a struct to carry them would be built in one place and taken apart in this one.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         bound: net::Bound,
         config: Arc<ServerConfig>,
@@ -250,7 +258,8 @@ impl EventLoop {
         per_address: Arc<ConnectionsPerAddress>,
         budget: Arc<MemoryBudget>,
         mut metrics: Option<LoopMetrics>,
-    ) -> io::Result<EventLoop> {
+        acceptor: S::Acceptor,
+    ) -> io::Result<EventLoop<S>> {
         let poll = Poll::new()?;
         let registry = poll.registry();
         let waker = Arc::new(Waker::new(registry, WAKER)?);
@@ -290,6 +299,7 @@ impl EventLoop {
             listener: Some(listener),
             udp,
             connections: Slab::new(),
+            acceptor,
             next_serial: 0,
             timers: Timers::new(),
             ready: Vec::new(),
@@ -520,6 +530,14 @@ impl EventLoop {
         }
         let socket = socket2::SockRef::from(&stream);
         net::set_buffer_sizes(socket, self.config.send_buffer, self.config.recv_buffer);
+        let stream = match S::accept(stream, &self.acceptor) {
+            Ok(stream) => stream,
+            Err(e) => {
+                log::warn!("cannot serve {peer}: {e}");
+                counted.inspect(|&ip| self.per_address.release(ip));
+                return;
+            }
+        };
         let conn = if self.config.proxy_protocol {
             Connection::accept_proxied(stream, self.now)
         } else {
@@ -603,7 +621,7 @@ impl EventLoop {
             .scratch
             .context(&self.config, &self.greeting, self.now, self.share);
         let read = slot.conn.read_proxy_header(&mut ctx);
-        let balancer = slot.conn.stream().peer_addr().ok();
+        let balancer = slot.conn.stream().socket().peer_addr().ok();
         let via = balancer.map_or_else(|| "a client gone already".into(), |a| a.to_string());
         match read {
             HeaderRead::Waiting => {}
@@ -614,7 +632,7 @@ impl EventLoop {
                 let ip = client.map(|a| a.ip());
                 let who = client.map_or_else(|| via.clone(), |a| a.to_string());
                 if ip.is_some_and(|ip| !self.per_address.admit(ip)) {
-                    let socket = socket2::SockRef::from(&*slot.conn.stream());
+                    let socket = socket2::SockRef::from(slot.conn.stream().socket());
                     net::refuse(socket, TOO_MANY_FROM_ADDRESS);
                     ctx.stats.refused_per_ip += 1;
                     slot.conn.close_now(self.now);
@@ -759,7 +777,7 @@ impl EventLoop {
             let awaited_header = slot.conn.state() == State::ProxyHeader;
             let progress = slot.conn.on_deadline(&mut ctx);
             if awaited_header && slot.conn.state() == State::Closed {
-                let peer = slot.conn.stream().peer_addr();
+                let peer = slot.conn.stream().socket().peer_addr();
                 log::info!(
                     "{}: closed without a greeting: no whole PROXY header within {:?}",
                     peer.map_or_else(|_| "a client gone already".into(), |a| a.to_string()),
@@ -929,7 +947,7 @@ impl EventLoop {
 
 /// What a scrape needs of the open connections that the loop's `Stats` does not hold yet.
 /// It walks the slab, so the metrics call it only when a scrape asks, never per turn.
-fn count_open(connections: &Slab<Slot>) -> OpenConnections {
+fn count_open<S: Transport>(connections: &Slab<Slot<S>>) -> OpenConnections {
     let mut open = OpenConnections::default();
     for (_, slot) in connections {
         open.messages += slot.conn.messages();
@@ -957,6 +975,7 @@ mod tests {
             Arc::new(ConnectionsPerAddress::new(0)),
             Arc::new(MemoryBudget::new(usize::MAX)),
             None,
+            (),
         )
         .unwrap();
         (event_loop, addr)

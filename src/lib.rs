@@ -18,7 +18,9 @@
 //!    reply and measuring latency.
 //!
 //! [`config`], [`stats`], [`budget`], [`net`], [`proxy`] (the PROXY protocol header, as
-//! free of I/O as [`protocol`]), [`signals`], [`systemd`], [`restart`] (a successor on the
+//! free of I/O as [`protocol`]), `tls` (TLS with rustls: the certificate, and a TLS session
+//! a connection drives as it drives a socket), [`transport`] (a socket or a TLS session:
+//! what the loop is generic over), [`signals`], [`systemd`], [`restart`] (a successor on the
 //! same sockets at SIGUSR2), [`cli`] and [`running`] are the plumbing the binaries share;
 //! [`procfs`] measures a server process for the tests and benches, and [`measure`] is the
 //! arithmetic the bench's figures come from.
@@ -49,6 +51,9 @@ pub mod stats;
 pub mod systemd;
 pub mod threaded;
 pub mod timers;
+#[cfg(feature = "tls")]
+pub mod tls;
+pub mod transport;
 pub mod udp;
 
 pub use config::ServerConfig;

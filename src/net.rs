@@ -246,10 +246,20 @@ fn with_context(e: io::Error, what: &str, addr: SocketAddr) -> io::Error {
 }
 
 /// The one line a server prints on stdout once its sockets are bound.
+/// With TLS on, the line ends in ` tls=on` (see [`with_tls`]).
 pub fn startup_line(tcp: SocketAddr, udp: Option<SocketAddr>) -> String {
     match udp {
         Some(udp) => format!("listening tcp={tcp} udp={udp}"),
         None => format!("listening tcp={tcp} udp=off"),
+    }
+}
+
+/// The startup line of a server whose TCP connections are TLS (`--tls-cert`) says so at its
+/// end; a plain server's line is unchanged.
+pub fn with_tls(line: String, tls: bool) -> String {
+    match tls {
+        true => line + " tls=on",
+        false => line,
     }
 }
 

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use mio::net::TcpStream;
 use mio::Waker;
 
 use crate::budget::MemoryBudget;
@@ -41,9 +42,82 @@ impl StopHandle {
     }
 }
 
+/// One loop, of the kind the config asks for: plain TCP, or TLS on every connection. The
+/// choice is made once here, never per connection or per message.
+enum AnyLoop {
+    Plain(EventLoop<TcpStream>),
+    #[cfg(feature = "tls")]
+    Tls(EventLoop<crate::tls::TlsStream>),
+}
+
+impl AnyLoop {
+    fn new(
+        bound: net::Bound,
+        config: &Arc<ServerConfig>,
+        requested: &Arc<AtomicBool>,
+        open_connections: &Arc<AtomicUsize>,
+        per_address: &Arc<net::ConnectionsPerAddress>,
+        budget: &Arc<MemoryBudget>,
+        metrics: Option<LoopMetrics>,
+    ) -> io::Result<AnyLoop> {
+        let (config, requested) = (Arc::clone(config), Arc::clone(requested));
+        let (open, per_address) = (Arc::clone(open_connections), Arc::clone(per_address));
+        let budget = Arc::clone(budget);
+        #[cfg(feature = "tls")]
+        if let Some(identity) = config.tls.clone() {
+            return EventLoop::new(
+                bound,
+                config,
+                requested,
+                open,
+                per_address,
+                budget,
+                metrics,
+                identity,
+            )
+            .map(AnyLoop::Tls);
+        }
+        EventLoop::new(
+            bound,
+            config,
+            requested,
+            open,
+            per_address,
+            budget,
+            metrics,
+            (),
+        )
+        .map(AnyLoop::Plain)
+    }
+
+    fn waker(&self) -> Arc<Waker> {
+        match self {
+            AnyLoop::Plain(event_loop) => event_loop.waker(),
+            #[cfg(feature = "tls")]
+            AnyLoop::Tls(event_loop) => event_loop.waker(),
+        }
+    }
+
+    fn restart_on_sigusr2(&mut self, restart: crate::restart::Restart) {
+        match self {
+            AnyLoop::Plain(event_loop) => event_loop.restart_on_sigusr2(restart),
+            #[cfg(feature = "tls")]
+            AnyLoop::Tls(event_loop) => event_loop.restart_on_sigusr2(restart),
+        }
+    }
+
+    fn run(self) -> io::Result<Stats> {
+        match self {
+            AnyLoop::Plain(event_loop) => event_loop.run(),
+            #[cfg(feature = "tls")]
+            AnyLoop::Tls(event_loop) => event_loop.run(),
+        }
+    }
+}
+
 /// A bound reactor, ready to run: `threads` event loops sharing the port.
 pub struct Server {
-    loops: Vec<EventLoop>,
+    loops: Vec<AnyLoop>,
     tcp: SocketAddr,
     udp: Option<SocketAddr>,
     stop: StopHandle,
@@ -88,21 +162,21 @@ impl Server {
                     .as_ref()
                     .map(|hub| LoopMetrics::new(Arc::clone(hub), i, metrics_listener.take()))
                     .transpose()?;
-                EventLoop::new(
+                AnyLoop::new(
                     b,
-                    Arc::clone(&config),
-                    Arc::clone(&requested),
-                    Arc::clone(&open_connections),
-                    Arc::clone(&per_address),
-                    Arc::clone(&budget),
+                    &config,
+                    &requested,
+                    &open_connections,
+                    &per_address,
+                    &budget,
                     metrics,
                 )
             })
             .collect::<io::Result<Vec<_>>>()?;
         if let Some(hub) = &hub {
-            hub.set_wakers(loops.iter().map(EventLoop::waker).collect());
+            hub.set_wakers(loops.iter().map(AnyLoop::waker).collect());
         }
-        let wakers = loops.iter().map(EventLoop::waker).collect();
+        let wakers = loops.iter().map(AnyLoop::waker).collect();
         Ok(Server {
             loops,
             tcp,

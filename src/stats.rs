@@ -26,6 +26,10 @@ pub struct Stats {
     /// UDP datagrams received (the reactor only; the threaded server counts them as
     /// messages alone).
     pub udp_datagrams: u64,
+    /// `--tls-cert`: TCP connections closed before their TLS handshake completed: not
+    /// TLS at all (they were sent an alert), a failed or cut-off handshake, or one not
+    /// complete within `--handshake-timeout`.
+    pub tls_rejected: u64,
     /// The longest loop turn, from `poll` returning to the end of the turn (the reactor
     /// only: the threaded server has no turns). What a fresh client or a UDP ping may have
     /// had to wait on top of its own turn.
@@ -47,6 +51,7 @@ impl Stats {
         self.udp_dropped += other.udp_dropped;
         self.proxy_rejected += other.proxy_rejected;
         self.udp_datagrams += other.udp_datagrams;
+        self.tls_rejected += other.tls_rejected;
         self.longest_turn = self.longest_turn.max(other.longest_turn);
         self.peak_buffered = self.peak_buffered.max(other.peak_buffered);
     }
@@ -61,6 +66,13 @@ impl std::fmt::Display for Stats {
         )?;
         if self.proxy_rejected > 0 {
             write!(f, ", {} without a valid PROXY header", self.proxy_rejected)?;
+        }
+        if self.tls_rejected > 0 {
+            write!(
+                f,
+                ", {} without a complete TLS handshake",
+                self.tls_rejected
+            )?;
         }
         if !self.longest_turn.is_zero() {
             write!(

@@ -194,6 +194,12 @@ impl Server {
     /// Binds the TCP listener (with `config.backlog`) and, unless disabled, the UDP socket,
     /// and registers the signal handlers if `config.handle_signals`.
     pub fn bind(config: ServerConfig) -> io::Result<Server> {
+        if config.tls_enabled() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "--tls-cert: the threaded server does not serve TLS yet (the reactor does)",
+            ));
+        }
         let bound = net::bind(config.listen, config.udp, config.backlog, false)?;
         let tcp_addr = bound.tcp.local_addr()?;
         let udp_addr = match &bound.udp {
@@ -319,6 +325,7 @@ impl Server {
         let stats = Stats {
             connections: connections - totals.not_greeted.load(Ordering::Relaxed),
             proxy_rejected: totals.proxy_rejected.load(Ordering::Relaxed),
+            tls_rejected: 0,
             refused,
             refused_per_ip: totals.refused_per_ip.load(Ordering::Relaxed),
             messages: totals.messages.load(Ordering::Relaxed),

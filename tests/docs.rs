@@ -117,8 +117,9 @@ fn the_pitfalls_link_to_their_lines_and_name_tests_that_exist() {
     assert!(named >= 7, "each pitfall names its test");
 }
 
-const TRIGGERS: [Trigger; 8] = [
+const TRIGGERS: [Trigger; 9] = [
     Trigger::HeaderReceived,
+    Trigger::HandshakeDone,
     Trigger::Flushed,
     Trigger::AboveHighWater,
     Trigger::BelowLowWater,
@@ -133,6 +134,7 @@ const TRIGGERS: [Trigger; 8] = [
 fn every_trigger_is_listed(trigger: Trigger) {
     match trigger {
         Trigger::HeaderReceived
+        | Trigger::HandshakeDone
         | Trigger::Flushed
         | Trigger::AboveHighWater
         | Trigger::BelowLowWater
@@ -143,8 +145,9 @@ fn every_trigger_is_listed(trigger: Trigger) {
     }
 }
 
-const STATES: [State; 8] = [
+const STATES: [State; 9] = [
     State::ProxyHeader,
+    State::Handshaking,
     State::Greeting,
     State::Reading,
     State::Replying,
@@ -158,6 +161,7 @@ const STATES: [State; 8] = [
 fn every_state_is_listed(state: State) {
     match state {
         State::ProxyHeader
+        | State::Handshaking
         | State::Greeting
         | State::Reading
         | State::Replying

@@ -41,6 +41,7 @@ fn main() {
     // At startup: the executable's path, before an upgrade can replace the file.
     let restart = Restart::recorded_at_startup(drain_timeout);
     let config = cli.server.to_config().unwrap_or_else(|e| cli::fail(e));
+    let tls = config.tls_enabled();
     let mut server = reactor::Server::bind(config).unwrap_or_else(|e| cli::fail(e));
     match restart {
         Ok(restart) => server.restart_on_sigusr2(restart),
@@ -50,7 +51,7 @@ fn main() {
         Ok((soft, hard)) => log::info!("open file limit: {soft} (hard {hard})"),
         Err(e) => log::warn!("cannot read the open file limit: {e}"),
     }
-    let mut ready = net::startup_line(server.tcp_addr(), server.udp_addr());
+    let mut ready = net::with_tls(net::startup_line(server.tcp_addr(), server.udp_addr()), tls);
     if let Some(metrics) = server.metrics_addr() {
         log::info!("metrics on http://{metrics}/metrics");
         // A second line, in the same write as the first: a reader that takes only the

@@ -1,15 +1,17 @@
 //! One TCP connection: its state machine, its bounded output, and what it does when its
 //! socket is readable or writable or one of its deadlines passes.
 //!
-//! This module owns the life of a connection, `(ProxyHeader →) Greeting → Reading ⇄ Replying
-//! → Closing → Lingering → Closed`, with every transition in [`State::on`]. It does the non-blocking
+//! This module owns the life of a connection, `(ProxyHeader | Handshaking →) Greeting →
+//! Reading ⇄ Replying → Closing → Lingering → Closed`, with every transition in [`State::on`]. It does the non-blocking
 //! reads and writes for one socket, asks [`protocol`](crate::protocol) what to answer, and
 //! decides when it next needs attention ([`Connection::deadline`]) and what happens then
 //! ([`Connection::on_deadline`]). It never reads the clock: the loop passes the time in.
 //! It must not know about the poll, tokens or other connections: the loop registers the
 //! socket with the [`interest`](Connection::interest) the state asks for and calls back in.
 //! It is generic over [`Stream`] so its tests (`connection/tests.rs`) drive it with an
-//! in-memory socket and a clock they move by hand.
+//! in-memory socket and a clock they move by hand, and so that a TLS session
+//! ([`tls`](crate::tls)) is driven by the same code as a socket, while a socket, whose
+//! TLS-only steps are defaults that do nothing, is compiled without them.
 //!
 //! Its memory is bounded by construction: answering stops as soon as unsent output reaches
 //! [`OUTPUT_HIGH_WATER`], and the input read but not answered yet waits here (one read at
@@ -21,6 +23,7 @@
 //! event; `Interrupted` is retried in the loop; `Ok(0)` from a read is EOF, answered only
 //! after what is already buffered; any other error closes this connection and no other.
 
+use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::time::Instant;
@@ -67,6 +70,10 @@ pub enum State {
     /// [`proxy::HEADER_TIMEOUT`] of the accept. Nothing is written and no line is read
     /// until it has; the loop decides, from the address in it, whether to greet.
     ProxyHeader,
+    /// `--tls-cert`: the TLS handshake is under way, and must be complete within
+    /// `--handshake-timeout` of the accept. Nothing is greeted or read as a line until it
+    /// is; the stream moves the handshake's bytes ([`Stream::handshake`]).
+    Handshaking,
     /// The greeting is not fully written yet (it almost always is at once: a new socket's
     /// send buffer is empty). Input waits in the socket until the client has been greeted.
     Greeting,
@@ -101,6 +108,8 @@ pub enum State {
 pub enum Trigger {
     /// A whole, valid PROXY header has arrived and the loop admitted its client.
     HeaderReceived,
+    /// The TLS handshake is complete.
+    HandshakeDone,
     /// Everything owed has been written, and no input is held unanswered.
     Flushed,
     /// Unsent output is above [`OUTPUT_HIGH_WATER`].
@@ -130,6 +139,10 @@ impl State {
             // Nobody was greeted, so nothing is owed.
             (ProxyHeader, InputEnded | PeerEof) => Closed,
             (ProxyHeader, HeaderReceived) => Greeting,
+            (Handshaking, HandshakeDone) => Greeting,
+            // A failed handshake (its alert is owed) or shutdown: what is owed is written,
+            // then the close is the usual one.
+            (Handshaking, InputEnded) => Closing { peer_eof: false },
             (Greeting, Flushed) => Reading,
             (Reading, AboveHighWater) => Replying,
             (Replying, BelowLowWater | Flushed) => Reading,
@@ -144,11 +157,58 @@ impl State {
     }
 }
 
-/// A byte stream the connection can drive: a non-blocking socket in the reactor, an
-/// in-memory fake in tests.
+/// A byte stream the connection can drive: a non-blocking socket in the reactor, a TLS
+/// session over one ([`TlsStream`](crate::tls::TlsStream)), an in-memory fake in tests.
+///
+/// Everything past `shutdown_write` is what a session layer adds to a socket. The defaults
+/// are a socket's, which has none: they do nothing and compile away, so plain TCP runs the
+/// same instructions as if they were not there.
 pub trait Stream: Read + Write {
     /// Shuts down the write side: the peer reads EOF after the bytes already sent.
     fn shutdown_write(&self) -> io::Result<()>;
+
+    /// A read shorter than asked for means nothing more is waiting, where the platform
+    /// promises it ([`SHORT_READ_DRAINS`](crate::net::SHORT_READ_DRAINS)).
+    const SHORT_READ_DRAINS: bool = true;
+
+    /// A handshake must complete before the greeting.
+    fn handshaking(&self) -> bool {
+        false
+    }
+
+    /// Moves the handshake on as far as the socket allows: `true` once it is complete.
+    fn handshake(&mut self) -> io::Result<bool> {
+        Ok(true)
+    }
+
+    /// Logs, with the peer's address, why its handshake ended the connection.
+    fn log_handshake_failure(&self, _why: &dyn fmt::Display) {}
+
+    /// Bytes written to the stream that it holds, not yet in the socket (TLS records).
+    /// They are output the connection owes, under the same bound as its own.
+    fn unsent(&self) -> usize {
+        0
+    }
+
+    /// Bytes the stream took from the socket that have not been read out of it yet
+    /// (decrypted plaintext). No socket event will announce them.
+    fn unread(&self) -> usize {
+        0
+    }
+
+    /// Writes what the stream holds, as far as the socket takes it; returns how much went.
+    fn send_unsent(&mut self) -> io::Result<usize> {
+        Ok(0)
+    }
+
+    /// Queues the end of the session (TLS `close_notify`) behind everything written.
+    fn end_session(&mut self) {}
+
+    /// Reads bytes to be dropped unread (lingering): for TLS, from the socket, since the
+    /// session is over.
+    fn discard(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read(buf)
+    }
 }
 
 impl Stream for mio::net::TcpStream {
@@ -222,6 +282,11 @@ impl Output {
         self.sent == self.bytes.len()
     }
 
+    /// How many bytes are unsent (as `unsent().len()`, without slicing).
+    fn len(&self) -> usize {
+        self.bytes.len() - self.sent
+    }
+
     /// Appends behind what is unsent. The written part is dropped first and the buffer
     /// grows by exactly what is needed, so its capacity, which the memory budget counts,
     /// stays close to what is really owed. This runs only for a client that is not keeping
@@ -275,7 +340,11 @@ pub struct Connection<S> {
 
 impl<S: Stream> Connection<S> {
     /// Takes a freshly accepted stream and writes the greeting at once.
+    /// Over TLS the greeting waits for the handshake (see [`State::Handshaking`]).
     pub fn accept(stream: S, greeting: &[u8], stats: &mut Stats, now: Instant) -> Connection<S> {
+        if stream.handshaking() {
+            return Connection::new(stream, State::Handshaking, now);
+        }
         let mut conn = Connection::new(stream, State::Greeting, now);
         conn.write(greeting, stats, now);
         conn
@@ -324,17 +393,37 @@ impl<S: Stream> Connection<S> {
     }
 
     /// Bytes of memory this connection's buffers hold (their capacity): unsent output,
-    /// input held unanswered, and an unfinished line. Zero for a client that keeps up.
+    /// input held unanswered, and an unfinished line; over TLS also the records and the
+    /// plaintext rustls holds. Zero for a client that keeps up.
     pub fn holds(&self) -> usize {
-        self.output.bytes.capacity() + self.held.capacity() + self.session.capacity()
+        self.output.bytes.capacity()
+            + self.held.capacity()
+            + self.session.capacity()
+            + self.stream.unsent()
+            + self.stream.unread()
+    }
+
+    /// Output owed and not in the socket yet: the connection's own and what its stream holds.
+    fn owed(&self) -> usize {
+        self.output.len() + self.stream.unsent()
+    }
+
+    /// Whether any output is owed; for a socket, exactly `!self.output.is_empty()`.
+    fn owes(&self) -> bool {
+        !self.output.is_empty() || self.stream.unsent() > 0
     }
 
     /// The readiness this state needs; `None` once closed. The loop re-registers only when
     /// this changes, so a connection that keeps up costs no `epoll_ctl` per message.
     pub fn interest(&self) -> Option<Interest> {
         match self.state {
-            State::Reading if self.output.is_empty() => Some(Interest::READABLE),
+            State::Reading if !self.owes() => Some(Interest::READABLE),
             State::Reading => Some(Interest::READABLE | Interest::WRITABLE),
+            // A flight the socket did not take at once waits for WRITABLE; reading goes on.
+            State::Handshaking if self.stream.unsent() > 0 => {
+                Some(Interest::READABLE | Interest::WRITABLE)
+            }
+            State::Handshaking => Some(Interest::READABLE),
             State::Greeting | State::Replying | State::Closing { .. } => Some(Interest::WRITABLE),
             State::ProxyHeader | State::Lingering => Some(Interest::READABLE),
             State::Closed => None,
@@ -349,6 +438,8 @@ impl<S: Stream> Connection<S> {
             State::Reading => earliest(self.idle_deadline(config), self.line_deadline(config)),
             // From the accept: reading part of a header does not extend it.
             State::ProxyHeader => Some(self.last_progress + proxy::HEADER_TIMEOUT),
+            // From the accept too: the handshake's reads do not extend it.
+            State::Handshaking => Some(self.last_progress + config.handshake_timeout),
             State::Lingering => Some(self.last_progress + LINGER_TIMEOUT),
             State::Closed => None,
             _ => self.idle_deadline(config),
@@ -411,6 +502,13 @@ impl<S: Stream> Connection<S> {
                 ctx.stats.proxy_rejected += 1;
                 self.close_now(ctx.now);
             }
+            State::Handshaking => {
+                ctx.stats.tls_rejected += 1;
+                let timeout = ctx.config.handshake_timeout;
+                self.stream
+                    .log_handshake_failure(&format_args!("not complete within {timeout:?}"));
+                self.close_now(ctx.now);
+            }
             State::Lingering => self.close_now(ctx.now),
             State::Closed => {}
         }
@@ -424,7 +522,8 @@ impl<S: Stream> Connection<S> {
     /// would only say WouldBlock.
     pub fn on_readable(&mut self, ctx: &mut Context<'_>, short_read_drains: bool) -> Progress {
         match self.state {
-            State::Reading => self.read_and_answer(ctx, short_read_drains),
+            State::Reading => self.read_and_answer(ctx, short_read_drains && S::SHORT_READ_DRAINS),
+            State::Handshaking => self.handshake(ctx),
             // Closing reads nothing more, but answers what it read before input ended.
             State::Closing { .. } => self.answer_held(ctx),
             State::Lingering => self.discard_input(ctx),
@@ -486,7 +585,11 @@ impl<S: Stream> Connection<S> {
     /// anything more the socket holds, is answered on the next turn, as a new connection's
     /// input would be: no edge will announce bytes that already arrived.
     pub fn greet(&mut self, ctx: &mut Context<'_>) -> Progress {
-        self.transition(Trigger::HeaderReceived, ctx.now);
+        self.greet_after(Trigger::HeaderReceived, ctx)
+    }
+
+    fn greet_after(&mut self, trigger: Trigger, ctx: &mut Context<'_>) -> Progress {
+        self.transition(trigger, ctx.now);
         self.write(ctx.greeting, ctx.stats, ctx.now);
         match self.state {
             State::Reading => Progress::ReadAgain,
@@ -494,11 +597,43 @@ impl<S: Stream> Connection<S> {
         }
     }
 
+    /// TLS: moves the handshake on; once it is complete, greets. Plaintext that came in
+    /// the handshake's last flight is inside the stream already, and no socket edge will
+    /// announce it, so the caller comes back to read. A client that is not speaking TLS is
+    /// sent an alert and closed as after `exit`; one that closes midway is closed.
+    fn handshake(&mut self, ctx: &mut Context<'_>) -> Progress {
+        match self.stream.handshake() {
+            Ok(false) => Progress::Wait,
+            Ok(true) => self.greet_after(Trigger::HandshakeDone, ctx),
+            Err(e) => {
+                ctx.stats.tls_rejected += 1;
+                self.stream.log_handshake_failure(&e);
+                if e.kind() == io::ErrorKind::InvalidData {
+                    // The alert is sent or queued: deliver it, then close without a reset.
+                    self.transition(Trigger::InputEnded, ctx.now);
+                    self.write(&[], ctx.stats, ctx.now);
+                } else {
+                    self.transition(Trigger::Failed, ctx.now);
+                }
+                Progress::Wait
+            }
+        }
+    }
+
     /// Writes owed output. If that ended the greeting or the backpressure, input that
     /// arrived meanwhile has no new edge to announce it, so the caller must come back to
     /// read.
     pub fn on_writable(&mut self, ctx: &mut Context<'_>) -> Progress {
+        if self.state == State::Handshaking {
+            return self.handshake(ctx);
+        }
         let before = self.state;
+        // Records the stream holds go first (TLS; nothing for a socket).
+        match self.stream.send_unsent() {
+            Ok(0) => {}
+            Ok(_) => self.last_progress = ctx.now,
+            Err(e) => self.fail("write", e),
+        }
         self.write(&[], ctx.stats, ctx.now);
         if std::mem::take(&mut self.budget_paused) {
             // Paused by the memory budget: its output moved, so it may go on.
@@ -506,9 +641,7 @@ impl<S: Stream> Connection<S> {
         }
         match self.state {
             State::Reading if before != State::Reading => Progress::ReadAgain,
-            State::Closing { .. } if self.output.unsent().len() < OUTPUT_LOW_WATER => {
-                self.answer_held(ctx)
-            }
+            State::Closing { .. } if self.owed() < OUTPUT_LOW_WATER => self.answer_held(ctx),
             _ => Progress::Wait,
         }
     }
@@ -529,7 +662,7 @@ impl<S: Stream> Connection<S> {
         let mut reply_budget = REPLY_BUDGET;
         while matches!(self.state, State::Closing { .. })
             && !self.held.is_empty()
-            && self.output.unsent().len() < OUTPUT_HIGH_WATER
+            && self.owed() < OUTPUT_HIGH_WATER
         {
             if reply_budget == 0 {
                 return Progress::ReadAgain;
@@ -548,8 +681,8 @@ impl<S: Stream> Connection<S> {
     /// at once instead of lingering. Its client has every reply and our FIN; waiting for its
     /// EOF would only hold the exit up, since no input of its is at risk of a reset.
     pub fn shut_down(&mut self, ctx: &mut Context<'_>) -> Progress {
-        let idle = matches!(self.state, State::Reading)
-            && self.output.is_empty()
+        let idle = matches!(self.state, State::Reading | State::Handshaking)
+            && !self.owes()
             && self.held.is_empty()
             && self.session.buffered() == 0;
         let progress = self.close_gracefully(ctx);
@@ -669,7 +802,7 @@ impl<S: Stream> Connection<S> {
     /// [`on_writable`](Self::on_writable)). A connection that owes nothing is never
     /// paused, so it can always make progress, by small steps (see `allowance`).
     fn pause_for_budget(&mut self, ctx: &Context<'_>) -> bool {
-        let pause = !self.output.is_empty() && self.allowance(ctx) == 0;
+        let pause = self.owes() && self.allowance(ctx) == 0;
         self.budget_paused |= pause;
         pause
     }
@@ -679,7 +812,7 @@ impl<S: Stream> Connection<S> {
     /// output never passes [`OUTPUT_HIGH_WATER`] by more than one reply, whatever the input.
     fn answer(&mut self, ctx: &mut Context<'_>, input: &[u8], reply_budget: &mut usize) {
         let room = OUTPUT_HIGH_WATER
-            .saturating_sub(self.output.unsent().len())
+            .saturating_sub(self.owed())
             .min(*reply_budget)
             .min(self.allowance(ctx) / 2)
             .max(1);
@@ -732,11 +865,16 @@ impl<S: Stream> Connection<S> {
             }
             Err(e) => return self.fail("write", e),
         }
-        let unsent = self.output.unsent().len();
+        let unsent = self.owed();
         let level = if unsent == 0 && self.held.is_empty() {
             // The steady state of a client that keeps up: (Reading, Flushed) changes
             // nothing, and this is the one check per message that says so without a call.
             if self.state == State::Reading {
+                return;
+            }
+            // Everything owed is out: a TLS session ends with close_notify, which must be
+            // out too before the close. (Nothing for a socket: this folds away.)
+            if matches!(self.state, State::Closing { .. }) && !self.finish_session() {
                 return;
             }
             Trigger::Flushed
@@ -754,6 +892,17 @@ impl<S: Stream> Connection<S> {
         self.transition(level, now);
     }
 
+    /// Queues the session's end behind everything written and sends it: `true` once it is
+    /// in the socket.
+    fn finish_session(&mut self) -> bool {
+        self.stream.end_session();
+        if let Err(e) = self.stream.send_unsent() {
+            self.fail("write", e);
+            return false;
+        }
+        self.stream.unsent() == 0
+    }
+
     /// Lingering: read and drop input until EOF or WouldBlock. Only time bounds this (the
     /// lingering deadline), not bytes: giving up early would reset the connection and could
     /// destroy replies the peer has not read yet. The read budget still applies, so a peer
@@ -761,7 +910,7 @@ impl<S: Stream> Connection<S> {
     fn discard_input(&mut self, ctx: &mut Context<'_>) -> Progress {
         let mut budget = READ_BUDGET;
         while budget > 0 {
-            match self.stream.read(ctx.read_buf) {
+            match self.stream.discard(ctx.read_buf) {
                 Ok(0) => {
                     self.transition(Trigger::PeerEof, ctx.now);
                     return Progress::Wait;

@@ -210,6 +210,7 @@ impl Binary {
                 Some(("tcp", a)) => tcp = Some(a.parse().expect("tcp address")),
                 Some(("udp", "off")) => {}
                 Some(("udp", a)) => udp = Some(a.parse().expect("udp address")),
+                Some(("tls", "on")) => {}
                 _ => panic!("unexpected startup line {first_line:?}"),
             }
         }

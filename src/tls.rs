@@ -1,0 +1,358 @@
+//! TLS for the reactor's TCP connections, with rustls (`--tls-cert`, `--tls-key`): the
+//! certificate and key ([`Identity`]), and [`TlsStream`], a TLS session over a non-blocking
+//! socket that a [`Connection`](crate::connection::Connection) drives as it drives a socket.
+//!
+//! rustls does no I/O of its own: every byte moves because this module moved it, in this
+//! order, on every readable event (the connection calls [`TlsStream::read`] until the socket
+//! would block or its read budget is spent):
+//!
+//! 1. plaintext rustls decrypted already is handed out first, so `read_tls` is never called
+//!    while rustls's plaintext buffer is full;
+//! 2. `read_tls`: one read of ciphertext from the socket;
+//! 3. `process_new_packets`: decrypts it, and queues what the handshake or an alert needs;
+//! 4. `write_tls` while rustls wants to write, until the socket would block. A blocked write
+//!    only leaves records queued: it never stops the reading (only the connection's output
+//!    bound does that).
+//!
+//! This module owns that order, what rustls holds and how much ([`Stream::unsent`],
+//! [`Stream::unread`]), and the session's end (`close_notify`). The connection's state
+//! machine owns when: `Handshaking` before the greeting, `close_notify` after the last
+//! reply, and the bounds, which count what rustls holds as they count the connection's own
+//! buffers. It must not know about the poll or read the clock.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mio::net::TcpStream;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::ServerConnection;
+
+use crate::connection::Stream;
+use crate::transport::Transport;
+
+/// Bytes a TLS record adds to the plaintext it carries, at most: TLS 1.2 with AES-GCM adds a
+/// 5-byte header, an 8-byte explicit nonce and a 16-byte tag (TLS 1.3 adds 22). What the
+/// connection counts of the records rustls holds, until the socket has taken them all.
+const RECORD_OVERHEAD: usize = 29;
+
+/// The most plaintext one TLS record carries.
+const RECORD_PAYLOAD: usize = 16 * 1024;
+
+/// Records rustls may hold unsent before it refuses more plaintext (rustls's
+/// `set_buffer_limit`). What it refuses waits in the connection's own output buffer, which
+/// the output bound watches; the bound counts both, so a TLS client that never reads holds
+/// no more than a plain one. 64 KiB is a few socket writes' worth, enough to keep a fast
+/// reader busy between two events.
+const SEND_LIMIT: usize = 64 * 1024;
+
+/// A certificate chain and its private key, loaded and checked against each other, as
+/// rustls serves them; with the files' paths, to read them again.
+#[derive(Clone)]
+pub struct Identity {
+    cert: PathBuf,
+    key: PathBuf,
+    config: Arc<rustls::ServerConfig>,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// Reads a PEM certificate chain (the server's certificate first) and a PEM private key
+    /// (PKCS#8, PKCS#1 or SEC1), and checks that the key is the certificate's. The error is
+    /// one line naming the file and what is wrong with it.
+    pub fn load(cert: &Path, key: &Path) -> Result<Identity, String> {
+        let named = |flag: &str, path: &Path, what: &dyn fmt::Display| {
+            format!("--{flag} {}: {what}", path.display())
+        };
+        let cert_pem = std::fs::read(cert).map_err(|e| named("tls-cert", cert, &e))?;
+        let key_pem = std::fs::read(key).map_err(|e| named("tls-key", key, &e))?;
+        let chain = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| named("tls-cert", cert, &format_args!("not PEM: {e}")))?;
+        if chain.is_empty() {
+            return Err(named("tls-cert", cert, &"no CERTIFICATE in it"));
+        }
+        let private_key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+            rustls::pki_types::pem::Error::NoItemsFound => {
+                named("tls-key", key, &"no PRIVATE KEY in it")
+            }
+            e => named("tls-key", key, &format_args!("not PEM: {e}")),
+        })?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_no_client_auth()
+            .with_single_cert(chain, private_key)
+            .map_err(|e| match e {
+                rustls::Error::InconsistentKeys(_) => named(
+                    "tls-key",
+                    key,
+                    &format_args!("not the key of the certificate in {}", cert.display()),
+                ),
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
+                    named(
+                        "tls-cert",
+                        cert,
+                        &format_args!("not a usable certificate: {e}"),
+                    )
+                }
+                e => named(
+                    "tls-key",
+                    key,
+                    &format_args!("not a usable private key: {e}"),
+                ),
+            })?;
+        Ok(Identity {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            config: Arc::new(config),
+        })
+    }
+
+    /// The same files read again (a renewed certificate), checked as at startup.
+    pub fn reload(&self) -> Result<Identity, String> {
+        Identity::load(&self.cert, &self.key)
+    }
+
+    /// What rustls serves with.
+    pub fn config(&self) -> &Arc<rustls::ServerConfig> {
+        &self.config
+    }
+}
+
+/// A TLS session over a non-blocking socket: plaintext in and out through `Read` and
+/// `Write`, ciphertext moved to and from the socket on the way, in the order the module
+/// documentation gives.
+pub struct TlsStream {
+    socket: TcpStream,
+    session: ServerConnection,
+    /// Ciphertext rustls holds for the socket: exact after each processing, counted up by
+    /// what each write adds (at most [`RECORD_OVERHEAD`] over), zero when rustls says it has
+    /// nothing to write.
+    unsent: usize,
+    /// Plaintext rustls decrypted that has not been read out yet.
+    unread: usize,
+}
+
+impl TlsStream {
+    /// A server session, its handshake not begun, over a freshly accepted socket.
+    pub fn new(socket: TcpStream, identity: &Identity) -> io::Result<TlsStream> {
+        let mut session =
+            ServerConnection::new(Arc::clone(&identity.config)).map_err(io::Error::other)?;
+        session.set_buffer_limit(Some(SEND_LIMIT));
+        Ok(TlsStream {
+            socket,
+            session,
+            unsent: 0,
+            unread: 0,
+        })
+    }
+
+    /// Who is at the other end, for a log line.
+    fn peer(&self) -> String {
+        self.socket
+            .peer_addr()
+            .map_or_else(|_| "a client gone already".into(), |a| a.to_string())
+    }
+
+    /// `process_new_packets`, then whatever it queued (the handshake's next flight, an alert,
+    /// an answer to a key update) is sent at once, as far as the socket takes it. A TLS error
+    /// comes back as `InvalidData`, after its alert was sent.
+    fn process(&mut self) -> io::Result<()> {
+        let processed = self.session.process_new_packets();
+        if let Ok(state) = &processed {
+            self.unsent = state.tls_bytes_to_write();
+            self.unread = state.plaintext_bytes_to_read();
+        }
+        let sent = self.send();
+        match processed {
+            Ok(_) => sent.map(drop),
+            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+        }
+    }
+
+    /// `write_tls` while rustls wants to write, until the socket would block; returns the
+    /// ciphertext bytes it took. WouldBlock is not an error here: the records wait.
+    fn send(&mut self) -> io::Result<usize> {
+        let mut sent = 0;
+        while self.session.wants_write() {
+            match self.session.write_tls(&mut self.socket) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        self.unsent = match self.session.wants_write() {
+            true => self.unsent.saturating_sub(sent),
+            false => 0,
+        };
+        Ok(sent)
+    }
+}
+
+impl Read for TlsStream {
+    /// Plaintext: what rustls holds decrypted, else one `read_tls` and its processing, again
+    /// until there is plaintext or the socket would block. `Ok(0)` is the end of the session:
+    /// the peer's `close_notify`, or a TCP EOF without one, which is logged as a truncated
+    /// session (a peer that cut the connection, or an attacker who did, looks the same).
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.session.reader().read(buf) {
+                Ok(n) => {
+                    self.unread = self.unread.saturating_sub(n);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    log::info!(
+                        "{}: TCP EOF without a TLS close_notify: a truncated session",
+                        self.peer()
+                    );
+                    return Ok(0);
+                }
+                Err(e) => return Err(e),
+            }
+            // Ok(0), the socket's EOF, is noted by rustls; the reader reports it above.
+            self.session.read_tls(&mut self.socket)?;
+            self.process()?;
+        }
+    }
+}
+
+impl Write for TlsStream {
+    /// Plaintext in, as records rustls holds until the socket takes them. Records already
+    /// held go out first, to make room; when rustls holds [`SEND_LIMIT`] and the socket takes
+    /// none of it, this is WouldBlock, as a full socket would be.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.send()?;
+        let accepted = self.session.writer().write(buf)?;
+        self.unsent += accepted + accepted.div_ceil(RECORD_PAYLOAD) * RECORD_OVERHEAD;
+        self.send()?;
+        if accepted == 0 && !buf.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(accepted)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send().map(drop)
+    }
+}
+
+impl Stream for TlsStream {
+    /// The socket's write side; `close_notify` went out before (see
+    /// [`end_session`](Stream::end_session)).
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.socket.shutdown(Shutdown::Write)
+    }
+
+    /// A short read of plaintext says nothing about the socket: rustls hands out what one
+    /// read of ciphertext decrypted to, while more may wait in the socket.
+    const SHORT_READ_DRAINS: bool = false;
+
+    fn handshaking(&self) -> bool {
+        self.session.is_handshaking()
+    }
+
+    /// `read_tls` and `process_new_packets` (which sends each flight) until the handshake is
+    /// done or the socket would block. A handshake message may not exceed 64 KiB (rustls's
+    /// bound), so this reads a bounded amount.
+    fn handshake(&mut self) -> io::Result<bool> {
+        while self.session.is_handshaking() {
+            match self.session.read_tls(&mut self.socket) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the client closed in the middle of the handshake",
+                    ))
+                }
+                Ok(_) => self.process()?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    fn log_handshake_failure(&self, why: &dyn fmt::Display) {
+        log::info!("{}: TLS handshake failed, closing: {why}", self.peer());
+    }
+
+    fn unsent(&self) -> usize {
+        self.unsent
+    }
+
+    fn unread(&self) -> usize {
+        self.unread
+    }
+
+    fn send_unsent(&mut self) -> io::Result<usize> {
+        self.send()
+    }
+
+    /// Queues `close_notify` behind every record already held (rustls sends it once, and
+    /// not at all after a fatal alert); [`send_unsent`](Stream::send_unsent) sends it.
+    fn end_session(&mut self) {
+        self.session.send_close_notify();
+        if self.session.wants_write() {
+            self.unsent = self.unsent.max(RECORD_OVERHEAD);
+        }
+    }
+
+    /// After `close_notify`, or a failed handshake, the session is over: lingering drops
+    /// the socket's bytes without decrypting them.
+    fn discard(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&self.socket).read(buf)
+    }
+}
+
+impl mio::event::Source for TlsStream {
+    fn register(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        self.socket.register(registry, token, interests)
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        self.socket.reregister(registry, token, interests)
+    }
+
+    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
+        self.socket.deregister(registry)
+    }
+}
+
+impl Transport for TlsStream {
+    type Acceptor = Identity;
+
+    fn accept(socket: TcpStream, identity: &Identity) -> io::Result<TlsStream> {
+        TlsStream::new(socket, identity)
+    }
+
+    fn socket(&self) -> &TcpStream {
+        &self.socket
+    }
+}

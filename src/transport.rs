@@ -1,0 +1,39 @@
+//! What the reactor's loop serves on an accepted socket: the socket itself (plain TCP), or a
+//! TLS session over it ([`TlsStream`](crate::tls::TlsStream), with `--tls-cert`).
+//!
+//! This module owns only that seam. The loop is generic over [`Transport`] and a server runs
+//! one kind of loop or the other, so plain TCP is compiled on its own: every TLS-only step a
+//! [`Stream`] may take has a default that does nothing and compiles away for a socket. It
+//! must not do I/O of its own.
+
+use std::io;
+
+use mio::net::TcpStream;
+
+use crate::connection::Stream;
+
+/// What a connection of the loop runs over.
+pub trait Transport: Stream + mio::event::Source + Sized {
+    /// What makes one from an accepted socket: nothing for plain TCP, the certificate for TLS.
+    type Acceptor;
+
+    /// Wraps a freshly accepted socket.
+    fn accept(socket: TcpStream, acceptor: &Self::Acceptor) -> io::Result<Self>;
+
+    /// The socket underneath, for its addresses and its socket options.
+    fn socket(&self) -> &TcpStream;
+}
+
+impl Transport for TcpStream {
+    type Acceptor = ();
+
+    #[inline]
+    fn accept(socket: TcpStream, _: &()) -> io::Result<TcpStream> {
+        Ok(socket)
+    }
+
+    #[inline]
+    fn socket(&self) -> &TcpStream {
+        self
+    }
+}

@@ -1,0 +1,482 @@
+//! `--tls-cert` and `--tls-key` against real sockets and clients nobody here wrote:
+//! `openssl s_client` (TLS 1.2 and 1.3) and `socat`, then a rustls client for what a command
+//! line client cannot do (pipeline 2 MiB before reading, never read), and raw sockets for
+//! clients that never finish, cut off or do not speak TLS at all. Certificates are made by
+//! the tests with rcgen, in a directory of their own; no key is checked in.
+//!
+//! Linux only, like the rest of the tests that run; the TLS feature is on by default.
+#![cfg(all(feature = "tls", target_os = "linux"))]
+
+// This crate uses the line client, the server starter and the binary helper only.
+#[allow(dead_code)]
+mod common;
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use common::{start, Binary, IO_TIMEOUT};
+use evloop::procfs;
+use evloop::tls::Identity;
+
+const REACTOR: &str = env!("CARGO_BIN_EXE_reactor");
+const THREADED: &str = env!("CARGO_BIN_EXE_threaded");
+
+/// A self-signed certificate for `localhost` and its key, as PEM files in a fresh directory.
+struct Certificate {
+    dir: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    der: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl Certificate {
+    fn new() -> Certificate {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "evloop-tls-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, made.cert.pem()).unwrap();
+        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+        Certificate {
+            dir,
+            cert,
+            key,
+            der: made.cert.der().clone(),
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        let path = |p: &Path| p.to_str().unwrap().to_string();
+        vec![
+            "--tls-cert".into(),
+            path(&self.cert),
+            "--tls-key".into(),
+            path(&self.key),
+        ]
+    }
+
+    fn identity(&self) -> Identity {
+        Identity::load(&self.cert, &self.key).unwrap()
+    }
+}
+
+impl Drop for Certificate {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A reactor serving TLS with `cert`, started through the library.
+fn tls_server(
+    cert: &Certificate,
+    configure: impl FnOnce(&mut evloop::ServerConfig),
+) -> evloop::Running {
+    start(evloop::reactor::spawn, |c| {
+        c.udp = None;
+        c.tls = Some(cert.identity());
+        configure(c);
+    })
+}
+
+/// The program, or a failure that says how to install it: never a skip.
+fn tool(program: &str, package: &str) -> &'static str {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "`{program}` is needed by this test: apt-get install -y {package}"
+    );
+    program.to_string().leak()
+}
+
+/// Runs `command` with `input` on its stdin (kept open) and returns what it printed on stdout
+/// and stderr once it exits; killed after IO_TIMEOUT, which only turns a hang into a failure.
+fn run(command: &mut Command, input: &[u8]) -> (bool, String) {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the client");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    let pid = child.id() as i32;
+    let (done, watchdog) = mpsc::channel::<()>();
+    let guard = std::thread::spawn(move || {
+        if watchdog.recv_timeout(IO_TIMEOUT).is_err() {
+            // SAFETY: kill only sends a signal, to our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    let output = child.wait_with_output().unwrap();
+    drop(stdin);
+    let _ = done.send(());
+    guard.join().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+/// `openssl s_client` forced to one TLS version: greeted, answered, and on `exit` it is sent
+/// `close_notify` (which `-msg` prints) before the connection closes.
+fn s_client_session(version: &str, shown_as: &str, in_messages: &str) {
+    let openssl = tool("openssl", "openssl");
+    let cert = Certificate::new();
+    let server = tls_server(&cert, |_| {});
+    let (ok, out) = run(
+        Command::new(openssl).args([
+            "s_client",
+            "-connect",
+            &server.tcp.to_string(),
+            version,
+            "-msg",
+            "-ign_eof",
+            "-CAfile",
+            cert.cert.to_str().unwrap(),
+        ]),
+        b"X\nexit\n",
+    );
+    assert!(ok, "s_client failed:\n{out}");
+    assert!(out.contains(&format!("Protocol  : {shown_as}")), "{out}");
+    assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+    let greeted = out.find("Welcome!\n").expect("the greeting");
+    let answered = out.find("Hello, X!\n").expect("the reply");
+    let closed = out
+        .find(&format!(
+            "<<< {in_messages}, Alert [length 0002], warning close_notify"
+        ))
+        .map(|i| i + 1)
+        .unwrap_or_else(|| panic!("no close_notify from the server:\n{out}"));
+    assert!(greeted < answered && answered < closed, "{out}");
+    let stats = server.shutdown().unwrap();
+    assert_eq!((stats.connections, stats.messages), (1, 1), "{stats:?}");
+    assert_eq!(stats.tls_rejected, 0);
+}
+
+#[test]
+fn openssl_s_client_tls1_2_is_greeted_answered_and_closed_with_close_notify() {
+    s_client_session("-tls1_2", "TLSv1.2", "TLS 1.2");
+}
+
+#[test]
+fn openssl_s_client_tls1_3_is_greeted_answered_and_closed_with_close_notify() {
+    s_client_session("-tls1_3", "TLSv1.3", "TLS 1.3");
+}
+
+#[test]
+fn socat_with_the_certificate_as_its_ca_is_served() {
+    let socat = tool("socat", "socat");
+    let cert = Certificate::new();
+    let server = tls_server(&cert, |_| {});
+    let address = format!(
+        "OPENSSL:localhost:{},cafile={}",
+        server.tcp.port(),
+        cert.cert.display()
+    );
+    let (ok, out) = run(Command::new(socat).args(["-", &address]), b"carol\nexit\n");
+    assert!(ok, "socat failed:\n{out}");
+    assert_eq!(out, "Welcome!\nHello, carol!\n");
+    server.shutdown().unwrap();
+}
+
+/// A raw TCP connection to a TLS server, with the test's generous timeout.
+fn raw(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream
+}
+
+fn read_to_eof(stream: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    stream
+        .read_to_end(&mut all)
+        .expect("a clean EOF, not a reset");
+    all
+}
+
+/// A rustls client trusting `cert`, over a blocking socket.
+fn tls_client(
+    addr: SocketAddr,
+    cert: &Certificate,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    tls_client_over(raw(addr), cert)
+}
+
+fn client_connection(cert: &Certificate) -> rustls::ClientConnection {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap()
+}
+
+fn tls_client_over(
+    socket: TcpStream,
+    cert: &Certificate,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    rustls::StreamOwned::new(client_connection(cert), socket)
+}
+
+fn line(reader: &mut impl BufRead) -> String {
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("read a line");
+    line
+}
+
+#[test]
+fn a_client_that_never_finishes_its_handshake_is_closed_at_the_handshake_timeout() {
+    let cert = Certificate::new();
+    let timeout = Duration::from_millis(300);
+    let server = tls_server(&cert, |c| c.handshake_timeout = timeout);
+    let accepted = Instant::now();
+    let mut silent = raw(server.tcp);
+    // Half a record header: a handshake begun and never carried on.
+    silent.write_all(&[0x16, 0x03]).unwrap();
+    assert_eq!(read_to_eof(&mut silent), b"", "closed without a greeting");
+    assert!(accepted.elapsed() >= timeout, "{:?}", accepted.elapsed());
+    // Meanwhile and after, a real client is served.
+    let mut ok = BufReader::new(tls_client(server.tcp, &cert));
+    assert_eq!(line(&mut ok), "Welcome!\n");
+    drop(ok);
+    let stats = server.shutdown().unwrap();
+    assert_eq!(stats.tls_rejected, 1, "{stats:?}");
+}
+
+#[test]
+fn plaintext_instead_of_tls_is_sent_an_alert_then_closed_and_counted() {
+    let cert = Certificate::new();
+    let server = tls_server(&cert, |_| {});
+    // A TLS client connected meanwhile is served as usual.
+    let mut other = tls_client(server.tcp, &cert);
+    let mut plain = raw(server.tcp);
+    plain.write_all(b"hello\n").unwrap();
+    let answer = read_to_eof(&mut plain);
+    // One alert record (content type 21) and then a clean EOF: no greeting, no reply.
+    assert_eq!(answer.first(), Some(&0x15), "{answer:02x?}");
+    assert_eq!(answer.len(), 7, "one fatal alert: {answer:02x?}");
+    let mut reader = BufReader::new(&mut other);
+    assert_eq!(line(&mut reader), "Welcome!\n");
+    drop(reader);
+    drop(other);
+    let stats = server.shutdown().unwrap();
+    assert_eq!(stats.tls_rejected, 1, "{stats:?}");
+}
+
+#[test]
+fn a_handshake_cut_off_in_the_middle_is_closed_and_counted() {
+    let cert = Certificate::new();
+    let server = tls_server(&cert, |_| {});
+    // A real ClientHello, of which only the first half is sent before the client leaves.
+    let mut hello = Vec::new();
+    client_connection(&cert).write_tls(&mut hello).unwrap();
+    let mut cut = raw(server.tcp);
+    cut.write_all(&hello[..hello.len() / 2]).unwrap();
+    cut.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(read_to_eof(&mut cut), b"");
+    let stats = server.shutdown().unwrap();
+    assert_eq!(stats.tls_rejected, 1, "{stats:?}");
+}
+
+#[test]
+fn a_tls_client_that_pipelines_2_mib_before_reading_gets_every_reply_in_order() {
+    let cert = Certificate::new();
+    let server = tls_server(&cert, |_| {});
+    // The replies (about 2 MiB) must fit somewhere while the client is not reading: the
+    // server holds at most its output bound, so the rest waits in this client's receive
+    // buffer, made large enough before connecting. A write that cannot go on fails the test
+    // at the write timeout instead of hanging it.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(8 << 20).unwrap();
+    socket.connect(&server.tcp.into()).unwrap();
+    let socket: TcpStream = socket.into();
+    socket.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    socket.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut client = tls_client_over(socket, &cert);
+    let lines: usize = 2 << 20 >> 7;
+    let mut input = Vec::with_capacity(2 << 20);
+    for i in 0..lines {
+        // 128 bytes a line.
+        input.extend_from_slice(format!("{i:0>127}\n").as_bytes());
+    }
+    client
+        .write_all(&input)
+        .expect("the server reads all of it");
+    client.flush().unwrap();
+    let mut reader = BufReader::new(client);
+    assert_eq!(line(&mut reader), "Welcome!\n");
+    for i in 0..lines {
+        assert_eq!(
+            line(&mut reader),
+            format!("Hello, {i:0>127}!\n"),
+            "line {i}"
+        );
+    }
+    drop(reader);
+    let stats = server.shutdown().unwrap();
+    assert_eq!(stats.messages, lines as u64);
+}
+
+#[test]
+fn a_tls_client_that_never_reads_cannot_grow_server_memory_in_proc() {
+    let cert = Certificate::new();
+    let mut args = cert.args();
+    args.push("--no-udp".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Binary::start(REACTOR, &args);
+    let ping = |count: usize| {
+        let mut c = BufReader::new(tls_client(server.tcp, &cert));
+        assert_eq!(line(&mut c), "Welcome!\n");
+        for i in 0..count {
+            c.get_mut()
+                .write_all(format!("ping {i}\n").as_bytes())
+                .unwrap();
+            assert_eq!(line(&mut c), format!("Hello, ping {i}!\n"));
+        }
+    };
+    ping(10);
+    let before = procfs::rss(server.pid()).unwrap();
+
+    // "x\n" lines, each owed ten bytes of reply, never read. Once the server stops reading,
+    // the kernel's buffers fill and the write times out: that is the backpressure.
+    let flood = raw(server.tcp);
+    flood
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut flood = tls_client_over(flood, &cert);
+    let chunk = b"x\n".repeat(8 * 1024);
+    let limit: usize = 300 << 20;
+    let mut pushed = 0;
+    while pushed < limit {
+        match flood.write_all(&chunk) {
+            Ok(()) => pushed += chunk.len(),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+            Err(e) => panic!("flood write: {e}"),
+        }
+    }
+    ping(50);
+    let after = procfs::rss(server.pid()).unwrap();
+    let growth = after.saturating_sub(before);
+    eprintln!(
+        "TLS slow reader: pushed {} KiB before blocking; server RSS {} KiB -> {} KiB (+{} KiB)",
+        pushed >> 10,
+        before >> 10,
+        after >> 10,
+        growth >> 10
+    );
+    assert!(
+        pushed < limit,
+        "the server kept reading a client that never reads"
+    );
+    assert!(growth < 4 << 20, "server RSS grew by {} KiB", growth >> 10);
+}
+
+/// Runs a server binary that must refuse to start: exit 2 and one line on stderr.
+fn refused(exe: &str, args: &[&str]) -> String {
+    let out = Command::new(exe)
+        .args(["--listen", "127.0.0.1:0", "--no-udp"])
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn bad_tls_flags_are_one_line_naming_the_file_and_exit_2() {
+    let cert = Certificate::new();
+    let other = Certificate::new();
+    let (c, k) = (cert.cert.to_str().unwrap(), cert.key.to_str().unwrap());
+    let missing = cert.dir.join("missing.pem");
+    let missing = missing.to_str().unwrap();
+    let garbage = cert.dir.join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let garbage = garbage.to_str().unwrap();
+    let bad_der = cert.dir.join("bad-der.pem");
+    std::fs::write(
+        &bad_der,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let bad_der = bad_der.to_str().unwrap();
+    for exe in [REACTOR, THREADED] {
+        let only_cert = refused(exe, &["--tls-cert", c]);
+        assert!(
+            only_cert.contains("--tls-cert needs --tls-key"),
+            "{only_cert}"
+        );
+        let only_key = refused(exe, &["--tls-key", k]);
+        assert!(
+            only_key.contains("--tls-key needs --tls-cert"),
+            "{only_key}"
+        );
+        let no_file = refused(exe, &["--tls-cert", missing, "--tls-key", k]);
+        assert!(
+            no_file.contains(missing) && no_file.contains("No such file"),
+            "{no_file}"
+        );
+        let not_pem = refused(exe, &["--tls-cert", garbage, "--tls-key", k]);
+        assert!(
+            not_pem.contains(garbage) && not_pem.contains("no CERTIFICATE"),
+            "{not_pem}"
+        );
+        let no_key = refused(exe, &["--tls-cert", c, "--tls-key", c]);
+        assert!(
+            no_key.contains(c) && no_key.contains("no PRIVATE KEY"),
+            "{no_key}"
+        );
+        let bad_cert = refused(exe, &["--tls-cert", bad_der, "--tls-key", k]);
+        assert!(bad_cert.contains(bad_der), "{bad_cert}");
+        let other_key = other.key.to_str().unwrap();
+        let mismatch = refused(exe, &["--tls-cert", c, "--tls-key", other_key]);
+        assert!(
+            mismatch.contains(other_key) && mismatch.contains("not the key of the certificate"),
+            "{mismatch}"
+        );
+    }
+    // Good files, but the threaded baseline does not serve TLS yet: it says so.
+    let threaded = refused(
+        THREADED,
+        &cert.args().iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert!(threaded.contains("does not serve TLS yet"), "{threaded}");
+}
+
+#[test]
+fn the_startup_line_says_tls_on_and_the_binary_serves_tls() {
+    let cert = Certificate::new();
+    let args = cert.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Binary::start(REACTOR, &args);
+    assert!(
+        server.first_line.trim_end().ends_with(" tls=on"),
+        "{:?}",
+        server.first_line
+    );
+    let mut c = BufReader::new(tls_client(server.tcp, &cert));
+    assert_eq!(line(&mut c), "Welcome!\n");
+    c.get_mut().write_all(b"exit\n").unwrap();
+    let mut rest = String::new();
+    // A clean close: rustls reports the server's close_notify as EOF, a TCP EOF without it
+    // as an error.
+    c.read_to_string(&mut rest).expect("close_notify, then EOF");
+    assert_eq!(rest, "");
+}
