@@ -514,6 +514,14 @@ fn render(scrape: &Scrape) -> String {
     text.sample(refused, "{reason=\"per_address\"}", stats.refused_per_ip);
     text.sample(refused, "{reason=\"proxy_header\"}", stats.proxy_rejected);
     text.single(
+        "evloop_tls_handshakes_failed_total",
+        "counter",
+        "TLS connections closed because their handshake failed (plaintext, garbage, a \
+         client that gave up) or was not complete within --handshake-timeout; they are \
+         counted as accepted too.",
+        stats.tls_rejected,
+    );
+    text.single(
         "evloop_connections_paused",
         "gauge",
         "TCP connections not being read because their client does not take its replies: \
@@ -1251,7 +1259,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(families, 15);
+        assert_eq!(families, 16);
         assert!(text.ends_with('\n'));
     }
 

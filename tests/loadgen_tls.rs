@@ -1,6 +1,6 @@
-//! `loadgen --tls` against a TLS server nobody here wrote: socat terminating TLS
-//! (`OPENSSL-LISTEN`) in front of the plain reactor, with a certificate authority and a
-//! server certificate made by `openssl` for the test.
+//! `loadgen --tls` against a TLS server nobody here wrote, socat terminating TLS
+//! (`OPENSSL-LISTEN`) in front of the plain reactor, and against the reactor's own TLS;
+//! with a certificate authority and a server certificate made by `openssl` for the test.
 #![cfg(all(target_os = "linux", feature = "tls"))]
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -190,5 +190,49 @@ fn loadgen_speaks_tls_to_a_server_it_did_not_write() {
     );
 
     server.shutdown().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn loadgen_over_tls_against_the_reactors_own_tls() {
+    need("openssl");
+    let dir = std::env::temp_dir().join(format!("evloop-loadgen-tls-own-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, cert, key) = certificates(&dir);
+    let mut config = evloop::ServerConfig::ephemeral();
+    config.tls = Some(evloop::tls::Identity::load(&cert, &key).unwrap());
+    let server = evloop::reactor::spawn(config).unwrap();
+    let tls = || Some(ClientTls::new(Some(&ca), "127.0.0.1").unwrap());
+    let lockstep = loadgen::run(&Options {
+        addr: server.tcp,
+        connections: 20,
+        duration: None,
+        messages: Some(4_000),
+        timeout: Duration::from_secs(5),
+        tls: tls(),
+        ..Options::default()
+    })
+    .unwrap();
+    assert_eq!(lockstep.errors(), 0, "{lockstep}");
+    assert_eq!(lockstep.messages, 4_000);
+    // One request per connection: a handshake, a greeting, a reply, close_notify both ways.
+    let handshakes = loadgen::run(&Options {
+        addr: server.tcp,
+        connections: 4,
+        duration: None,
+        messages: Some(200),
+        timeout: Duration::from_secs(5),
+        requests_per_connection: Some(1),
+        tls: tls(),
+        ..Options::default()
+    })
+    .unwrap();
+    assert_eq!(handshakes.errors(), 0, "{handshakes}");
+    assert!(handshakes.tls_handshakes >= 190, "{handshakes}");
+    let stats = server.shutdown().unwrap();
+    // A run ends as soon as its last request is answered, so a client that had already
+    // opened its next connection leaves it mid-handshake: at most one per client.
+    assert!(stats.tls_rejected <= 4, "{stats:?}");
+    assert_eq!(stats.messages, 4_200);
     let _ = std::fs::remove_dir_all(&dir);
 }
