@@ -337,6 +337,17 @@ impl<S: Transport> EventLoop<S> {
         self.handover = Handover::new(restart);
     }
 
+    /// Lets SIGHUP read again what connections are accepted with (the TLS certificate and
+    /// key). The loops share it (clones of one `tls::Identity`), so one loop's reload
+    /// reaches every loop's next accept: only one loop takes SIGHUP, and the files are read,
+    /// and the outcome logged, once per signal.
+    pub(crate) fn reload_on_sighup(&self) -> io::Result<()> {
+        match &self.signals {
+            Some(signals) => signals.add_sighup(),
+            None => Ok(()),
+        }
+    }
+
     /// Turns until shut down, then returns what this loop did.
     pub(crate) fn run(mut self) -> io::Result<Stats> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
@@ -844,6 +855,11 @@ impl<S: Transport> EventLoop<S> {
         }
         if requests.restart {
             self.restart();
+        }
+        if requests.reload {
+            // Two small files read and checked on the loop's own thread: a short pause for
+            // this loop's connections, once per SIGHUP, never per connection.
+            S::reload(&self.acceptor);
         }
         for _ in 0..requests.stops {
             self.signals_seen += 1;

@@ -98,6 +98,14 @@ impl AnyLoop {
         }
     }
 
+    fn reload_on_sighup(&self) -> io::Result<()> {
+        match self {
+            AnyLoop::Plain(event_loop) => event_loop.reload_on_sighup(),
+            #[cfg(feature = "tls")]
+            AnyLoop::Tls(event_loop) => event_loop.reload_on_sighup(),
+        }
+    }
+
     fn restart_on_sigusr2(&mut self, restart: crate::restart::Restart) {
         match self {
             AnyLoop::Plain(event_loop) => event_loop.restart_on_sigusr2(restart),
@@ -173,6 +181,10 @@ impl Server {
                 )
             })
             .collect::<io::Result<Vec<_>>>()?;
+        // The first loop reloads the certificate at SIGHUP, for every loop (they share it).
+        if let Some(first) = loops.first() {
+            first.reload_on_sighup()?;
+        }
         if let Some(hub) = &hub {
             hub.set_wakers(loops.iter().map(AnyLoop::waker).collect());
         }

@@ -1,13 +1,15 @@
 //! Stop requests from the operating system, for both servers, on every platform: a first
 //! one asks for a graceful shutdown, a second one for an immediate one. And, for the
-//! reactor on Unix, a restart request.
+//! reactor on Unix, a restart request and a request to read the TLS certificate again.
 //!
 //! - Unix: SIGINT and SIGTERM. The reactor receives them as events on its own poll (with
 //!   `signal-hook-mio` the handler only writes to a pipe that the poll watches, so the
 //!   loop learns of a signal exactly as it learns of a readable socket); the thread-per-
 //!   connection baseline waits for them on a thread of its own. The reactor also takes
 //!   SIGUSR2, a restart request, and SIGCHLD, which says that the successor a restart
-//!   started may have exited (see [`restart`](crate::restart)), the same way.
+//!   started may have exited (see [`restart`](crate::restart)), the same way; and, in the
+//!   one loop that asks for it ([`LoopSignals::add_sighup`]), SIGHUP, which reloads the
+//!   certificate.
 //! - Windows has no signals to put in a poll: Ctrl-C (and Ctrl-Break) run a handler on a
 //!   thread of their own (the `ctrlc` crate), which counts the request and wakes the loop
 //!   with its [`Waker`].
@@ -28,6 +30,8 @@ pub struct Requests {
     pub restart: bool,
     /// SIGCHLD: a child process exited (or stopped).
     pub child: bool,
+    /// SIGHUP: read the TLS certificate and key again.
+    pub reload: bool,
 }
 
 /// Stop and restart requests delivered to one event loop.
@@ -67,16 +71,30 @@ impl LoopSignals {
         }
     }
 
+    /// Takes SIGHUP as well. Every loop's signals see every signal, so the one loop that
+    /// acts on SIGHUP is the one that asks for it. Windows has no SIGHUP: nothing to add.
+    pub fn add_sighup(&self) -> io::Result<()> {
+        #[cfg(unix)]
+        {
+            self.signals.add_signal(signal_hook::consts::SIGHUP)
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(())
+        }
+    }
+
     /// What arrived since the last call.
     pub fn take(&mut self) -> Requests {
         #[cfg(unix)]
         {
-            use signal_hook::consts::{SIGCHLD, SIGUSR2};
+            use signal_hook::consts::{SIGCHLD, SIGHUP, SIGUSR2};
             let mut requests = Requests::default();
             for signal in self.signals.pending() {
                 match signal {
                     SIGUSR2 => requests.restart = true,
                     SIGCHLD => requests.child = true,
+                    SIGHUP => requests.reload = true,
                     _ => requests.stops += 1,
                 }
             }

@@ -24,7 +24,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use mio::net::TcpStream;
 use rustls::pki_types::pem::PemObject;
@@ -50,12 +50,18 @@ const RECORD_PAYLOAD: usize = 16 * 1024;
 const SEND_LIMIT: usize = 64 * 1024;
 
 /// A certificate chain and its private key, loaded and checked against each other, as
-/// rustls serves them; with the files' paths, to read them again.
+/// rustls serves them; with the files' paths, to read them again. Clones share what is
+/// served: every loop of a server holds one, and a [`reload`](Identity::reload) through
+/// any of them changes what all of them hand to the connections they accept next.
 #[derive(Clone)]
 pub struct Identity {
     cert: PathBuf,
     key: PathBuf,
-    config: Arc<rustls::ServerConfig>,
+    /// Replaced whole by a reload. A session keeps the `Arc` it was made with, so an
+    /// established connection goes on with the certificate it was accepted with. Read once
+    /// per accepted connection: an uncontended read lock and a reference count, beside a
+    /// handshake's hundreds of microseconds.
+    served: Arc<RwLock<Arc<rustls::ServerConfig>>>,
 }
 
 impl fmt::Debug for Identity {
@@ -117,18 +123,24 @@ impl Identity {
         Ok(Identity {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
-            config: Arc::new(config),
+            served: Arc::new(RwLock::new(Arc::new(config))),
         })
     }
 
-    /// The same files read again (a renewed certificate), checked as at startup.
-    pub fn reload(&self) -> Result<Identity, String> {
-        Identity::load(&self.cert, &self.key)
+    /// The same files read again (a renewed certificate) and checked as at startup. On
+    /// success every clone serves them from its next connection on; on an error (one line
+    /// naming the file, as at startup) nothing changes and the old pair stays in use.
+    pub fn reload(&self) -> Result<(), String> {
+        let renewed = Identity::load(&self.cert, &self.key)?.config();
+        // Nothing that can panic runs under this lock, so a poisoned one still holds a
+        // whole config.
+        *self.served.write().unwrap_or_else(PoisonError::into_inner) = renewed;
+        Ok(())
     }
 
-    /// What rustls serves with.
-    pub fn config(&self) -> &Arc<rustls::ServerConfig> {
-        &self.config
+    /// What rustls serves new sessions with, as of now.
+    pub fn config(&self) -> Arc<rustls::ServerConfig> {
+        Arc::clone(&self.served.read().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
@@ -149,8 +161,7 @@ pub struct TlsStream {
 impl TlsStream {
     /// A server session, its handshake not begun, over a freshly accepted socket.
     pub fn new(socket: TcpStream, identity: &Identity) -> io::Result<TlsStream> {
-        let mut session =
-            ServerConnection::new(Arc::clone(&identity.config)).map_err(io::Error::other)?;
+        let mut session = ServerConnection::new(identity.config()).map_err(io::Error::other)?;
         session.set_buffer_limit(Some(SEND_LIMIT));
         Ok(TlsStream {
             socket,
@@ -354,5 +365,20 @@ impl Transport for TlsStream {
 
     fn socket(&self) -> &TcpStream {
         &self.socket
+    }
+
+    fn reload(identity: &Identity) {
+        match identity.reload() {
+            Ok(()) => log::info!(
+                "SIGHUP: new connections get the certificate in {} (key {}); established ones \
+                 keep theirs",
+                identity.cert.display(),
+                identity.key.display()
+            ),
+            Err(e) => log::error!(
+                "SIGHUP: certificate not reloaded: {e}; new connections still get the \
+                 previous one"
+            ),
+        }
     }
 }

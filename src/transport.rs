@@ -22,6 +22,10 @@ pub trait Transport: Stream + mio::event::Source + Sized {
 
     /// The socket underneath, for its addresses and its socket options.
     fn socket(&self) -> &TcpStream;
+
+    /// SIGHUP: reads again what [`accept`](Transport::accept) wraps a socket with, for the
+    /// connections accepted from now on, and logs in one line what came of it.
+    fn reload(acceptor: &Self::Acceptor);
 }
 
 impl Transport for TcpStream {
@@ -35,5 +39,9 @@ impl Transport for TcpStream {
     #[inline]
     fn socket(&self) -> &TcpStream {
         self
+    }
+
+    fn reload(_: &()) {
+        log::info!("SIGHUP ignored: plain TCP has no certificate to reload");
     }
 }
