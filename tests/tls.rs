@@ -1,8 +1,10 @@
 //! `--tls-cert` and `--tls-key` against real sockets and clients nobody here wrote:
 //! `openssl s_client` (TLS 1.2 and 1.3) and `socat`, then a rustls client for what a command
 //! line client cannot do (pipeline 2 MiB before reading, never read), and raw sockets for
-//! clients that never finish, cut off or do not speak TLS at all. Certificates are made by
-//! the tests with rcgen, in a directory of their own; no key is checked in.
+//! clients that never finish, cut off or do not speak TLS at all; last, SIGHUP against the
+//! binary (certificate rotation, and a plain server that ignores it), each step awaited on
+//! the server's log. Certificates are made by the tests with rcgen, in a directory of their
+//! own; no key is checked in.
 //!
 //! Linux only, like the rest of the tests that run; the TLS feature is on by default.
 #![cfg(all(feature = "tls", target_os = "linux"))]
@@ -63,6 +65,10 @@ impl Certificate {
             "--tls-key".into(),
             path(&self.key),
         ]
+    }
+
+    fn key_pem(&self) -> Vec<u8> {
+        std::fs::read(&self.key).unwrap()
     }
 
     fn identity(&self) -> Identity {
@@ -479,4 +485,162 @@ fn the_startup_line_says_tls_on_and_the_binary_serves_tls() {
     // as an error.
     c.read_to_string(&mut rest).expect("close_notify, then EOF");
     assert_eq!(rest, "");
+}
+
+/// A server binary's stderr, line by line, read on a thread of its own: a test waits for
+/// the log line that says something happened instead of sleeping.
+struct Log {
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Log {
+    fn of(server: &mut Binary) -> Log {
+        let stderr = server.child.stderr.take().expect("stderr piped");
+        let (send, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Log {
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next line that contains `text`; fails after IO_TIMEOUT, with what was logged.
+    fn next_with(&mut self, text: &str) -> String {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                panic!(
+                    "no log line with {text:?}; logged:\n{}",
+                    self.seen.join("\n")
+                );
+            };
+            self.seen.push(line);
+            let line = self.seen.last().unwrap();
+            if line.contains(text) {
+                return line.clone();
+            }
+        }
+    }
+
+    /// Every line, once the server has exited and closed its stderr.
+    fn all(mut self) -> Vec<String> {
+        self.seen.extend(self.lines.iter());
+        self.seen
+    }
+}
+
+/// A new connection trusting `trusted` only: the certificate the server showed it, after
+/// the greeting (a handshake with another certificate fails the test here).
+fn certificate_served(addr: SocketAddr, trusted: &Certificate) -> Vec<u8> {
+    let mut c = BufReader::new(tls_client(addr, trusted));
+    let mut greeting = String::new();
+    c.read_line(&mut greeting)
+        .unwrap_or_else(|e| panic!("not shown the certificate the client trusts: {e}"));
+    assert_eq!(greeting, "Welcome!\n");
+    let shown = c.get_ref().conn.peer_certificates().expect("a certificate");
+    shown[0].to_vec()
+}
+
+/// Stops a server binary with SIGTERM: its exit status and every line it logged.
+fn stopped(mut server: Binary, log: Log) -> (Option<i32>, Vec<String>) {
+    server.signal(libc::SIGTERM);
+    let status = server.child.wait().unwrap();
+    (status.code(), log.all())
+}
+
+/// SIGHUP with a bad file in place: one error line naming `file` and `problem`, and new
+/// connections still shown `served`.
+fn reload_refused(server: &Binary, log: &mut Log, served: &Certificate, file: &str, problem: &str) {
+    server.signal(libc::SIGHUP);
+    let refused = log.next_with("SIGHUP");
+    assert!(
+        refused.contains(" ERROR ") && refused.contains(file) && refused.contains(problem),
+        "{refused}"
+    );
+    for _ in 0..4 {
+        assert_eq!(certificate_served(server.tcp, served), served.der.to_vec());
+    }
+}
+
+#[test]
+fn sighup_rotates_the_certificate_for_new_connections_and_a_bad_file_keeps_the_old_one() {
+    let (a, b) = (Certificate::new(), Certificate::new());
+    let mut args = a.args();
+    // Two loops: the first reloads, and both must serve the new certificate.
+    args.extend(["--no-udp", "--threads", "2"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut server = Binary::start(REACTOR, &args);
+    let mut log = Log::of(&mut server);
+    let mut established = BufReader::new(tls_client(server.tcp, &a));
+    assert_eq!(line(&mut established), "Welcome!\n");
+
+    // B in A's files, as a renewal replaces them.
+    std::fs::copy(&b.cert, &a.cert).unwrap();
+    std::fs::copy(&b.key, &a.key).unwrap();
+    server.signal(libc::SIGHUP);
+    let reloaded = log.next_with("SIGHUP");
+    assert!(
+        reloaded.contains(" INFO ") && reloaded.contains(a.cert.to_str().unwrap()),
+        "{reloaded}"
+    );
+    // The kernel spreads connections over both loops; every one is shown B.
+    for _ in 0..6 {
+        assert_eq!(certificate_served(server.tcp, &b), b.der.to_vec());
+    }
+    // The connection made before it goes on in its session with A.
+    established.get_mut().write_all(b"still\n").unwrap();
+    assert_eq!(line(&mut established), "Hello, still!\n");
+
+    // Bad files: each is one error line naming the file and the problem, and B stays.
+    let (cert, key) = (a.cert.to_str().unwrap(), a.key.to_str().unwrap());
+    std::fs::write(&a.cert, "not a certificate\n").unwrap();
+    reload_refused(&server, &mut log, &b, cert, "no CERTIFICATE");
+    std::fs::copy(&b.cert, &a.cert).unwrap();
+    std::fs::write(&a.key, Certificate::new().key_pem()).unwrap();
+    reload_refused(&server, &mut log, &b, key, "not the key of the certificate");
+    std::fs::remove_file(&a.key).unwrap();
+    reload_refused(&server, &mut log, &b, key, "No such file");
+
+    let mut new = BufReader::new(tls_client(server.tcp, &b));
+    assert_eq!(line(&mut new), "Welcome!\n");
+    new.get_mut().write_all(b"new\n").unwrap();
+    assert_eq!(line(&mut new), "Hello, new!\n");
+    established.get_mut().write_all(b"old\n").unwrap();
+    assert_eq!(line(&mut established), "Hello, old!\n");
+    drop((new, established));
+
+    let (status, logged) = stopped(server, log);
+    assert_eq!(status, Some(0), "{}", logged.join("\n"));
+    // One line per SIGHUP, however many loops: the first reloads for all of them.
+    let sighup: Vec<&String> = logged.iter().filter(|l| l.contains("SIGHUP")).collect();
+    assert_eq!(sighup.len(), 4, "{sighup:#?}");
+}
+
+#[test]
+fn sighup_on_a_plain_server_is_logged_and_ignored() {
+    let mut server = Binary::start(REACTOR, &["--no-udp", "--threads", "2"]);
+    let mut log = Log::of(&mut server);
+    let mut before = common::Client::greeted(server.tcp);
+    server.signal(libc::SIGHUP);
+    let ignored = log.next_with("SIGHUP");
+    assert!(ignored.contains("ignored"), "{ignored}");
+    // Not a shutdown: the connection made before is served, and new ones are accepted.
+    before.send(b"x\n");
+    assert_eq!(before.line(), b"Hello, x!\n");
+    let mut after = common::Client::greeted(server.tcp);
+    after.send(b"y\n");
+    assert_eq!(after.line(), b"Hello, y!\n");
+    drop((before, after));
+    let (status, logged) = stopped(server, log);
+    assert_eq!(status, Some(0), "{}", logged.join("\n"));
+    let sighup = logged.iter().filter(|l| l.contains("SIGHUP")).count();
+    assert_eq!(sighup, 1, "{}", logged.join("\n"));
 }
