@@ -246,7 +246,7 @@ impl Read for TlsStream {
 
 impl Write for TlsStream {
     /// Plaintext in, as records rustls holds until the socket takes them. Records already
-    /// held go out first, to make room; when rustls holds [`SEND_LIMIT`] and the socket takes
+    /// held go out first, to make room; when rustls holds `SEND_LIMIT` and the socket takes
     /// none of it, this is WouldBlock, as a full socket would be.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.send()?;
