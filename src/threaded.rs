@@ -10,6 +10,11 @@
 //! Each thread blocks in `read`, `write` or `accept`. Blocking calls cannot be cancelled, so
 //! stopping works by making the kernel wake them: `shutdown(SHUT_RD)` on a socket makes a
 //! blocked read or accept return at once on Linux (see [`StopHandle`] and [`Server::run`]).
+//!
+//! With `--tls-cert` a connection thread reads and writes through a rustls session over its
+//! socket instead of the socket itself (a [`Channel`], `threaded/tls.rs`): the handshake
+//! before the greeting, within `--handshake-timeout` of the accept; `close_notify` before
+//! the lingering close. Everything between is the plain thread's code.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -28,6 +33,9 @@ use crate::proxy;
 use crate::running::Running;
 use crate::signals::ThreadSignals;
 use crate::stats::Stats;
+
+#[cfg(feature = "tls")]
+mod tls;
 
 /// Stack size of a connection thread. The default (2 MiB, or `RUST_MIN_STACK`) is address
 /// space reserved per connection; with 10,000 connections that is 20 GiB of mappings for
@@ -112,6 +120,9 @@ struct Totals {
     /// Connections that got a thread but were never greeted (no valid PROXY header, or
     /// refused for the address in it): not counted as served.
     not_greeted: AtomicU64,
+    /// `--tls-cert`: connections closed before their handshake was complete. Counted as
+    /// served too, as the reactor counts them.
+    tls_rejected: AtomicU64,
 }
 
 impl Totals {
@@ -194,10 +205,12 @@ impl Server {
     /// Binds the TCP listener (with `config.backlog`) and, unless disabled, the UDP socket,
     /// and registers the signal handlers if `config.handle_signals`.
     pub fn bind(config: ServerConfig) -> io::Result<Server> {
-        if config.tls_enabled() {
+        // As `cli.rs` says for the flags: a balancer's PROXY header would come before the
+        // ClientHello, which the TLS session would read as garbage.
+        if config.tls_enabled() && config.proxy_protocol {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
-                "--tls-cert: the threaded server does not serve TLS yet (the reactor does)",
+                "--proxy-protocol and --tls-cert cannot be used together yet",
             ));
         }
         let bound = net::bind(config.listen, config.udp, config.backlog, false)?;
@@ -325,7 +338,7 @@ impl Server {
         let stats = Stats {
             connections: connections - totals.not_greeted.load(Ordering::Relaxed),
             proxy_rejected: totals.proxy_rejected.load(Ordering::Relaxed),
-            tls_rejected: 0,
+            tls_rejected: totals.tls_rejected.load(Ordering::Relaxed),
             refused,
             refused_per_ip: totals.refused_per_ip.load(Ordering::Relaxed),
             messages: totals.messages.load(Ordering::Relaxed),
@@ -418,6 +431,10 @@ impl Server {
         };
         let thread_stream = Arc::clone(&stream);
         let proxied = self.config.proxy_protocol;
+        let tls = tls_config(&self.config);
+        // `--handshake-timeout` counts from here, as in the reactor: the thread may start a
+        // moment later.
+        let (accepted, handshake_timeout) = (Instant::now(), self.config.handshake_timeout);
         let spawned = thread::Builder::new()
             .name(format!("conn-{id}"))
             .stack_size(CONNECTION_STACK_SIZE)
@@ -426,7 +443,17 @@ impl Server {
                     shared: &shared,
                     id,
                 };
-                let mut connection = Connection::new(&thread_stream, &protocol);
+                let channel = match Channel::open(&thread_stream, tls) {
+                    Ok(channel) => channel,
+                    // rustls refused a config it accepted at startup: not this client's doing.
+                    Err(e) => {
+                        warn!("cannot serve {peer}: {e}");
+                        shared.totals.not_greeted.fetch_add(1, Ordering::Relaxed);
+                        counted.inspect(|&ip| shared.per_address.release(ip));
+                        return;
+                    }
+                };
+                let mut connection = Connection::new(&thread_stream, channel, &protocol);
                 let mut counted = counted;
                 let mut early = Vec::new();
                 if proxied {
@@ -441,9 +468,19 @@ impl Server {
                         }
                     }
                 }
-                if let Err(e) = connection.serve(settings, &shared.stopping, &early) {
+                if let Err(e) = connection.set_socket_options(settings) {
+                    debug!("{peer}: {e}");
+                } else if let Err(why) = connection.channel.handshake(accepted, handshake_timeout) {
+                    shared.totals.tls_rejected.fetch_add(1, Ordering::Relaxed);
+                    info!("{peer}: TLS handshake failed, closing: {why}");
+                } else if let Err(e) = connection.serve(settings, &shared.stopping, &early) {
                     debug!("{peer}: {e}");
                 }
+                // An EOF we caused at stop (shutdown(SHUT_RD)) is no truncation.
+                if connection.channel.truncated() && !shared.is_stopping() {
+                    info!("{peer}: TCP EOF without a TLS close_notify: a truncated session");
+                }
+                connection.channel.end_session();
                 let lingered = close_politely(&thread_stream, &mut connection.read_buffer);
                 shared.totals.add(
                     connection.session.messages(),
@@ -528,7 +565,11 @@ impl Drop for Registration<'_> {
 
 /// One TCP connection, served by its own thread with blocking calls.
 struct Connection<'a> {
-    stream: &'a TcpStream,
+    /// The socket, for its options and timeouts, and for the PROXY header (which comes
+    /// before anything else).
+    socket: &'a TcpStream,
+    /// What requests are read from and replies written to.
+    channel: Channel<'a>,
     protocol: &'a ProtocolConfig,
     session: Session,
     read_buffer: Vec<u8>,
@@ -539,9 +580,14 @@ struct Connection<'a> {
 }
 
 impl<'a> Connection<'a> {
-    fn new(stream: &'a TcpStream, protocol: &'a ProtocolConfig) -> Connection<'a> {
+    fn new(
+        socket: &'a TcpStream,
+        channel: Channel<'a>,
+        protocol: &'a ProtocolConfig,
+    ) -> Connection<'a> {
         Connection {
-            stream,
+            socket,
+            channel,
             protocol,
             session: Session::new(),
             read_buffer: vec![0; READ_BUFFER_SIZE],
@@ -574,7 +620,7 @@ impl<'a> Connection<'a> {
         if !shared.per_address.admit(client.ip()) {
             debug!("refused {client} (via {balancer}): at --max-connections-per-ip");
             net::refuse(
-                socket2::SockRef::from(self.stream),
+                socket2::SockRef::from(self.socket),
                 protocol::TOO_MANY_FROM_ADDRESS,
             );
             shared.totals.refused_per_ip.fetch_add(1, Ordering::Relaxed);
@@ -605,9 +651,9 @@ impl<'a> Connection<'a> {
             }
             let limit = (proxy::MAX_HEADER - input.len()).min(self.read_buffer.len());
             let read = self
-                .stream
+                .socket
                 .set_read_timeout(Some(left))
-                .and_then(|()| self.stream.read(&mut self.read_buffer[..limit]));
+                .and_then(|()| self.socket.read(&mut self.read_buffer[..limit]));
             match read {
                 Ok(0) => return Err("closed before its PROXY header was whole".into()),
                 Ok(n) => {
@@ -626,6 +672,21 @@ impl<'a> Connection<'a> {
         }
     }
 
+    /// TCP_NODELAY and the buffer sizes, before the first byte either way (a TLS
+    /// handshake's flights are writes too).
+    fn set_socket_options(&self, settings: SocketSettings) -> io::Result<()> {
+        // Each write is a whole batch of replies; Nagle's algorithm would only hold the next
+        // batch back until the previous one is acknowledged, which with delayed ACKs on the
+        // client costs up to 40 ms per pipelined round trip.
+        self.socket.set_nodelay(true)?;
+        net::set_buffer_sizes(
+            socket2::SockRef::from(self.socket),
+            settings.send_buffer,
+            settings.recv_buffer,
+        );
+        Ok(())
+    }
+
     /// Greets, answers `early` (what came behind a PROXY header), then answers until the
     /// protocol says close, the peer goes away or idles out, or the server stops. An error
     /// ends this connection only.
@@ -636,19 +697,10 @@ impl<'a> Connection<'a> {
         early: &[u8],
     ) -> io::Result<()> {
         let idle_timeout = settings.idle;
-        // Each write is a whole batch of replies; Nagle's algorithm would only hold the next
-        // batch back until the previous one is acknowledged, which with delayed ACKs on the
-        // client costs up to 40 ms per pipelined round trip.
-        self.stream.set_nodelay(true)?;
-        net::set_buffer_sizes(
-            socket2::SockRef::from(self.stream),
-            settings.send_buffer,
-            settings.recv_buffer,
-        );
         // The same timeout on writes: a client that stops reading makes no more progress
         // than one that stops sending, and must not hold a thread forever.
-        self.stream.set_read_timeout(idle_timeout)?;
-        self.stream.set_write_timeout(idle_timeout)?;
+        self.socket.set_read_timeout(idle_timeout)?;
+        self.socket.set_write_timeout(idle_timeout)?;
 
         self.protocol.greeting(&mut self.pending_output);
         // (With `--framing raw` every read is a message, so an empty one must not be.)
@@ -678,12 +730,12 @@ impl<'a> Connection<'a> {
                 _ => idle_timeout,
             };
             if wanted != read_timeout {
-                self.stream.set_read_timeout(wanted)?;
+                self.socket.set_read_timeout(wanted)?;
                 read_timeout = wanted;
             }
             let answered = self.session.messages();
             let limit = self.protocol.read_limit(self.read_buffer.len());
-            let flow = match self.stream.read(&mut self.read_buffer[..limit]) {
+            let flow = match self.channel.read(&mut self.read_buffer[..limit]) {
                 Ok(0) => {
                     // Our own shutdown(SHUT_RD) at server stop also reads as EOF. Then the
                     // client has not finished its last line, so it is owed no reply for it.
@@ -738,13 +790,114 @@ impl<'a> Connection<'a> {
         if self.pending_output.is_empty() {
             return Ok(());
         }
-        self.stream.write_all(&self.pending_output)?;
+        self.channel.write_all(&self.pending_output)?;
         self.bytes_out += self.pending_output.len() as u64;
         self.pending_output.clear();
         // One read of empty lines owes up to nine times its size in replies; do not keep
         // that peak allocated for the rest of a long-lived connection.
         self.pending_output.shrink_to(OUTPUT_KEEP_CAPACITY);
         Ok(())
+    }
+}
+
+/// What a connection thread reads requests from and writes replies to: the socket itself,
+/// or a TLS session over it. The steps only TLS has do nothing on a plain socket.
+// One per connection thread, on its stack: the bytes a plain connection leaves unused are
+// its own, and boxing the session would cost every TLS connection an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Channel<'a> {
+    Plain(&'a TcpStream),
+    /// `--tls-cert`.
+    #[cfg(feature = "tls")]
+    Tls(tls::TlsChannel<'a>),
+}
+
+/// What a connection thread needs to begin a TLS session: rustls's config, shared by every
+/// connection; `None` serves plain TCP.
+#[cfg(feature = "tls")]
+type TlsConfig = Option<Arc<rustls::ServerConfig>>;
+
+/// Built without the `tls` feature, every connection is plain TCP: always `None`.
+#[cfg(not(feature = "tls"))]
+type TlsConfig = Option<std::convert::Infallible>;
+
+#[cfg(feature = "tls")]
+fn tls_config(config: &ServerConfig) -> TlsConfig {
+    config.tls.as_ref().map(crate::tls::Identity::config)
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_config(_config: &ServerConfig) -> TlsConfig {
+    None
+}
+
+impl<'a> Channel<'a> {
+    /// A TLS session over `socket`, its handshake not begun, if the server has a
+    /// certificate; else the socket itself.
+    #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
+    fn open(socket: &'a TcpStream, tls: TlsConfig) -> io::Result<Channel<'a>> {
+        #[cfg(feature = "tls")]
+        if let Some(config) = tls {
+            return tls::TlsChannel::new(socket, config).map(Channel::Tls);
+        }
+        Ok(Channel::Plain(socket))
+    }
+
+    /// TLS: completes the handshake within `timeout` of `accepted`, or says why not (a
+    /// client that sent something else than a ClientHello has been sent an alert).
+    #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
+    fn handshake(&mut self, accepted: Instant, timeout: Duration) -> io::Result<()> {
+        match self {
+            Channel::Plain(_) => Ok(()),
+            #[cfg(feature = "tls")]
+            Channel::Tls(session) => session.handshake(accepted, timeout),
+        }
+    }
+
+    /// TLS: the session ended with a TCP EOF and no `close_notify` before it.
+    fn truncated(&self) -> bool {
+        match self {
+            Channel::Plain(_) => false,
+            #[cfg(feature = "tls")]
+            Channel::Tls(session) => session.truncated(),
+        }
+    }
+
+    /// TLS: sends `close_notify`, after the last reply and before the lingering close.
+    fn end_session(&mut self) {
+        match self {
+            Channel::Plain(_) => {}
+            #[cfg(feature = "tls")]
+            Channel::Tls(session) => session.end_session(),
+        }
+    }
+}
+
+impl Read for Channel<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Channel::Plain(socket) => socket.read(buf),
+            #[cfg(feature = "tls")]
+            Channel::Tls(session) => session.read(buf),
+        }
+    }
+}
+
+impl Write for Channel<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Channel::Plain(socket) => socket.write(buf),
+            #[cfg(feature = "tls")]
+            Channel::Tls(session) => session.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Channel::Plain(socket) => socket.flush(),
+            #[cfg(feature = "tls")]
+            Channel::Tls(session) => session.flush(),
+        }
     }
 }
 

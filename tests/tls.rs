@@ -9,78 +9,25 @@
 //! Linux only, like the rest of the tests that run; the TLS feature is on by default.
 #![cfg(all(feature = "tls", target_os = "linux"))]
 
-// This crate uses the line client, the server starter and the binary helper only.
+// This crate uses the line client, the server starter, the binary helper and the TLS
+// helpers only.
 #[allow(dead_code)]
 mod common;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::process::Command;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::tls::{
+    client_connection, line, raw, read_to_eof, run, tls_client, tls_client_over, tool, Certificate,
+};
 use common::{start, Binary, IO_TIMEOUT};
 use evloop::procfs;
-use evloop::tls::Identity;
 
 const REACTOR: &str = env!("CARGO_BIN_EXE_reactor");
 const THREADED: &str = env!("CARGO_BIN_EXE_threaded");
-
-/// A self-signed certificate for `localhost` and its key, as PEM files in a fresh directory.
-struct Certificate {
-    dir: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-    der: rustls::pki_types::CertificateDer<'static>,
-}
-
-impl Certificate {
-    fn new() -> Certificate {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "evloop-tls-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-        std::fs::write(&cert, made.cert.pem()).unwrap();
-        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
-        Certificate {
-            dir,
-            cert,
-            key,
-            der: made.cert.der().clone(),
-        }
-    }
-
-    fn args(&self) -> Vec<String> {
-        let path = |p: &Path| p.to_str().unwrap().to_string();
-        vec![
-            "--tls-cert".into(),
-            path(&self.cert),
-            "--tls-key".into(),
-            path(&self.key),
-        ]
-    }
-
-    fn key_pem(&self) -> Vec<u8> {
-        std::fs::read(&self.key).unwrap()
-    }
-
-    fn identity(&self) -> Identity {
-        Identity::load(&self.cert, &self.key).unwrap()
-    }
-}
-
-impl Drop for Certificate {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// A reactor serving TLS with `cert`, started through the library.
 fn tls_server(
@@ -92,47 +39,6 @@ fn tls_server(
         c.tls = Some(cert.identity());
         configure(c);
     })
-}
-
-/// The program, or a failure that says how to install it: never a skip.
-fn tool(program: &str, package: &str) -> &'static str {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "`{program}` is needed by this test: apt-get install -y {package}"
-    );
-    program.to_string().leak()
-}
-
-/// Runs `command` with `input` on its stdin (kept open) and returns what it printed on stdout
-/// and stderr once it exits; killed after IO_TIMEOUT, which only turns a hang into a failure.
-fn run(command: &mut Command, input: &[u8]) -> (bool, String) {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the client");
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input).unwrap();
-    let pid = child.id() as i32;
-    let (done, watchdog) = mpsc::channel::<()>();
-    let guard = std::thread::spawn(move || {
-        if watchdog.recv_timeout(IO_TIMEOUT).is_err() {
-            // SAFETY: kill only sends a signal, to our own child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    });
-    let output = child.wait_with_output().unwrap();
-    drop(stdin);
-    let _ = done.send(());
-    guard.join().unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).to_string()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
 }
 
 /// `openssl s_client` forced to one TLS version: greeted, answered, and on `exit` it is sent
@@ -195,54 +101,6 @@ fn socat_with_the_certificate_as_its_ca_is_served() {
     assert!(ok, "socat failed:\n{out}");
     assert_eq!(out, "Welcome!\nHello, carol!\n");
     server.shutdown().unwrap();
-}
-
-/// A raw TCP connection to a TLS server, with the test's generous timeout.
-fn raw(addr: SocketAddr) -> TcpStream {
-    let stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    stream
-}
-
-fn read_to_eof(stream: &mut TcpStream) -> Vec<u8> {
-    let mut all = Vec::new();
-    stream
-        .read_to_end(&mut all)
-        .expect("a clean EOF, not a reset");
-    all
-}
-
-/// A rustls client trusting `cert`, over a blocking socket.
-fn tls_client(
-    addr: SocketAddr,
-    cert: &Certificate,
-) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
-    tls_client_over(raw(addr), cert)
-}
-
-fn client_connection(cert: &Certificate) -> rustls::ClientConnection {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.der.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap()
-}
-
-fn tls_client_over(
-    socket: TcpStream,
-    cert: &Certificate,
-) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
-    rustls::StreamOwned::new(client_connection(cert), socket)
-}
-
-fn line(reader: &mut impl BufRead) -> String {
-    let mut line = String::new();
-    reader.read_line(&mut line).expect("read a line");
-    line
 }
 
 #[test]
@@ -458,12 +316,6 @@ fn bad_tls_flags_are_one_line_naming_the_file_and_exit_2() {
             "{mismatch}"
         );
     }
-    // Good files, but the threaded baseline does not serve TLS yet: it says so.
-    let threaded = refused(
-        THREADED,
-        &cert.args().iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    assert!(threaded.contains("does not serve TLS yet"), "{threaded}");
 }
 
 #[test]

@@ -24,15 +24,12 @@ fn main() {
     if config.metrics.is_some() {
         cli::fail("--metrics is served by the reactor only");
     }
+    let tls = config.tls_enabled();
     let server = threaded::Server::bind(config).unwrap_or_else(|e| cli::fail(e));
 
     let mut stdout = std::io::stdout().lock();
-    let printed = writeln!(
-        stdout,
-        "{}",
-        net::startup_line(server.tcp_addr(), server.udp_addr())
-    )
-    .and_then(|()| stdout.flush());
+    let line = net::with_tls(net::startup_line(server.tcp_addr(), server.udp_addr()), tls);
+    let printed = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
     if let Err(e) = printed {
         cli::fail(format!("cannot write the startup line: {e}"));
     }

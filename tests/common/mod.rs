@@ -255,6 +255,12 @@ impl Drop for Binary {
     }
 }
 
+// The TLS tests' certificates and clients (tests/tls.rs, tests/tls_threaded.rs); rcgen, which
+// makes the certificates, is a Linux-only dev-dependency.
+#[cfg(all(feature = "tls", target_os = "linux"))]
+#[allow(dead_code)]
+pub mod tls;
+
 // The two suites, each a macro that writes its tests into the crate that instantiates it
 // (exported at the crate root, whichever file defines them).
 mod binary_suite;
