@@ -104,6 +104,8 @@ pub struct LoadReport {
     /// loadgen's own CPU time over the load phase, seconds. Absent from older loadgen
     /// builds.
     pub client_cpu_s: Option<f64>,
+    /// `--tls`: TLS handshakes completed per second of the load phase; `None` without TLS.
+    pub tls_handshakes_per_sec: Option<f64>,
     /// Every `hostile_*` key (what the hostile clients met, `hostile_cpu_s`), by name;
     /// empty for a run without them.
     pub hostile: BTreeMap<String, f64>,
@@ -151,6 +153,7 @@ impl LoadReport {
             max_us: optional("max_us").unwrap_or(0.0),
             errors: required("errors")?,
             client_cpu_s: optional("client_cpu_s"),
+            tls_handshakes_per_sec: optional("tls_handshakes_per_sec"),
             hostile: fields
                 .iter()
                 .filter(|(key, _)| key.starts_with("hostile_"))
@@ -334,6 +337,7 @@ mod tests {
                 max_us: 400.0,
                 errors: 0.0,
                 client_cpu_s: Some(0.75),
+                tls_handshakes_per_sec: None,
                 hostile: BTreeMap::new(),
             }
         );

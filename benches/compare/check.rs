@@ -104,7 +104,7 @@ pub fn run() -> bool {
     let mut passed = true;
     for spec in &SERVERS {
         let log = logs.join(format!("{}-check.server.log", spec.name));
-        let server = match start_server(spec, &log, None) {
+        let server = match start_server(spec, &log, None, None) {
             Ok(server) => server,
             Err(e) => {
                 println!("check {}: FAILED to start: {e}", spec.name);

@@ -127,7 +127,8 @@ fn measure(
         settings.round_suffix(round)
     );
     let server_log = settings.logs().join(format!("{stem}.server.log"));
-    let mut server = start_server(spec, &server_log, settings.server_cpus())
+    let tls = settings.certificate.as_ref().filter(|_| workload.tls);
+    let mut server = start_server(spec, &server_log, settings.server_cpus(), tls)
         .map_err(|e| format!("server: {e}"))?;
     let pid = server.child.pid();
     let addr = if workload.udp {
@@ -248,8 +249,8 @@ fn measure_idle(
     let log = settings
         .logs()
         .join(format!("{}-idle.server.log", spec.name));
-    let mut server =
-        start_server(spec, &log, settings.server_cpus()).map_err(|e| format!("server: {e}"))?;
+    let mut server = start_server(spec, &log, settings.server_cpus(), None)
+        .map_err(|e| format!("server: {e}"))?;
     let pid = server.child.pid();
     thread::sleep(IDLE_SETTLE);
     let rss_before = from_proc(procfs::rss(pid), pid)?;

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 
 use evloop::measure::{format_cpu_list, parse_cpu_list};
 
+use crate::certificate::Certificate;
 use crate::processes::allowed_cpus;
 
-/// Seconds of load per row. 43 rows of 8 s, plus set-up and the idle test, take about six
+/// Seconds of load per row. 51 rows of 8 s, plus set-up and the idle test, take about seven
 /// minutes; shorter rows make the figures jumpier on a machine that is doing anything else.
 const DEFAULT_SECS: f64 = 8.0;
 
@@ -33,6 +34,9 @@ pub struct ServerSpec {
     /// Runs the attack rows too. `reactor-t2` does not: on this bench's one server core it
     /// would only repeat the reactor's rows with two loops taking turns.
     pub under_attack: bool,
+    /// Runs the TLS rows: the reactor and the baseline. `reactor-t2` does not, for the
+    /// reason above; the tokio server has no TLS.
+    pub tls: bool,
 }
 
 pub const SERVERS: [ServerSpec; 4] = [
@@ -41,24 +45,28 @@ pub const SERVERS: [ServerSpec; 4] = [
         program: Program::Reactor,
         extra_args: &[],
         under_attack: true,
+        tls: true,
     },
     ServerSpec {
         name: "threaded",
         program: Program::Threaded,
         extra_args: &[],
         under_attack: true,
+        tls: true,
     },
     ServerSpec {
         name: "reactor-t2",
         program: Program::Reactor,
         extra_args: &["--threads", "2"],
         under_attack: false,
+        tls: false,
     },
     ServerSpec {
         name: "tokio",
         program: Program::Tokio,
         extra_args: &[],
         under_attack: true,
+        tls: false,
     },
 ];
 
@@ -74,6 +82,11 @@ pub struct Workload {
     pub udp: bool,
     /// For the attack rows: the hostile clients beside the honest ones.
     pub attack: Option<Attack>,
+    /// Over TLS: the server started with the bench's certificate, loadgen with `--tls`.
+    pub tls: bool,
+    /// loadgen's `--requests-per-connection`: each client closes and connects again after
+    /// this many replies (over TLS, a handshake each); `None` keeps every connection.
+    pub requests_per_connection: Option<u64>,
 }
 
 /// What an attack row runs beside its honest clients.
@@ -86,15 +99,15 @@ pub struct Attack {
 }
 
 impl Workload {
-    /// The rows drawn in the charts: TCP, one request at a time.
+    /// The rows drawn in the charts: plain TCP, one request at a time.
     pub fn is_lockstep_tcp(&self) -> bool {
-        self.pipeline == 1 && !self.udp && self.attack.is_none()
+        self.pipeline == 1 && !self.udp && self.attack.is_none() && !self.tls
     }
 
     /// Whether `server` runs this workload: every server runs the plain ones, the attack
-    /// rows only those marked `under_attack`.
+    /// rows only those marked `under_attack`, the TLS rows only those marked `tls`.
     pub fn runs_on(&self, server: &ServerSpec) -> bool {
-        self.attack.is_none() || server.under_attack
+        (self.attack.is_none() || server.under_attack) && (!self.tls || server.tls)
     }
 }
 
@@ -105,6 +118,16 @@ const fn lockstep(name: &'static str, connections: usize) -> Workload {
         pipeline: 1,
         udp: false,
         attack: None,
+        tls: false,
+        requests_per_connection: None,
+    }
+}
+
+/// `connections` lockstep clients over TLS.
+const fn over_tls(name: &'static str, connections: usize) -> Workload {
+    Workload {
+        tls: true,
+        ..lockstep(name, connections)
     }
 }
 
@@ -126,25 +149,32 @@ pub const ATTACK_ROWS: &str = "attack";
 /// The label of the attack row with no attack.
 pub const NO_ATTACK: &str = "none";
 
-pub const WORKLOADS: [Workload; 12] = [
+/// The name in `EVLOOP_BENCH_WORKLOADS` that stands for every TLS row.
+pub const TLS_ROWS: &str = "tls";
+
+/// The TLS row of new connections: what a handshake costs.
+pub const TLS_HANDSHAKES: &str = "tls-handshakes";
+
+/// The TLS row the reactor's target is set at (CPU per message, against the baseline's).
+pub const TLS_TARGET_ROW: &str = "tls-1000";
+
+/// The most the reactor's CPU per message may be, as a share of the baseline's, at 1,000
+/// lockstep TLS connections.
+pub const TLS_CPU_TARGET: f64 = 0.7;
+
+pub const WORKLOADS: [Workload; 16] = [
     lockstep("tcp-1", 1),
     lockstep("tcp-10", 10),
     lockstep("tcp-100", 100),
     lockstep("tcp-1000", 1_000),
     lockstep("tcp-5000", 5_000),
     Workload {
-        name: "pipeline-100x16",
-        connections: 100,
         pipeline: 16,
-        udp: false,
-        attack: None,
+        ..lockstep("pipeline-100x16", 100)
     },
     Workload {
-        name: "udp-100",
-        connections: 100,
-        pipeline: 1,
         udp: true,
-        attack: None,
+        ..lockstep("udp-100", 100)
     },
     // The attack rows: the same honest load alone, then beside each attack in turn.
     under_attack("attack-none", NO_ATTACK, &[]),
@@ -160,6 +190,15 @@ pub const WORKLOADS: [Workload; 12] = [
         "UDP flood, 10 sockets",
         &["udp-flood:10"],
     ),
+    // The TLS rows: lockstep over TLS, then new connections, each a handshake, a greeting,
+    // one reply and `close_notify`, from 10 clients at a time.
+    over_tls("tls-1", 1),
+    over_tls("tls-100", 100),
+    over_tls(TLS_TARGET_ROW, 1_000),
+    Workload {
+        requests_per_connection: Some(1),
+        ..over_tls(TLS_HANDSHAKES, 10)
+    },
 ];
 
 /// What to run, from the environment.
@@ -173,6 +212,8 @@ pub struct Settings {
     pub servers: Vec<&'static ServerSpec>,
     pub workloads: Vec<&'static Workload>,
     pub out_dir: PathBuf,
+    /// The TLS rows' certificate, made at start when a TLS row is to run.
+    pub certificate: Option<Certificate>,
 }
 
 impl Settings {
@@ -210,6 +251,7 @@ impl Settings {
             servers,
             workloads,
             out_dir: out_dir(),
+            certificate: None,
         })
     }
 
@@ -265,18 +307,26 @@ fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
-/// `EVLOOP_BENCH_WORKLOADS`, where [`ATTACK_ROWS`] stands for every attack row.
+/// `EVLOOP_BENCH_WORKLOADS`, where [`ATTACK_ROWS`] stands for every attack row and
+/// [`TLS_ROWS`] for every TLS row.
 fn select_workloads() -> Result<Vec<&'static Workload>, String> {
     const VAR: &str = "EVLOOP_BENCH_WORKLOADS";
     let Some(list) = env_var(VAR) else {
         return Ok(WORKLOADS.iter().collect());
     };
-    let attack_rows = WORKLOADS.iter().filter(|w| w.attack.is_some());
+    let names_where = |keep: fn(&Workload) -> bool| {
+        WORKLOADS
+            .iter()
+            .filter(move |w| keep(w))
+            .map(|w| w.name)
+            .collect::<Vec<_>>()
+    };
     let names: Vec<&str> = list
         .split(',')
         .map(str::trim)
         .flat_map(|name| match name {
-            ATTACK_ROWS => attack_rows.clone().map(|w| w.name).collect(),
+            ATTACK_ROWS => names_where(|w| w.attack.is_some()),
+            TLS_ROWS => names_where(|w| w.tls),
             name => vec![name],
         })
         .collect();

@@ -11,6 +11,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::certificate::{Certificate, SERVER_NAME};
 use crate::plan::{Program, ServerSpec, Settings, Workload};
 
 /// The first argument that makes this binary the tokio server instead of the bench.
@@ -69,12 +70,13 @@ pub struct ServerProcess {
     pub udp: Option<SocketAddr>,
 }
 
-/// Starts `spec` on a free port, pinned to `cpus` if given, its stderr going to `log`, and
-/// waits for its startup line.
+/// Starts `spec` on a free port, pinned to `cpus` if given, serving TLS with `tls` if given,
+/// its stderr going to `log`, and waits for its startup line.
 pub fn start_server(
     spec: &ServerSpec,
     log: &Path,
     cpus: Option<&[usize]>,
+    tls: Option<&Certificate>,
 ) -> Result<ServerProcess, String> {
     let mut command = match spec.program {
         Program::Reactor => Command::new(env!("CARGO_BIN_EXE_reactor")),
@@ -93,6 +95,13 @@ pub fn start_server(
         }
     };
     command.args(spec.extra_args);
+    if let Some(tls) = tls {
+        command
+            .arg("--tls-cert")
+            .arg(&tls.cert)
+            .arg("--tls-key")
+            .arg(&tls.key);
+    }
     if let Some(cpus) = cpus {
         pin(&mut command, cpus);
     }
@@ -131,9 +140,12 @@ pub fn start_server(
     Ok(ServerProcess { child, tcp, udp })
 }
 
-/// `listening tcp=IP:PORT udp=IP:PORT` (or `udp=off`) into its addresses.
+/// `listening tcp=IP:PORT udp=IP:PORT` (or `udp=off`), with ` tls=on` after it when TCP is
+/// TLS, into its addresses.
 fn parse_startup_line(line: &str) -> Option<(SocketAddr, Option<SocketAddr>)> {
-    let rest = line.trim_end().strip_prefix("listening tcp=")?;
+    let line = line.trim_end();
+    let line = line.strip_suffix(" tls=on").unwrap_or(line);
+    let rest = line.strip_prefix("listening tcp=")?;
     let (tcp, udp) = rest.split_once(" udp=")?;
     let udp = match udp {
         "off" => None,
@@ -180,6 +192,12 @@ pub fn run_loadgen(
         .args(workload.udp.then_some("--udp"))
         .args(
             workload
+                .requests_per_connection
+                .iter()
+                .flat_map(|n| ["--requests-per-connection".to_string(), n.to_string()]),
+        )
+        .args(
+            workload
                 .attack
                 .iter()
                 .flat_map(|attack| attack.hostile)
@@ -189,6 +207,15 @@ pub fn run_loadgen(
         .stdout(file(&json)?)
         .stderr(file(&log)?)
         .env("RUST_LOG", quiet_logging());
+    if workload.tls {
+        let tls = settings
+            .certificate
+            .as_ref()
+            .ok_or("a TLS row without the bench's certificate")?;
+        loadgen
+            .args(["--tls", "--tls-server-name", SERVER_NAME, "--tls-ca"])
+            .arg(&tls.cert);
+    }
     if let Some(pinning) = &settings.pinning {
         // One engine per CPU loadgen has (one engine keeps about one server core busy), and
         // no more engines than connections. Hostile clients get as many engines of their

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use evloop::measure::{median, median_ratio, ratio};
 
 use crate::measuring::{IdleRow, Measured, Row};
-use crate::plan::{Workload, BASELINE};
+use crate::plan::{Workload, BASELINE, TLS_CPU_TARGET, TLS_HANDSHAKES, TLS_TARGET_ROW};
 
 /// A table that prints as aligned markdown and as CSV.
 pub struct Table {
@@ -232,7 +232,7 @@ pub fn results_table(summaries: &[Summary]) -> Table {
 /// them than fit the printed table (all of loadgen's percentiles, the wall time, the
 /// server's and loadgen's share of a core).
 pub fn results_csv(rows: &[Row]) -> Table {
-    const COLUMNS: [&str; 25] = [
+    const COLUMNS: [&str; 26] = [
         "server",
         "workload",
         "round",
@@ -258,6 +258,7 @@ pub fn results_csv(rows: &[Row]) -> Table {
         "client_cpu_s",
         "msgs_per_sec_vs_threaded",
         "cpu_per_msg_vs_threaded",
+        "tls_handshakes_per_sec",
     ];
     let mut table = Table::new(&COLUMNS.map(|c| (c, false)));
     let optional = |value: Option<f64>| value.map_or(String::new(), |v| format!("{v:.4}"));
@@ -269,7 +270,12 @@ pub fn results_csv(rows: &[Row]) -> Table {
             row.round.to_string(),
             w.connections.to_string(),
             w.pipeline.to_string(),
-            if w.udp { "udp" } else { "tcp" }.to_string(),
+            match (w.udp, w.tls) {
+                (true, _) => "udp",
+                (false, true) => "tls",
+                (false, false) => "tcp",
+            }
+            .to_string(),
             row.status(),
         ];
         match &row.outcome {
@@ -298,6 +304,7 @@ pub fn results_csv(rows: &[Row]) -> Table {
                         m.cpu_us_per_msg(),
                         base.and_then(Measured::cpu_us_per_msg),
                     )),
+                    optional(r.tls_handshakes_per_sec),
                 ]);
             }
             Err(_) => line.extend(std::iter::repeat_n(String::new(), COLUMNS.len() - 7)),
@@ -305,6 +312,45 @@ pub fn results_csv(rows: &[Row]) -> Table {
         table.rows.push(line);
     }
     table
+}
+
+/// Printed below the table when TLS rows ran: each server's new TLS connections per second
+/// (the `tls-handshakes` row: every request pays a handshake), and whether the reactor met
+/// its target at 1,000 lockstep TLS connections.
+pub fn tls_lines(summaries: &[Summary]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for s in summaries
+        .iter()
+        .filter(|s| s.workload.name == TLS_HANDSHAKES)
+    {
+        if let Some(rate) = s.median(|m| m.report.tls_handshakes_per_sec) {
+            lines.push(format!(
+                "{}: {} new TLS connections per second from {} clients, {} µs of server CPU each \
+                 (handshake, greeting, one reply, close_notify)",
+                s.server,
+                thousands(rate),
+                s.workload.connections,
+                s.median(Measured::cpu_us_per_msg)
+                    .map_or("-".into(), |us| format!("{us:.0}"))
+            ));
+        }
+    }
+    let target = summaries
+        .iter()
+        .find(|s| s.server == "reactor" && s.workload.name == TLS_TARGET_ROW);
+    if let Some(reactor) = target {
+        lines.push(match reactor.median_ratio(Measured::cpu_us_per_msg) {
+            Some(r) => format!(
+                "reactor CPU per message at 1,000 lockstep TLS connections: {r:.2} times threaded's \
+                 (target: at most {TLS_CPU_TARGET}): {}",
+                if r <= TLS_CPU_TARGET { "met" } else { "not met" }
+            ),
+            None => "reactor CPU per message at 1,000 lockstep TLS connections: not measured \
+                     (its row or threaded's failed)"
+                .into(),
+        });
+    }
+    lines
 }
 
 pub fn idle_table(rows: &[IdleRow]) -> Table {
