@@ -12,7 +12,7 @@
 //! blocked read or accept return at once on Linux (see [`StopHandle`] and [`Server::run`]).
 //!
 //! With `--tls-cert` a connection thread reads and writes through a rustls session over its
-//! socket instead of the socket itself (a [`Channel`], `threaded/tls.rs`): the handshake
+//! socket instead of the socket itself (a `Channel`, `threaded/tls.rs`): the handshake
 //! before the greeting, within `--handshake-timeout` of the accept; `close_notify` before
 //! the lingering close. Everything between is the plain thread's code.
 
