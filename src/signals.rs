@@ -133,16 +133,19 @@ impl ThreadSignals {
             signals: signal_hook::iterator::Signals::new([
                 signal_hook::consts::SIGINT,
                 signal_hook::consts::SIGTERM,
+                signal_hook::consts::SIGHUP,
             ])?,
         })
     }
 
     /// Calls `on_request(n, name)` for the n-th stop request (1, 2, ...) and the name of
     /// what sent it, on a thread of its own; the exit status a shell would report for a
-    /// process it ended is `128 + code`, given as the third argument.
+    /// process it ended is `128 + code`, given as the third argument. SIGHUP (Unix) calls
+    /// `on_reload` instead, and is not a stop.
     pub fn watch(
         self,
         mut on_request: impl FnMut(usize, &str, i32) + Send + 'static,
+        mut on_reload: impl FnMut() + Send + 'static,
     ) -> io::Result<Watch> {
         #[cfg(unix)]
         {
@@ -151,13 +154,18 @@ impl ThreadSignals {
             let thread = std::thread::Builder::new()
                 .name("signals".into())
                 .spawn(move || {
-                    for (seen, signal) in signals.forever().enumerate() {
-                        let name = if signal == signal_hook::consts::SIGINT {
-                            "SIGINT"
-                        } else {
-                            "SIGTERM"
+                    let mut seen = 0;
+                    for signal in signals.forever() {
+                        let name = match signal {
+                            signal_hook::consts::SIGHUP => {
+                                on_reload();
+                                continue;
+                            }
+                            signal_hook::consts::SIGINT => "SIGINT",
+                            _ => "SIGTERM",
                         };
-                        on_request(seen + 1, name, signal);
+                        seen += 1;
+                        on_request(seen, name, signal);
                     }
                 })?;
             Ok(Watch {
@@ -167,7 +175,7 @@ impl ThreadSignals {
         }
         #[cfg(not(unix))]
         {
-            let _ = self;
+            let _ = (self, &mut on_reload);
             let mut seen = 0;
             // Ctrl-C is SIGINT's number where there are signal numbers: a shell reports 130.
             ctrlc::set_handler(move || {

@@ -285,7 +285,11 @@ impl Server {
             }
         }
         let signal_watch = match self.signals.take() {
-            Some(signals) => Some(watch_signals(signals, self.stop_handle())?),
+            Some(signals) => Some(watch_signals(
+                signals,
+                self.stop_handle(),
+                self.config.clone(),
+            )?),
             None => None,
         };
         let udp_thread = match self.udp.take() {
@@ -981,17 +985,36 @@ fn serve_udp(socket: &UdpSocket, mode: &protocol::Mode, shared: &Shared) {
 
 /// Turns the first stop request (SIGINT/SIGTERM, or Ctrl-C on Windows) into a graceful
 /// stop and a second one into an immediate exit.
-fn watch_signals(signals: ThreadSignals, stop: StopHandle) -> io::Result<crate::signals::Watch> {
-    signals.watch(move |seen, name, code| {
-        if seen == 1 {
-            info!("{name}: stopping; a second one exits at once");
-            crate::systemd::notify_stopping();
-            stop.stop();
-        } else {
-            warn!("{name} again: exiting without waiting for connections");
-            std::process::exit(128 + code);
-        }
-    })
+fn watch_signals(
+    signals: ThreadSignals,
+    stop: StopHandle,
+    config: ServerConfig,
+) -> io::Result<crate::signals::Watch> {
+    signals.watch(
+        move |seen, name, code| {
+            if seen == 1 {
+                info!("{name}: stopping; a second one exits at once");
+                crate::systemd::notify_stopping();
+                stop.stop();
+            } else {
+                warn!("{name} again: exiting without waiting for connections");
+                std::process::exit(128 + code);
+            }
+        },
+        // The certificate is shared with every accept (see `crate::tls::Identity`), so a
+        // reload here reaches the next connection's thread.
+        move || reload_on_sighup(&config),
+    )
+}
+
+/// SIGHUP: the TLS certificate and key read again for new connections, as in the reactor.
+fn reload_on_sighup(config: &ServerConfig) {
+    #[cfg(feature = "tls")]
+    if let Some(identity) = &config.tls {
+        return identity.reload_on_sighup();
+    }
+    let _ = config;
+    info!("SIGHUP ignored: plain TCP has no certificate to reload");
 }
 
 /// An address the wake-up datagram can be sent to: a socket bound to the unspecified

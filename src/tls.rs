@@ -368,12 +368,20 @@ impl Transport for TlsStream {
     }
 
     fn reload(identity: &Identity) {
-        match identity.reload() {
+        identity.reload_on_sighup();
+    }
+}
+
+impl Identity {
+    /// SIGHUP, in either server: [`reload`](Identity::reload), and one log line saying
+    /// what came of it.
+    pub fn reload_on_sighup(&self) {
+        match self.reload() {
             Ok(()) => log::info!(
                 "SIGHUP: new connections get the certificate in {} (key {}); established ones \
                  keep theirs",
-                identity.cert.display(),
-                identity.key.display()
+                self.cert.display(),
+                self.key.display()
             ),
             Err(e) => log::error!(
                 "SIGHUP: certificate not reloaded: {e}; new connections still get the \

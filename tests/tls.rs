@@ -424,12 +424,25 @@ fn reload_refused(server: &Binary, log: &mut Log, served: &Certificate, file: &s
 
 #[test]
 fn sighup_rotates_the_certificate_for_new_connections_and_a_bad_file_keeps_the_old_one() {
+    // Two loops: the first reloads, and both must serve the new certificate.
+    sighup_rotation(REACTOR, &["--threads", "2"]);
+}
+
+#[test]
+fn threaded_sighup_rotates_the_certificate_too() {
+    sighup_rotation(THREADED, &[]);
+}
+
+/// Certificate A, a client held open on it, then B in A's files and SIGHUP: new
+/// connections are shown B and the held one goes on; then three bad files, each refused in
+/// one error line with B still served.
+fn sighup_rotation(exe: &str, extra: &[&str]) {
     let (a, b) = (Certificate::new(), Certificate::new());
     let mut args = a.args();
-    // Two loops: the first reloads, and both must serve the new certificate.
-    args.extend(["--no-udp", "--threads", "2"].map(String::from));
+    args.push("--no-udp".into());
+    args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut server = Binary::start(REACTOR, &args);
+    let mut server = Binary::start(exe, &args);
     let mut log = Log::of(&mut server);
     let mut established = BufReader::new(tls_client(server.tcp, &a));
     assert_eq!(line(&mut established), "Welcome!\n");
@@ -443,7 +456,7 @@ fn sighup_rotates_the_certificate_for_new_connections_and_a_bad_file_keeps_the_o
         reloaded.contains(" INFO ") && reloaded.contains(a.cert.to_str().unwrap()),
         "{reloaded}"
     );
-    // The kernel spreads connections over both loops; every one is shown B.
+    // With two loops the kernel spreads connections over both; every one is shown B.
     for _ in 0..6 {
         assert_eq!(certificate_served(server.tcp, &b), b.der.to_vec());
     }
@@ -474,6 +487,21 @@ fn sighup_rotates_the_certificate_for_new_connections_and_a_bad_file_keeps_the_o
     // One line per SIGHUP, however many loops: the first reloads for all of them.
     let sighup: Vec<&String> = logged.iter().filter(|l| l.contains("SIGHUP")).collect();
     assert_eq!(sighup.len(), 4, "{sighup:#?}");
+}
+
+#[test]
+fn threaded_sighup_on_a_plain_server_is_logged_and_ignored() {
+    let mut server = Binary::start(THREADED, &["--no-udp"]);
+    let mut log = Log::of(&mut server);
+    let mut before = common::Client::greeted(server.tcp);
+    server.signal(libc::SIGHUP);
+    let ignored = log.next_with("SIGHUP");
+    assert!(ignored.contains("ignored"), "{ignored}");
+    before.send(b"x\n");
+    assert_eq!(before.line(), b"Hello, x!\n");
+    drop(before);
+    let (status, _) = stopped(server, log);
+    assert_eq!(status, Some(0));
 }
 
 #[test]

@@ -7,8 +7,12 @@ use evloop::{cli, net, threaded};
 
 /// The baseline for `cargo bench`: blocking std::net I/O with one OS thread per TCP
 /// connection and one for UDP, speaking the same protocol as `reactor`.
+///
+/// SIGINT/SIGTERM stop accepting, deliver the replies owed and exit 0; a second signal
+/// exits at once. SIGHUP (Unix) reads the TLS certificate and key again for new
+/// connections. Logs go to stderr (RUST_LOG=debug for more).
 #[derive(Parser)]
-#[command(version)]
+#[command(version, about, long_about)]
 struct Cli {
     #[command(flatten)]
     server: cli::ServerArgs,
