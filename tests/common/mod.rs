@@ -260,8 +260,12 @@ impl Drop for Binary {
 #[cfg(all(feature = "tls", target_os = "linux"))]
 #[allow(dead_code)]
 pub mod tls;
+// The TLS suite, written once for both servers (tests/tls.rs, tests/tls_threaded.rs).
+#[cfg(all(feature = "tls", target_os = "linux"))]
+mod tls_suite;
 
-// The two suites, each a macro that writes its tests into the crate that instantiates it
-// (exported at the crate root, whichever file defines them).
+// The two suites every server passes (and the TLS one above), each a macro that writes its
+// tests into the crate that instantiates it (exported at the crate root, whichever file
+// defines them).
 mod binary_suite;
 mod protocol_suite;
