@@ -19,13 +19,15 @@
 //! server-wide [`MemoryBudget`](crate::budget::MemoryBudget): each connection takes on no more
 //! than its equal share of it.
 //!
+//! Its files: `state.rs`, the transition table; `stream.rs`, what it reads and writes
+//! through; `output.rs`, its unsent output; `preamble.rs`, what comes before the greeting
+//! (a PROXY header, a TLS handshake); this one, everything else a connection does.
+//!
 //! Error policy, the same for every call: `WouldBlock` means stop and wait for the next
 //! event; `Interrupted` is retried in the loop; `Ok(0)` from a read is EOF, answered only
 //! after what is already buffered; any other error closes this connection and no other.
 
-use std::fmt;
-use std::io::{self, Read, Write};
-use std::net::Shutdown;
+use std::io::{self, Write};
 use std::time::Instant;
 
 use mio::Interest;
@@ -33,8 +35,13 @@ use mio::Interest;
 use crate::config::ServerConfig;
 use crate::net::LINGER_TIMEOUT;
 use crate::protocol::{Flow, Session, LINE_TIMEOUT};
-use crate::proxy::{self, Parsed};
+use crate::proxy;
 use crate::stats::Stats;
+
+use output::Output;
+pub use preamble::HeaderRead;
+pub use state::{State, Trigger};
+pub use stream::Stream;
 
 /// Once this many bytes of output are unsent the connection stops answering and reading, so
 /// a client that sends but never reads cannot make the server buffer without bound (it
@@ -61,162 +68,6 @@ pub const READ_BUDGET: usize = 256 * 1024;
 /// smaller.
 pub const REPLY_BUDGET: usize = 16 * 1024;
 
-/// Where a connection is in its life. Every transition is in [`State::on`]; what each state
-/// asks of the poll is in [`Connection::interest`], what its deadline is and what happens
-/// then in [`Connection::deadline`] and [`Connection::on_deadline`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum State {
-    /// `--proxy-protocol`: waiting for the PROXY header, which must come whole within
-    /// [`proxy::HEADER_TIMEOUT`] of the accept. Nothing is written and no line is read
-    /// until it has; the loop decides, from the address in it, whether to greet.
-    ProxyHeader,
-    /// `--tls-cert`: the TLS handshake is under way, and must be complete within
-    /// `--handshake-timeout` of the accept. Nothing is greeted or read as a line until it
-    /// is; the stream moves the handshake's bytes ([`Stream::handshake`]).
-    Handshaking,
-    /// The greeting is not fully written yet (it almost always is at once: a new socket's
-    /// send buffer is empty). Input waits in the socket until the client has been greeted.
-    Greeting,
-    /// Serving: input is read and answered. Replies the socket did not take at once wait in
-    /// the output buffer, and WRITABLE is asked for while any do.
-    Reading,
-    /// Backpressure: unsent output passed [`OUTPUT_HIGH_WATER`], so the client is not
-    /// reading its replies. Nothing more is read until the output drains below
-    /// [`OUTPUT_LOW_WATER`]; a client that takes nothing for the idle timeout is cut off.
-    Replying,
-    /// Input is over (`exit`, a line too long, the peer's EOF, an idle timeout, server
-    /// shutdown): writing what is owed, then closing. `peer_eof` remembers whether the peer
-    /// already half-closed, in which case there is nothing to linger for.
-    Closing {
-        /// The peer half-closed already.
-        peer_eof: bool,
-    },
-    /// Everything owed is written and our write side is shut down. Input is read and
-    /// discarded until the peer's EOF, for at most [`LINGER_TIMEOUT`], because closing a
-    /// socket with unread input makes the kernel send a reset that can destroy replies
-    /// still in flight.
-    Lingering,
-    /// Finished. The loop drops it in the sweep after the event batch, so a late event for
-    /// this slot cannot reach a new connection that reuses it.
-    Closed,
-}
-
-/// What moves a connection from one state to another; the input of [`State::on`]. The
-/// first three are the output buffer's level after a write: the one write path
-/// (`Connection::write`) reports it, so no state copies what the buffer already knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Trigger {
-    /// A whole, valid PROXY header has arrived and the loop admitted its client.
-    HeaderReceived,
-    /// The TLS handshake is complete.
-    HandshakeDone,
-    /// Everything owed has been written, and no input is held unanswered.
-    Flushed,
-    /// Unsent output is above [`OUTPUT_HIGH_WATER`].
-    AboveHighWater,
-    /// Unsent output is below [`OUTPUT_LOW_WATER`] (but not empty, or input is still held).
-    BelowLowWater,
-    /// No more input will be answered: `exit`, a line too long, idle timeout, shutdown.
-    InputEnded,
-    /// The peer half-closed (a read returned 0).
-    PeerEof,
-    /// Stop waiting: a deadline passed with nothing moving, the server cannot wait any
-    /// longer (shutdown grace over), or the peer sent no valid PROXY header.
-    GiveUp,
-    /// An I/O error (reset, broken pipe): nothing more can be delivered.
-    Failed,
-}
-
-impl State {
-    /// The state machine: the state a connection moves to when `trigger` happens in
-    /// `self`. Pairs not listed change nothing: the output level only matters where a
-    /// state waits for it.
-    pub fn on(self, trigger: Trigger) -> State {
-        use State::*;
-        use Trigger::*;
-        match (self, trigger) {
-            (Closed, _) | (_, Failed | GiveUp) => Closed,
-            // Nobody was greeted, so nothing is owed.
-            (ProxyHeader, InputEnded | PeerEof) => Closed,
-            (ProxyHeader, HeaderReceived) => Greeting,
-            (Handshaking, HandshakeDone) => Greeting,
-            // A failed handshake (its alert is owed) or shutdown: what is owed is written,
-            // then the close is the usual one.
-            (Handshaking, InputEnded) => Closing { peer_eof: false },
-            (Greeting, Flushed) => Reading,
-            (Reading, AboveHighWater) => Replying,
-            (Replying, BelowLowWater | Flushed) => Reading,
-            (Greeting | Reading | Replying, InputEnded) => Closing { peer_eof: false },
-            (Greeting | Reading | Replying, PeerEof) => Closing { peer_eof: true },
-            (Closing { .. }, PeerEof) => Closing { peer_eof: true },
-            (Closing { peer_eof: true }, Flushed) => Closed,
-            (Closing { peer_eof: false }, Flushed) => Lingering,
-            (Lingering, PeerEof) => Closed,
-            (state, _) => state,
-        }
-    }
-}
-
-/// A byte stream the connection can drive: a non-blocking socket in the reactor, a TLS
-/// session over one ([`TlsStream`](crate::tls::TlsStream)), an in-memory fake in tests.
-///
-/// Everything past `shutdown_write` is what a session layer adds to a socket. The defaults
-/// are a socket's, which has none: they do nothing and compile away, so plain TCP runs the
-/// same instructions as if they were not there.
-pub trait Stream: Read + Write {
-    /// Shuts down the write side: the peer reads EOF after the bytes already sent.
-    fn shutdown_write(&self) -> io::Result<()>;
-
-    /// A read shorter than asked for means nothing more is waiting, where the platform
-    /// promises it ([`SHORT_READ_DRAINS`](crate::net::SHORT_READ_DRAINS)).
-    const SHORT_READ_DRAINS: bool = true;
-
-    /// A handshake must complete before the greeting.
-    fn handshaking(&self) -> bool {
-        false
-    }
-
-    /// Moves the handshake on as far as the socket allows: `true` once it is complete.
-    fn handshake(&mut self) -> io::Result<bool> {
-        Ok(true)
-    }
-
-    /// Logs, with the peer's address, why its handshake ended the connection.
-    fn log_handshake_failure(&self, _why: &dyn fmt::Display) {}
-
-    /// Bytes written to the stream that it holds, not yet in the socket (TLS records).
-    /// They are output the connection owes, under the same bound as its own.
-    fn unsent(&self) -> usize {
-        0
-    }
-
-    /// Bytes the stream took from the socket that have not been read out of it yet
-    /// (decrypted plaintext). No socket event will announce them.
-    fn unread(&self) -> usize {
-        0
-    }
-
-    /// Writes what the stream holds, as far as the socket takes it; returns how much went.
-    fn send_unsent(&mut self) -> io::Result<usize> {
-        Ok(0)
-    }
-
-    /// Queues the end of the session (TLS `close_notify`) behind everything written.
-    fn end_session(&mut self) {}
-
-    /// Reads bytes to be dropped unread (lingering): for TLS, from the socket, since the
-    /// session is over.
-    fn discard(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.read(buf)
-    }
-}
-
-impl Stream for mio::net::TcpStream {
-    fn shutdown_write(&self) -> io::Result<()> {
-        self.shutdown(Shutdown::Write)
-    }
-}
-
 /// What the loop lends to whichever connection it is serving: one set of buffers per loop,
 /// so an idle connection owns no buffer at all, plus the settings and the time of this turn.
 pub struct Context<'a> {
@@ -237,20 +88,6 @@ pub struct Context<'a> {
     pub greeting: &'a [u8],
 }
 
-/// What reading a PROXY header came to ([`Connection::read_proxy_header`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HeaderRead {
-    /// Not all of it yet: wait for the next event (or the header's deadline).
-    Waiting,
-    /// A whole header, with the client's address (`None`: the header carries none, so the
-    /// socket's peer stands). Bytes that came behind it are kept for after the greeting.
-    /// The loop now calls [`Connection::greet`], or refuses the client.
-    Received(Option<std::net::SocketAddr>),
-    /// No valid header (the reason says why), or the peer closed first: the connection
-    /// is closed, without a greeting.
-    Rejected(String),
-}
-
 /// What the loop must do after a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[must_use = "a connection that says ReadAgain gets no socket event to come back for it"]
@@ -261,56 +98,6 @@ pub enum Progress {
     /// reading resumed after the greeting or after backpressure): call
     /// [`Connection::on_readable`] again on the next loop turn.
     ReadAgain,
-}
-
-/// Bytes the socket has not taken yet, in order. Empty, with no allocation, whenever the
-/// socket keeps up: replies are written straight from the loop's buffer and only the
-/// leftover of a partial write is copied here.
-#[derive(Default)]
-struct Output {
-    bytes: Vec<u8>,
-    /// How much of `bytes` is already written.
-    sent: usize,
-}
-
-impl Output {
-    fn unsent(&self) -> &[u8] {
-        &self.bytes[self.sent..]
-    }
-
-    fn is_empty(&self) -> bool {
-        self.sent == self.bytes.len()
-    }
-
-    /// How many bytes are unsent (as `unsent().len()`, without slicing).
-    fn len(&self) -> usize {
-        self.bytes.len() - self.sent
-    }
-
-    /// Appends behind what is unsent. The written part is dropped first and the buffer
-    /// grows by exactly what is needed, so its capacity, which the memory budget counts,
-    /// stays close to what is really owed. This runs only for a client that is not keeping
-    /// up, never on the per-message path.
-    fn push(&mut self, bytes: &[u8]) {
-        if self.sent > 0 {
-            self.bytes.drain(..self.sent);
-            self.sent = 0;
-        }
-        self.bytes.reserve_exact(bytes.len());
-        self.bytes.extend_from_slice(bytes);
-    }
-
-    fn consume(&mut self, written: usize) {
-        self.sent += written;
-        if self.is_empty() {
-            self.clear();
-        }
-    }
-
-    /// Gives the memory back: an idle connection should own no buffer.
-    fn clear(&mut self) {
-        *self = Output::default();
-    }
 }
 
 /// One TCP connection.
@@ -531,90 +318,6 @@ impl<S: Stream> Connection<S> {
             // here is spurious, or an error the next write will report. A PROXY header is
             // read by `read_proxy_header`, since the loop has a decision to make after it.
             State::ProxyHeader | State::Greeting | State::Replying | State::Closed => {
-                Progress::Wait
-            }
-        }
-    }
-
-    /// `--proxy-protocol`: reads until the PROXY header is whole, the socket would block,
-    /// or the header is found invalid. The header is gathered in `held` (bounded by
-    /// [`proxy::MAX_HEADER`]); what follows it stays there, answered after the greeting.
-    pub fn read_proxy_header(&mut self, ctx: &mut Context<'_>) -> HeaderRead {
-        while self.state == State::ProxyHeader {
-            let limit = proxy::MAX_HEADER
-                .saturating_sub(self.held.len())
-                .clamp(1, ctx.read_buf.len());
-            match self.stream.read(&mut ctx.read_buf[..limit]) {
-                Ok(0) => {
-                    ctx.stats.proxy_rejected += 1;
-                    self.transition(Trigger::PeerEof, ctx.now);
-                    return HeaderRead::Rejected("closed before its PROXY header was whole".into());
-                }
-                Ok(n) => {
-                    ctx.stats.bytes_in += n as u64;
-                    self.held.extend_from_slice(&ctx.read_buf[..n]);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    let why = format!("read failed: {e}");
-                    self.fail("read", e);
-                    return HeaderRead::Rejected(why);
-                }
-            }
-            match proxy::parse(&self.held) {
-                Parsed::Incomplete => continue,
-                Parsed::Header { len, source } => {
-                    self.held.drain(..len);
-                    if self.held.is_empty() {
-                        self.held = Vec::new();
-                    }
-                    return HeaderRead::Received(source);
-                }
-                Parsed::Invalid(why) => {
-                    ctx.stats.proxy_rejected += 1;
-                    self.transition(Trigger::GiveUp, ctx.now);
-                    return HeaderRead::Rejected(why);
-                }
-            }
-        }
-        HeaderRead::Waiting
-    }
-
-    /// After a PROXY header the loop admitted: greets. What came behind the header, and
-    /// anything more the socket holds, is answered on the next turn, as a new connection's
-    /// input would be: no edge will announce bytes that already arrived.
-    pub fn greet(&mut self, ctx: &mut Context<'_>) -> Progress {
-        self.greet_after(Trigger::HeaderReceived, ctx)
-    }
-
-    fn greet_after(&mut self, trigger: Trigger, ctx: &mut Context<'_>) -> Progress {
-        self.transition(trigger, ctx.now);
-        self.write(ctx.greeting, ctx.stats, ctx.now);
-        match self.state {
-            State::Reading => Progress::ReadAgain,
-            _ => Progress::Wait,
-        }
-    }
-
-    /// TLS: moves the handshake on; once it is complete, greets. Plaintext that came in
-    /// the handshake's last flight is inside the stream already, and no socket edge will
-    /// announce it, so the caller comes back to read. A client that is not speaking TLS is
-    /// sent an alert and closed as after `exit`; one that closes midway is closed.
-    fn handshake(&mut self, ctx: &mut Context<'_>) -> Progress {
-        match self.stream.handshake() {
-            Ok(false) => Progress::Wait,
-            Ok(true) => self.greet_after(Trigger::HandshakeDone, ctx),
-            Err(e) => {
-                ctx.stats.tls_rejected += 1;
-                self.stream.log_handshake_failure(&e);
-                if e.kind() == io::ErrorKind::InvalidData {
-                    // The alert is sent or queued: deliver it, then close without a reset.
-                    self.transition(Trigger::InputEnded, ctx.now);
-                    self.write(&[], ctx.stats, ctx.now);
-                } else {
-                    self.transition(Trigger::Failed, ctx.now);
-                }
                 Progress::Wait
             }
         }
@@ -959,5 +662,9 @@ fn write_some(stream: &mut impl Write, bytes: &[u8]) -> io::Result<usize> {
     Ok(written)
 }
 
+mod output;
+mod preamble;
+mod state;
+mod stream;
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,7 @@
 
 use super::*;
 use std::collections::VecDeque;
+use std::io::Read;
 use std::time::Duration;
 
 /// An in-memory socket: reads come from a script, writes go into `written` up to
