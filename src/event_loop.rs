@@ -14,9 +14,13 @@
 //! not at all if some source still has work), dispatch each event, resume sources that
 //! stopped before WouldBlock, act on the deadlines that passed, then drop connections that
 //! closed.
+//!
+//! Its files: this one, the turn and what it dispatches to; `event_loop/slot.rs`, what the
+//! loop keeps beside each connection; `event_loop/stopping.rs`, signals, the hand-over and
+//! shutdown; `event_loop/tests.rs`.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,16 +31,18 @@ use slab::Slab;
 
 use crate::budget::MemoryBudget;
 use crate::config::ServerConfig;
-use crate::connection::{Connection, Context, HeaderRead, Progress, State};
+use crate::connection::{Connection, HeaderRead, State};
 use crate::metrics::{LoopMetrics, OpenConnections, MAX_METRICS_CLIENTS};
 use crate::net::{self, ConnectionsPerAddress, ACCEPT_BACKOFF, SHORT_READ_DRAINS};
 use crate::protocol::{SERVER_BUSY, TOO_MANY_FROM_ADDRESS};
 use crate::restart::{Handover, Restart};
 use crate::signals::LoopSignals;
 use crate::stats::Stats;
-use crate::timers::{Timer, Timers};
+use crate::timers::Timers;
 use crate::transport::Transport;
 use crate::udp::UdpEndpoint;
+
+use slot::{Ready, Scratch, Slot};
 
 // Fixed tokens for the loop's own sources. Connections take theirs from the slab, which
 // hands out small keys from 0 upward, so these values at the top can never collide.
@@ -74,121 +80,6 @@ const READY_PER_TURN: usize = 256;
 
 /// Connections accepted per listener event before other sources get a turn.
 const ACCEPT_BUDGET: usize = 256;
-
-/// A source that stopped before WouldBlock and must be resumed without waiting for an edge.
-#[derive(Clone, Copy, Debug)]
-enum Ready {
-    Listener,
-    Udp,
-    Connection(Token, u64),
-}
-
-/// A connection and what the loop keeps about it.
-struct Slot<S> {
-    conn: Connection<S>,
-    /// Serial number, unique for the life of the loop (slab keys are not).
-    serial: u64,
-    /// The client's address, counted in `per_address` until the connection closes. `None`
-    /// while a PROXY header is awaited: the balancer's address is nobody's to count.
-    peer: Option<IpAddr>,
-    /// The interest the socket is registered with.
-    registered: Interest,
-    /// The time of this connection's live entry in the timers, if any. Entries with another
-    /// time are stale: the deadline moved since they were scheduled.
-    scheduled: Option<Instant>,
-    /// On the ready list already: a connection is queued there at most once, however many
-    /// events said it has more to do.
-    queued: bool,
-    /// What this connection's buffers held when last counted in the memory budget.
-    accounted: usize,
-    /// The connection's [`earlier_deadlines`](Connection::earlier_deadlines) count when
-    /// `scheduled` was last checked against its deadline.
-    scheduled_at_change: u8,
-}
-
-impl<S: Transport> Slot<S> {
-    /// Puts the connection on the ready list, unless it is there already.
-    fn mark_ready(&mut self, token: Token, ready: &mut Vec<Ready>) {
-        if !self.queued {
-            self.queued = true;
-            ready.push(Ready::Connection(token, self.serial));
-        }
-    }
-
-    /// Remembers what the connection asked for after a call: nothing, or another turn.
-    fn follow(&mut self, progress: Progress, token: Token, ready: &mut Vec<Ready>) {
-        if progress == Progress::ReadAgain {
-            self.mark_ready(token, ready);
-        }
-    }
-
-    /// Brings the memory budget up to date with what this connection holds. Free for a
-    /// connection that keeps up: it holds nothing before and after.
-    #[inline]
-    fn account(&mut self, budget: &MemoryBudget) {
-        let holds = self.conn.holds();
-        if holds != self.accounted {
-            budget.change(self.accounted, holds);
-            self.accounted = holds;
-        }
-    }
-
-    /// Makes sure `timers` holds an entry no later than this connection's deadline. Called
-    /// after every event, so it must be cheap: the deadline is asked for only when nothing
-    /// is scheduled or the connection says it may have moved earlier (a change of state, a
-    /// line starting). When it moved later (every message moves the idle deadline), the
-    /// entry already scheduled fires early, finds nothing due, and is scheduled again for
-    /// the new time.
-    #[inline]
-    fn schedule(&mut self, key: usize, timers: &mut Timers, config: &ServerConfig) {
-        let change = self.conn.earlier_deadlines();
-        if self.scheduled.is_some() && change == self.scheduled_at_change {
-            return;
-        }
-        self.scheduled_at_change = change;
-        let Some(deadline) = self.conn.deadline(config) else {
-            return;
-        };
-        if self.scheduled.is_none_or(|at| deadline < at) {
-            self.scheduled = Some(deadline);
-            timers.schedule(Timer {
-                at: deadline,
-                key,
-                serial: self.serial,
-            });
-        }
-    }
-}
-
-/// What the loop lends to whichever connection it is serving, so that an idle connection
-/// owns no buffer at all; and the loop's counts, which every connection adds to.
-struct Scratch {
-    read_buf: Vec<u8>,
-    replies: Vec<u8>,
-    stats: Stats,
-}
-
-impl Scratch {
-    /// The context one connection is served with. A method of this part of the loop only,
-    /// so that it can be borrowed beside the slot being served in `connections`.
-    fn context<'a>(
-        &'a mut self,
-        config: &'a ServerConfig,
-        greeting: &'a [u8],
-        now: Instant,
-        share: usize,
-    ) -> Context<'a> {
-        Context {
-            read_buf: &mut self.read_buf,
-            replies: &mut self.replies,
-            config,
-            stats: &mut self.stats,
-            now,
-            share,
-            greeting,
-        }
-    }
-}
 
 /// One single-threaded loop with its own poll, slab, listener and UDP socket, serving its
 /// TCP connections over `S`: the socket itself, or TLS. A server runs one kind or the
@@ -844,121 +735,6 @@ impl<S: Transport> EventLoop<S> {
         self.accept_paused_until = None;
         self.listener_ready();
     }
-
-    fn on_signals(&mut self) {
-        let Some(signals) = &mut self.signals else {
-            return;
-        };
-        let requests = signals.take();
-        if requests.child {
-            self.check_successor();
-        }
-        if requests.restart {
-            self.restart();
-        }
-        if requests.reload {
-            // Two small files read and checked on the loop's own thread: a short pause for
-            // this loop's connections, once per SIGHUP, never per connection.
-            S::reload(&self.acceptor);
-        }
-        for _ in 0..requests.stops {
-            self.signals_seen += 1;
-            if self.signals_seen == 1 {
-                log::info!("signal received: shutting down gracefully");
-                self.begin_shutdown();
-            } else {
-                log::warn!("second signal: closing every connection now");
-                self.shutdown_deadline = Some(self.now);
-                self.close_all_now();
-            }
-        }
-    }
-
-    /// SIGUSR2: starts a successor on the listening sockets, if this loop still has them.
-    fn restart(&mut self) {
-        let udp = self.udp.as_mut().map(|udp| &*udp.socket());
-        self.handover.request(
-            self.config.threads,
-            self.listener.as_ref(),
-            udp,
-            self.poll.registry(),
-            SUCCESSOR,
-            self.now,
-        );
-    }
-
-    /// The successor may be ready, or gone: once it is ready, drain.
-    fn check_successor(&mut self) {
-        let Some(successor) = self.handover.check(self.poll.registry(), self.now) else {
-            return;
-        };
-        let drain = self.handover.drain_timeout();
-        self.drain_deadline = Some(self.now + drain);
-        self.stop_accepting();
-        log::info!(
-            "handed over to pid {successor}; serving {} connections until they close, for at most {drain:?}",
-            self.connections.len()
-        );
-    }
-
-    /// Deregisters and closes the listener and the UDP socket (and the metrics listener,
-    /// whose address a successor binds for itself). Deregistering comes first
-    /// and is not optional here: epoll forgets a socket only when every descriptor of it is
-    /// closed, and after a restart's hand-over the successor holds the same sockets, so
-    /// closing ours alone would leave them in our epoll set, still reporting events.
-    fn stop_accepting(&mut self) {
-        if let Some(mut listener) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut listener);
-        }
-        if let Some(mut udp) = self.udp.take() {
-            udp.on_writable(&mut self.scratch.stats);
-            let _ = self.poll.registry().deregister(udp.socket());
-        }
-        if let Some(metrics) = &mut self.metrics {
-            metrics.stop_listening(self.poll.registry());
-        }
-    }
-
-    /// Stops accepting, stops reading, delivers what is owed, then closes; the loop ends
-    /// when every connection is gone or the grace period is over.
-    fn begin_shutdown(&mut self) {
-        if self.shutdown_deadline.is_some() {
-            return;
-        }
-        self.shutdown_deadline = Some(self.now + self.config.shutdown_grace);
-        // A process that handed over is not the service any more: its stop is not the
-        // service's, so systemd is not told.
-        if self.config.handle_signals && self.drain_deadline.is_none() {
-            // Running as the process's server (the binary): tell systemd, if it asked.
-            crate::systemd::notify_stopping();
-        }
-        self.handover.abandon(self.poll.registry());
-        self.stop_accepting();
-        log::info!(
-            "shutdown: no longer accepting; {} connections to finish within {:?}",
-            self.connections.len(),
-            self.config.shutdown_grace
-        );
-        let tokens: Vec<Token> = self.connections.iter().map(|(k, _)| Token(k)).collect();
-        for token in tokens {
-            let slot = &mut self.connections[token.0];
-            let mut ctx = self
-                .scratch
-                .context(&self.config, &self.greeting, self.now, self.share);
-            let progress = slot.conn.shut_down(&mut ctx);
-            slot.follow(progress, token, &mut self.ready);
-            self.after_io(token);
-        }
-        self.sweep_closed();
-    }
-
-    fn close_all_now(&mut self) {
-        for (key, slot) in self.connections.iter_mut() {
-            slot.conn.close_now(self.now);
-            self.closed.push(Token(key));
-        }
-        self.sweep_closed();
-    }
 }
 
 /// What a scrape needs of the open connections that the loop's `Stats` does not hold yet.
@@ -974,52 +750,7 @@ fn count_open<S: Transport>(connections: &Slab<Slot<S>>) -> OpenConnections {
     open
 }
 
+mod slot;
+mod stopping;
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    fn event_loop() -> (EventLoop, SocketAddr) {
-        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
-        let bound = net::bind(any, None, 16, false).unwrap();
-        let addr = bound.tcp.local_addr().unwrap();
-        let event_loop = EventLoop::new(
-            bound,
-            Arc::new(ServerConfig::ephemeral()),
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicUsize::new(0)),
-            Arc::new(ConnectionsPerAddress::new(0)),
-            Arc::new(MemoryBudget::new(usize::MAX)),
-            None,
-            (),
-        )
-        .unwrap();
-        (event_loop, addr)
-    }
-
-    #[test]
-    fn a_late_entry_for_a_closed_connection_never_reaches_the_one_that_reused_its_key() {
-        let (mut lp, addr) = event_loop();
-        let _first = std::net::TcpStream::connect(addr).unwrap();
-        lp.accept();
-        let old_serial = lp.connections[0].serial;
-        lp.connections[0].conn.close_now(lp.now);
-        lp.closed.push(Token(0));
-        lp.sweep_closed();
-
-        // The next client gets the same slab key, with input already waiting.
-        let mut second = std::net::TcpStream::connect(addr).unwrap();
-        second.write_all(b"hi\n").unwrap();
-        lp.accept();
-        assert_eq!(lp.connections[0].serial, old_serial + 1, "key 0 reused");
-
-        // An entry left on the ready list by the closed connection is skipped...
-        lp.ready.push(Ready::Connection(Token(0), old_serial));
-        lp.resume_ready();
-        assert_eq!(lp.scratch.stats.bytes_in, 0, "the stale entry read nothing");
-        // ...while one for the connection that holds the key now is served.
-        lp.ready.push(Ready::Connection(Token(0), old_serial + 1));
-        lp.resume_ready();
-        assert_eq!(lp.scratch.stats.bytes_in, 3);
-    }
-}
+mod tests;
