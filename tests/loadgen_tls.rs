@@ -1,100 +1,20 @@
 //! `loadgen --tls` against a TLS server nobody here wrote, socat terminating TLS
-//! (`OPENSSL-LISTEN`) in front of the plain reactor, and against the reactor's own TLS;
-//! with a certificate authority and a server certificate made by `openssl` for the test.
+//! (`OPENSSL-LISTEN`) in front of the plain reactor, and against the reactor's own TLS,
+//! with the certificate the other TLS tests make (rcgen, for `localhost`).
 #![cfg(all(target_os = "linux", feature = "tls"))]
 
+// This crate uses the TLS helpers only: a certificate made by rcgen, and the check that a
+// program is installed.
+#[allow(dead_code)]
+mod common;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::tls::{tool, Certificate};
 use evloop::loadgen::{self, ClientTls, Options};
-
-fn need(program: &str) {
-    if Command::new(program)
-        .arg("-V")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_err()
-    {
-        panic!("this test needs {program}: `apt-get install {program}` (Debian's package)");
-    }
-}
-
-/// A throwaway CA and a certificate for 127.0.0.1 it signed, in a directory of this test's.
-fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(out.status.success(), "openssl {args:?}: {out:?}");
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    run(&[
-        &["req", "-x509"][..],
-        &ec,
-        &[
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=evloop test CA",
-        ],
-    ]
-    .concat());
-    run(&[
-        &["req"][..],
-        &ec,
-        &[
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    ]
-    .concat());
-    std::fs::write(
-        dir.join("ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "1",
-        "-extfile",
-        "ext",
-    ]);
-    (
-        dir.join("ca.pem"),
-        dir.join("server.pem"),
-        dir.join("server.key"),
-    )
-}
 
 /// socat, killed on drop.
 struct Terminator(Child);
@@ -120,7 +40,7 @@ fn terminate_tls(cert: &Path, key: &Path, backend: SocketAddr) -> (Terminator, S
         cert.display(),
         key.display()
     );
-    let child = Command::new("socat")
+    let child = Command::new(tool("socat", "socat"))
         .args([&listen, &format!("TCP:{backend}")])
         .stderr(Stdio::null())
         .spawn()
@@ -135,13 +55,9 @@ fn terminate_tls(cert: &Path, key: &Path, backend: SocketAddr) -> (Terminator, S
 
 #[test]
 fn loadgen_speaks_tls_to_a_server_it_did_not_write() {
-    need("openssl");
-    need("socat");
-    let dir = std::env::temp_dir().join(format!("evloop-loadgen-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (ca, cert, key) = certificates(&dir);
+    let cert = Certificate::new();
     let server = evloop::reactor::spawn(evloop::ServerConfig::ephemeral()).unwrap();
-    let (_socat, tls_addr) = terminate_tls(&cert, &key, server.tcp);
+    let (_socat, tls_addr) = terminate_tls(&cert.cert, &cert.key, server.tcp);
 
     let options = |tls: ClientTls| Options {
         addr: tls_addr,
@@ -153,7 +69,10 @@ fn loadgen_speaks_tls_to_a_server_it_did_not_write() {
         ..Options::default()
     };
     // Verified against the CA: every reply checked, as over plain TCP.
-    let verified = loadgen::run(&options(ClientTls::new(Some(&ca), "127.0.0.1").unwrap())).unwrap();
+    let verified = loadgen::run(&options(
+        ClientTls::new(Some(&cert.cert), "localhost").unwrap(),
+    ))
+    .unwrap();
     assert_eq!(verified.errors(), 0, "{verified}");
     assert_eq!(verified.messages, 400);
     assert_eq!(verified.tls_verified, Some(true));
@@ -162,7 +81,7 @@ fn loadgen_speaks_tls_to_a_server_it_did_not_write() {
     // A new connection every 2 requests: a handshake each, counted.
     let churning = loadgen::run(&Options {
         requests_per_connection: Some(2),
-        ..options(ClientTls::new(Some(&ca), "127.0.0.1").unwrap())
+        ..options(ClientTls::new(Some(&cert.cert), "localhost").unwrap())
     })
     .unwrap();
     assert_eq!(churning.errors(), 0, "{churning}");
@@ -170,39 +89,34 @@ fn loadgen_speaks_tls_to_a_server_it_did_not_write() {
     assert!(churning.to_json().contains("\"tls_verified\":1"));
 
     // --tls-insecure connects to the same server, and says it did not verify.
-    let insecure = loadgen::run(&options(ClientTls::new(None, "127.0.0.1").unwrap())).unwrap();
+    let insecure = loadgen::run(&options(ClientTls::new(None, "localhost").unwrap())).unwrap();
     assert_eq!(insecure.errors(), 0, "{insecure}");
     assert!(insecure
         .to_string()
         .contains("NOT verified (--tls-insecure)"));
 
     // The certificate does not name this server: every connection fails, none is served.
-    let wrong_name =
-        loadgen::run(&options(ClientTls::new(Some(&ca), "example.com").unwrap())).unwrap();
+    let wrong_name = loadgen::run(&options(
+        ClientTls::new(Some(&cert.cert), "example.com").unwrap(),
+    ))
+    .unwrap();
     assert_eq!(wrong_name.connected, 0, "{wrong_name}");
     assert_eq!(wrong_name.connection_errors, 4, "{wrong_name}");
 
     // A file without certificates is a one-line error naming it.
-    let err = ClientTls::new(Some(&key), "127.0.0.1").unwrap_err();
-    assert!(
-        err.contains("--tls-ca") && err.contains("server.key"),
-        "{err}"
-    );
+    let err = ClientTls::new(Some(&cert.key), "localhost").unwrap_err();
+    assert!(err.contains("--tls-ca") && err.contains("key.pem"), "{err}");
 
     server.shutdown().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn loadgen_over_tls_against_the_reactors_own_tls() {
-    need("openssl");
-    let dir = std::env::temp_dir().join(format!("evloop-loadgen-tls-own-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (ca, cert, key) = certificates(&dir);
+    let cert = Certificate::new();
     let mut config = evloop::ServerConfig::ephemeral();
-    config.tls = Some(evloop::tls::Identity::load(&cert, &key).unwrap());
+    config.tls = Some(cert.identity());
     let server = evloop::reactor::spawn(config).unwrap();
-    let tls = || Some(ClientTls::new(Some(&ca), "127.0.0.1").unwrap());
+    let tls = || Some(ClientTls::new(Some(&cert.cert), "localhost").unwrap());
     let lockstep = loadgen::run(&Options {
         addr: server.tcp,
         connections: 20,
@@ -234,5 +148,4 @@ fn loadgen_over_tls_against_the_reactors_own_tls() {
     // opened its next connection leaves it mid-handshake: at most one per client.
     assert!(stats.tls_rejected <= 4, "{stats:?}");
     assert_eq!(stats.messages, 4_200);
-    let _ = std::fs::remove_dir_all(&dir);
 }
