@@ -1,0 +1,120 @@
+//! What a connection thread reads requests from and writes replies to: its socket, or with
+//! `--tls-cert` a rustls session over it (`tls.rs`).
+//!
+//! This module owns the choice between the two and the dispatch to either, so the
+//! connection thread (`connection.rs`) has one code path for both; the steps only TLS has
+//! (the handshake, truncation, `close_notify`) do nothing on a plain socket. It must not
+//! frame lines, log or decide what an error means, and it must not drive the TLS session
+//! itself: that is `tls.rs`.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+#[cfg(feature = "tls")]
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::ServerConfig;
+
+#[cfg(feature = "tls")]
+use super::tls;
+
+/// What a connection thread reads requests from and writes replies to: the socket itself,
+/// or a TLS session over it. The steps only TLS has do nothing on a plain socket.
+// One per connection thread, on its stack: the bytes a plain connection leaves unused are
+// its own, and boxing the session would cost every TLS connection an allocation.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Channel<'a> {
+    Plain(&'a TcpStream),
+    /// `--tls-cert`.
+    #[cfg(feature = "tls")]
+    Tls(tls::TlsChannel<'a>),
+}
+
+/// What a connection thread needs to begin a TLS session: rustls's config, shared by every
+/// connection; `None` serves plain TCP.
+#[cfg(feature = "tls")]
+pub(super) type TlsConfig = Option<Arc<rustls::ServerConfig>>;
+
+/// Built without the `tls` feature, every connection is plain TCP: always `None`.
+#[cfg(not(feature = "tls"))]
+pub(super) type TlsConfig = Option<std::convert::Infallible>;
+
+#[cfg(feature = "tls")]
+pub(super) fn tls_config(config: &ServerConfig) -> TlsConfig {
+    config.tls.as_ref().map(crate::tls::Identity::config)
+}
+
+#[cfg(not(feature = "tls"))]
+pub(super) fn tls_config(_config: &ServerConfig) -> TlsConfig {
+    None
+}
+
+impl<'a> Channel<'a> {
+    /// A TLS session over `socket`, its handshake not begun, if the server has a
+    /// certificate; else the socket itself.
+    #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
+    pub(super) fn open(socket: &'a TcpStream, tls: TlsConfig) -> io::Result<Channel<'a>> {
+        #[cfg(feature = "tls")]
+        if let Some(config) = tls {
+            return tls::TlsChannel::new(socket, config).map(Channel::Tls);
+        }
+        Ok(Channel::Plain(socket))
+    }
+
+    /// TLS: completes the handshake within `timeout` of `accepted`, or says why not (a
+    /// client that sent something else than a ClientHello has been sent an alert).
+    #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
+    pub(super) fn handshake(&mut self, accepted: Instant, timeout: Duration) -> io::Result<()> {
+        match self {
+            Channel::Plain(_) => Ok(()),
+            #[cfg(feature = "tls")]
+            Channel::Tls(session) => session.handshake(accepted, timeout),
+        }
+    }
+
+    /// TLS: the session ended with a TCP EOF and no `close_notify` before it.
+    pub(super) fn truncated(&self) -> bool {
+        match self {
+            Channel::Plain(_) => false,
+            #[cfg(feature = "tls")]
+            Channel::Tls(session) => session.truncated(),
+        }
+    }
+
+    /// TLS: sends `close_notify`, after the last reply and before the lingering close.
+    pub(super) fn end_session(&mut self) {
+        match self {
+            Channel::Plain(_) => {}
+            #[cfg(feature = "tls")]
+            Channel::Tls(session) => session.end_session(),
+        }
+    }
+}
+
+impl Read for Channel<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Channel::Plain(socket) => socket.read(buf),
+            #[cfg(feature = "tls")]
+            Channel::Tls(session) => session.read(buf),
+        }
+    }
+}
+
+impl Write for Channel<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Channel::Plain(socket) => socket.write(buf),
+            #[cfg(feature = "tls")]
+            Channel::Tls(session) => session.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Channel::Plain(socket) => socket.flush(),
+            #[cfg(feature = "tls")]
+            Channel::Tls(session) => session.flush(),
+        }
+    }
+}

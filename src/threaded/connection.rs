@@ -1,0 +1,385 @@
+//! One TCP connection of the threaded baseline, served start to end by its own thread with
+//! blocking calls.
+//!
+//! This module owns a connection's life once the accept loop has admitted it: the PROXY
+//! header and the admission under `--max-connections-per-ip` of the client it names, the
+//! socket options, the TLS handshake, the greeting, the read-answer-write loop with the idle
+//! and line timeouts (the socket's read timeout), and the lingering close
+//! ([`close_politely`]); then it adds what the connection did to the server's totals. It
+//! must not frame, parse or build replies itself (that is `protocol.rs`), nor accept,
+//! register or refuse connections at `--max-connections` (that is `threaded.rs`, whose
+//! registry wakes this thread at stop by shutting its socket down). It reads and writes
+//! through a [`Channel`], never knowing whether TLS is underneath beyond the steps
+//! `Channel` offers.
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+
+use super::channel::{Channel, TlsConfig};
+use super::Shared;
+use crate::net::{self, LINGER_TIMEOUT};
+use crate::protocol::{self, Flow, ProtocolConfig, Session};
+use crate::proxy;
+
+/// Bytes one `read` may return. 16 KiB takes a burst of pipelined requests in one system
+/// call while keeping a connection's memory at a fraction of its stack reservation.
+const READ_BUFFER_SIZE: usize = 16 * 1024;
+
+/// Capacity the reply buffer keeps between reads: a full read of ordinary requests fits,
+/// and an outsized burst is given back to the allocator once it has been written.
+const OUTPUT_KEEP_CAPACITY: usize = 2 * READ_BUFFER_SIZE;
+
+/// What the accept loop hands a connection's thread: who the client is and how to serve it.
+pub(super) struct Start {
+    pub(super) peer: SocketAddr,
+    /// The address counted under `--max-connections-per-ip` at accept; `None` behind a
+    /// balancer, where the address to count is in the PROXY header.
+    pub(super) counted: Option<IpAddr>,
+    /// `--proxy-protocol`: a PROXY header comes before anything else.
+    pub(super) proxied: bool,
+    pub(super) protocol: ProtocolConfig,
+    pub(super) settings: SocketSettings,
+    pub(super) tls: TlsConfig,
+    /// When the connection was accepted, which `--handshake-timeout` counts from.
+    pub(super) accepted: Instant,
+    pub(super) handshake_timeout: Duration,
+}
+
+/// What a connection thread sets on its socket: the timeouts it enforces with the read
+/// timeout, and the buffer sizes.
+#[derive(Clone, Copy)]
+pub(super) struct SocketSettings {
+    pub(super) idle: Option<Duration>,
+    pub(super) line: Option<Duration>,
+    pub(super) send_buffer: Option<usize>,
+    pub(super) recv_buffer: Option<usize>,
+}
+
+/// The body of a connection's thread: serves the connection from its first byte to its
+/// lingering close, and adds what it did to the server's totals. Every way it ends is
+/// logged here; none of them ends any other connection.
+pub(super) fn serve_thread(shared: &Shared, socket: &TcpStream, start: Start) {
+    let Start {
+        peer,
+        counted,
+        proxied,
+        protocol,
+        settings,
+        tls,
+        accepted,
+        handshake_timeout,
+    } = start;
+    let channel = match Channel::open(socket, tls) {
+        Ok(channel) => channel,
+        // rustls refused a config it accepted at startup: not this client's doing.
+        Err(e) => {
+            warn!("cannot serve {peer}: {e}");
+            shared.totals.not_greeted.fetch_add(1, Ordering::Relaxed);
+            counted.inspect(|&ip| shared.per_address.release(ip));
+            return;
+        }
+    };
+    let mut connection = Connection::new(socket, channel, &protocol);
+    let mut counted = counted;
+    let mut early = Vec::new();
+    if proxied {
+        match connection.admit_proxied(peer, shared, &mut early) {
+            Some(ip) => counted = Some(ip),
+            None => {
+                shared.totals.not_greeted.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .totals
+                    .add(0, connection.bytes_in, connection.bytes_out);
+                return;
+            }
+        }
+    }
+    if let Err(e) = connection.set_socket_options(settings) {
+        debug!("{peer}: {e}");
+    } else if let Err(why) = connection.channel.handshake(accepted, handshake_timeout) {
+        shared.totals.tls_rejected.fetch_add(1, Ordering::Relaxed);
+        info!("{peer}: TLS handshake failed, closing: {why}");
+    } else if let Err(e) = connection.serve(settings, &shared.stopping, &early) {
+        debug!("{peer}: {e}");
+    }
+    // An EOF we caused at stop (shutdown(SHUT_RD)) is no truncation.
+    if connection.channel.truncated() && !shared.is_stopping() {
+        info!("{peer}: TCP EOF without a TLS close_notify: a truncated session");
+    }
+    connection.channel.end_session();
+    let lingered = close_politely(socket, &mut connection.read_buffer);
+    shared.totals.add(
+        connection.session.messages(),
+        connection.bytes_in + lingered,
+        connection.bytes_out,
+    );
+    counted.inspect(|&ip| shared.per_address.release(ip));
+    debug!("{peer}: closed");
+}
+
+/// One TCP connection, served by its own thread with blocking calls.
+struct Connection<'a> {
+    /// The socket, for its options and timeouts, and for the PROXY header (which comes
+    /// before anything else).
+    socket: &'a TcpStream,
+    /// What requests are read from and replies written to.
+    channel: Channel<'a>,
+    protocol: &'a ProtocolConfig,
+    session: Session,
+    read_buffer: Vec<u8>,
+    /// Replies produced by the last read, written before the next one.
+    pending_output: Vec<u8>,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl<'a> Connection<'a> {
+    fn new(
+        socket: &'a TcpStream,
+        channel: Channel<'a>,
+        protocol: &'a ProtocolConfig,
+    ) -> Connection<'a> {
+        Connection {
+            socket,
+            channel,
+            protocol,
+            session: Session::new(),
+            read_buffer: vec![0; READ_BUFFER_SIZE],
+            pending_output: Vec::new(),
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+
+    /// `--proxy-protocol`: reads the PROXY header (within [`proxy::HEADER_TIMEOUT`] of
+    /// now), then admits the client it names under `--max-connections-per-ip`. Returns the
+    /// address counted, or `None` when the connection is to close ungreeted (logged).
+    /// Bytes that came behind the header go to `early`, to be answered after the greeting.
+    fn admit_proxied(
+        &mut self,
+        balancer: SocketAddr,
+        shared: &Shared,
+        early: &mut Vec<u8>,
+    ) -> Option<std::net::IpAddr> {
+        let source = match self.read_proxy_header(early) {
+            Ok(source) => source,
+            Err(why) => {
+                shared.totals.proxy_rejected.fetch_add(1, Ordering::Relaxed);
+                info!("{balancer}: closed without a greeting: {why}");
+                return None;
+            }
+        };
+        // No address in the header (LOCAL, a health check): the balancer stands.
+        let client = source.unwrap_or(balancer);
+        if !shared.per_address.admit(client.ip()) {
+            debug!("refused {client} (via {balancer}): at --max-connections-per-ip");
+            net::refuse(
+                socket2::SockRef::from(self.socket),
+                protocol::TOO_MANY_FROM_ADDRESS,
+            );
+            shared.totals.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        debug!("{client}: connected (PROXY header from {balancer})");
+        Some(client.ip())
+    }
+
+    /// Reads until `input` begins with a whole PROXY header; leaves in it what followed.
+    fn read_proxy_header(&mut self, input: &mut Vec<u8>) -> Result<Option<SocketAddr>, String> {
+        let deadline = Instant::now() + proxy::HEADER_TIMEOUT;
+        loop {
+            match proxy::parse(input) {
+                proxy::Parsed::Header { len, source } => {
+                    input.drain(..len);
+                    return Ok(source);
+                }
+                proxy::Parsed::Invalid(why) => return Err(why),
+                proxy::Parsed::Incomplete => {}
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "no whole PROXY header within {:?}",
+                    proxy::HEADER_TIMEOUT
+                ));
+            }
+            let limit = (proxy::MAX_HEADER - input.len()).min(self.read_buffer.len());
+            let read = self
+                .socket
+                .set_read_timeout(Some(left))
+                .and_then(|()| self.socket.read(&mut self.read_buffer[..limit]));
+            match read {
+                Ok(0) => return Err("closed before its PROXY header was whole".into()),
+                Ok(n) => {
+                    self.bytes_in += n as u64;
+                    input.extend_from_slice(&self.read_buffer[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The read timeout; the deadline check above says so.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(format!("read failed: {e}")),
+            }
+        }
+    }
+
+    /// TCP_NODELAY and the buffer sizes, before the first byte either way (a TLS
+    /// handshake's flights are writes too).
+    fn set_socket_options(&self, settings: SocketSettings) -> io::Result<()> {
+        // Each write is a whole batch of replies; Nagle's algorithm would only hold the next
+        // batch back until the previous one is acknowledged, which with delayed ACKs on the
+        // client costs up to 40 ms per pipelined round trip.
+        self.socket.set_nodelay(true)?;
+        net::set_buffer_sizes(
+            socket2::SockRef::from(self.socket),
+            settings.send_buffer,
+            settings.recv_buffer,
+        );
+        Ok(())
+    }
+
+    /// Greets, answers `early` (what came behind a PROXY header), then answers until the
+    /// protocol says close, the peer goes away or idles out, or the server stops. An error
+    /// ends this connection only.
+    fn serve(
+        &mut self,
+        settings: SocketSettings,
+        stopping: &AtomicBool,
+        early: &[u8],
+    ) -> io::Result<()> {
+        let idle_timeout = settings.idle;
+        // The same timeout on writes: a client that stops reading makes no more progress
+        // than one that stops sending, and must not hold a thread forever.
+        self.socket.set_read_timeout(idle_timeout)?;
+        self.socket.set_write_timeout(idle_timeout)?;
+
+        self.protocol.greeting(&mut self.pending_output);
+        // (With `--framing raw` every read is a message, so an empty one must not be.)
+        let flow = match early.is_empty() {
+            true => Flow::Continue,
+            false => self
+                .session
+                .on_input(self.protocol, early, &mut self.pending_output),
+        };
+        self.flush()?;
+        if flow == Flow::Close {
+            return Ok(());
+        }
+        // When the unfinished line held in the session began. While one is held, the read
+        // timeout is what is left of `--line-timeout` (or the idle timeout, if sooner), so a
+        // client dribbling bytes cannot stretch it; a whole line costs no extra syscall.
+        let mut line_started = (self.session.buffered() > 0).then(Instant::now);
+        let mut read_timeout = idle_timeout;
+        loop {
+            let wanted = match (line_started, settings.line) {
+                (Some(started), Some(line)) => {
+                    let left = line
+                        .saturating_sub(started.elapsed())
+                        .max(Duration::from_millis(1));
+                    Some(idle_timeout.map_or(left, |idle| idle.min(left)))
+                }
+                _ => idle_timeout,
+            };
+            if wanted != read_timeout {
+                self.socket.set_read_timeout(wanted)?;
+                read_timeout = wanted;
+            }
+            let answered = self.session.messages();
+            let limit = self.protocol.read_limit(self.read_buffer.len());
+            let flow = match self.channel.read(&mut self.read_buffer[..limit]) {
+                Ok(0) => {
+                    // Our own shutdown(SHUT_RD) at server stop also reads as EOF. Then the
+                    // client has not finished its last line, so it is owed no reply for it.
+                    if stopping.load(Ordering::Acquire) {
+                        return Ok(());
+                    }
+                    self.session.on_eof(self.protocol, &mut self.pending_output)
+                }
+                Ok(n) => {
+                    self.bytes_in += n as u64;
+                    self.session.on_input(
+                        self.protocol,
+                        &self.read_buffer[..n],
+                        &mut self.pending_output,
+                    )
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // A read timeout reports EAGAIN, which std calls WouldBlock.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    let line_over = line_started
+                        .zip(settings.line)
+                        .is_some_and(|(started, line)| started.elapsed() >= line);
+                    if !line_over {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
+                    }
+                    debug!("a line unfinished for {:?}: closing", settings.line);
+                    self.pending_output
+                        .extend_from_slice(protocol::LINE_TIMEOUT);
+                    return self.flush();
+                }
+                Err(e) => return Err(e),
+            };
+            if self.session.buffered() == 0 {
+                line_started = None;
+            } else if line_started.is_none() || self.session.messages() != answered {
+                line_started = Some(Instant::now());
+            }
+            self.flush()?;
+            if flow == Flow::Close {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Writes every pending reply; `write_all` already retries `Interrupted`.
+    fn flush(&mut self) -> io::Result<()> {
+        if self.pending_output.is_empty() {
+            return Ok(());
+        }
+        self.channel.write_all(&self.pending_output)?;
+        self.bytes_out += self.pending_output.len() as u64;
+        self.pending_output.clear();
+        // One read of empty lines owes up to nine times its size in replies; do not keep
+        // that peak allocated for the rest of a long-lived connection.
+        self.pending_output.shrink_to(OUTPUT_KEEP_CAPACITY);
+        Ok(())
+    }
+}
+
+/// Sends FIN, then reads and discards for up to [`LINGER_TIMEOUT`] so the close does not
+/// turn into an RST (see [`LINGER_TIMEOUT`]). Returns the bytes discarded. Only time bounds it: a
+/// byte limit would close, and reset, exactly when the client is still sending, which is
+/// when its unread replies are most at risk.
+fn close_politely(stream: &TcpStream, buffer: &mut [u8]) -> u64 {
+    if stream.shutdown(Shutdown::Write).is_err() {
+        // Not connected any more: there is nobody left to be polite to.
+        return 0;
+    }
+    let deadline = Instant::now() + LINGER_TIMEOUT;
+    let mut discarded = 0;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        match (&*stream).read(buffer) {
+            Ok(0) => break,
+            Ok(n) => discarded += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    discarded as u64
+}
