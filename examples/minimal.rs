@@ -1,12 +1,15 @@
 //! The whole idea in one file, to read before the real reactor: one `Poll`, a `Slab` of
-//! connections, and each connection a small state machine, greeting → reading → reply →
-//! closed. It speaks the crate's protocol (`Welcome!`, `Hello, <line>!`, `exit`) over TCP.
+//! connections, and each connection a small state machine, greeting → reading → replying →
+//! closing → closed. It speaks the crate's protocol (`Welcome!`, `Hello, <line>!`, `exit`)
+//! over TCP, and answers everything it owes before it closes, after `exit` or when the
+//! client half-closes.
 //!
 //! What it leaves out, on purpose, is what the real reactor adds (see the README's tour):
 //! budgets, so one client cannot hold the loop; bounds on lines and output; timers; UDP;
 //! signals and a graceful shutdown; lingering closes; closing in a sweep after the batch.
 //!
-//! `cargo run --example minimal -- 127.0.0.1:9999`, then `nc 127.0.0.1 9999`.
+//! `cargo run --example minimal -- 127.0.0.1:9999`, then `nc 127.0.0.1 9999`. Port 0 picks a
+//! free port; the startup line says which.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -18,12 +21,13 @@ use slab::Slab;
 /// The listener's token; connections take theirs from the slab, which starts at 0.
 const LISTENER: Token = Token(usize::MAX);
 
-#[derive(PartialEq)]
+#[derive(Clone, Copy, PartialEq)]
 enum State {
-    Greeting, // `Welcome!` is not fully written yet
-    Reading,  // waiting for a line
-    Replying, // replies wait for the socket to take them
-    Closed,   // the peer left, `exit` was answered, or an error
+    Greeting, // `Welcome!` (and what was answered behind it) has not all gone out yet
+    Reading,  // nothing owed: waiting for a line
+    Replying, // replies wait for the socket; input is still read and answered
+    Closing,  // input ended (`exit` or a half-close): no more reading; what is owed goes out
+    Closed,   // everything owed went out, or an error: the loop drops it
 }
 
 struct Connection {
@@ -33,40 +37,58 @@ struct Connection {
     line: Vec<u8>,
     /// Bytes the socket has not taken yet.
     output: Vec<u8>,
-    /// `exit` was seen: close once the output is written.
-    closing: bool,
 }
 
 impl Connection {
     /// Readable: read until WouldBlock (edge-triggered: no new event comes before that),
-    /// in every state but closed, so input that arrives while the greeting or a reply is
-    /// still going out is not left behind without an event to announce it.
+    /// in every state that still takes input, so input that arrives while the greeting or
+    /// a reply is going out is not left behind without an event to announce it.
     fn on_readable(&mut self) {
         let mut buf = [0; 4096];
-        while self.state != State::Closed && !self.closing {
+        while matches!(
+            self.state,
+            State::Greeting | State::Reading | State::Replying
+        ) {
             match self.stream.read(&mut buf) {
-                Ok(0) => self.state = State::Closed,
+                // The client half-closed: it may still be reading. Its last line counts
+                // even without a `\n`; then everything owed goes out before the close.
+                Ok(0) => {
+                    let line = std::mem::take(&mut self.line);
+                    if !line.is_empty() {
+                        self.answer(&line);
+                    }
+                    self.state = State::Closing;
+                }
                 Ok(n) => {
                     for &byte in &buf[..n] {
                         if byte != b'\n' {
                             self.line.push(byte);
-                        } else if self.line == b"exit" {
-                            self.closing = true;
-                            break;
-                        } else {
-                            let line = std::mem::take(&mut self.line);
-                            self.output.extend_from_slice(b"Hello, ");
-                            self.output.extend_from_slice(&line);
-                            self.output.extend_from_slice(b"!\n");
+                            continue;
+                        }
+                        let line = std::mem::take(&mut self.line);
+                        if !self.answer(&line) {
+                            break; // what follows `exit` is not answered
                         }
                     }
-                    self.on_writable();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => self.state = State::Closed,
             }
         }
+        self.on_writable();
+    }
+
+    /// Appends the reply to one line; `false` (and closing) for `exit`.
+    fn answer(&mut self, line: &[u8]) -> bool {
+        if line == b"exit" {
+            self.state = State::Closing;
+            return false;
+        }
+        self.output.extend_from_slice(b"Hello, ");
+        self.output.extend_from_slice(line);
+        self.output.extend_from_slice(b"!\n");
+        true
     }
 
     /// Writable (or new output): write until done or WouldBlock. A short write is not an
@@ -80,17 +102,20 @@ impl Connection {
                 Err(_) => self.state = State::Closed,
             }
         }
+        let owed = !self.output.is_empty();
         self.state = match self.state {
             State::Closed => State::Closed,
-            _ if !self.output.is_empty() => State::Replying,
-            _ if self.closing => State::Closed,
+            State::Closing if owed => State::Closing,
+            State::Closing => State::Closed,
+            State::Greeting if owed => State::Greeting,
+            _ if owed => State::Replying,
             _ => State::Reading,
         };
     }
 }
 
-/// Serves on `listener` until `stop_after` connections have closed (`None`: forever).
-pub fn run(listener: std::net::TcpListener, stop_after: Option<usize>) -> io::Result<()> {
+/// Serves on `listener` until an error the loop cannot go on from.
+fn run(listener: std::net::TcpListener) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     let mut listener = TcpListener::from_std(listener);
     let mut poll = Poll::new()?;
@@ -98,8 +123,7 @@ pub fn run(listener: std::net::TcpListener, stop_after: Option<usize>) -> io::Re
         .register(&mut listener, LISTENER, Interest::READABLE)?;
     let mut connections: Slab<Connection> = Slab::new();
     let mut events = Events::with_capacity(256);
-    let mut closed = 0;
-    while stop_after.is_none_or(|n| closed < n) {
+    loop {
         match poll.poll(&mut events, None) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             result => result?,
@@ -111,14 +135,11 @@ pub fn run(listener: std::net::TcpListener, stop_after: Option<usize>) -> io::Re
                     match listener.accept() {
                         Ok((stream, _peer)) => {
                             let entry = connections.vacant_entry();
-                            let output = b"Welcome!\n".to_vec();
-                            let (state, line, closing) = (State::Greeting, Vec::new(), false);
                             let mut conn = Connection {
                                 stream,
-                                state,
-                                line,
-                                output,
-                                closing,
+                                state: State::Greeting,
+                                line: Vec::new(),
+                                output: b"Welcome!\n".to_vec(),
                             };
                             // Both interests once, for good: with edge-triggered events a
                             // quiet socket costs nothing, so there is nothing to re-register.
@@ -151,11 +172,9 @@ pub fn run(listener: std::net::TcpListener, stop_after: Option<usize>) -> io::Re
             if conn.state == State::Closed {
                 // Dropping the stream closes it and takes it out of the poll.
                 connections.remove(event.token().0);
-                closed += 1;
             }
         }
     }
-    Ok(())
 }
 
 fn main() {
@@ -169,7 +188,7 @@ fn main() {
         });
     let served = std::net::TcpListener::bind(addr).and_then(|listener| {
         println!("listening tcp={}", listener.local_addr()?);
-        run(listener, None)
+        run(listener)
     });
     if let Err(e) = served {
         eprintln!("error: {e}");

@@ -2,20 +2,21 @@
 //! thread-per-connection baseline that speaks the same protocol, and the tools to compare
 //! them.
 //!
-//! Reading order:
+//! Reading order (the README's): first `examples/minimal.rs`, the whole idea in one file,
+//! then:
 //! 1. [`protocol`]: the protocol with no I/O at all: framing, replies, `exit`, `--max-line`.
-//! 2. [`connection`]: one TCP connection as an explicit state machine around a socket,
-//!    with its own deadlines.
-//! 3. [`udp`]: the datagram endpoint, served by the same loop.
-//! 4. [`timers`]: the loop's deadlines, nearest first.
-//! 5. [`metrics`]: the Prometheus endpoint a loop serves with `--metrics`: its clients and
-//!    their bounds, the counts the loops publish for a scrape, the text it returns.
-//! 6. [`event_loop`]: the poll loop: tokens, the slab of connections, accept, the ready
+//! 2. [`connection`]: one TCP connection as an explicit state machine around a socket:
+//!    what comes before the protocol, its bounded output, its deadlines.
+//! 3. [`timers`]: the loop's deadlines, nearest first.
+//! 4. [`udp`]: the datagram endpoint, served by the same loop.
+//! 5. [`event_loop`]: the poll loop: tokens, the slab of connections, accept, the ready
 //!    list, the timers, the sweep, shutdown.
-//! 7. [`reactor`]: one or more loops as a server (`--threads`, the stop handle).
-//! 8. [`threaded`]: the baseline, blocking I/O and one thread per connection, same protocol.
-//! 9. [`loadgen`]: the client side: one poll loop driving many clients, checking every
-//!    reply and measuring latency.
+//! 6. [`reactor`]: one or more loops as a server (`--threads`, the stop handle).
+//! 7. [`threaded`]: the baseline, blocking I/O and one thread per connection, same protocol.
+//!
+//! Beside the lesson: [`metrics`] (the Prometheus endpoint a loop serves with `--metrics`)
+//! and [`loadgen`] (the client side: one poll loop driving many clients, checking every
+//! reply and measuring latency).
 //!
 //! [`config`], [`stats`], [`budget`], [`net`], [`proxy`] (the PROXY protocol header, as
 //! free of I/O as [`protocol`]), `tls` (TLS with rustls: the certificate, and a TLS session
@@ -25,9 +26,9 @@
 //! [`procfs`] measures a server process for the tests and benches, and [`measure`] is the
 //! arithmetic the bench's figures come from.
 //!
-//! Layering: each numbered module uses only those above it and the plumbing; the plumbing
-//! uses nothing but itself and [`protocol`]; [`procfs`] and [`measure`] (which reads
-//! loadgen's report) serve the tests and benches and nothing in the servers uses them.
+//! Layering: each numbered module uses only those above it, [`metrics`] and the plumbing;
+//! the plumbing uses nothing but itself and [`protocol`]; [`procfs`] and [`measure`] (which
+//! reads loadgen's report) serve the tests and benches and nothing in the servers uses them.
 
 #![warn(missing_docs)]
 

@@ -1,18 +1,19 @@
-//! The examples, run against a reactor started in this process on port 0.
+//! The examples, run against a reactor started in this process on port 0, and the minimal
+//! reactor run as the program a reader runs.
 //!
-//! How: each example keeps its work in a `run` function that takes its arguments, its input
-//! and its output, and `main` only maps the result to an exit code and one line on stderr.
-//! This file compiles the example sources in as modules (`#[path]`) and calls `run`, which
-//! takes milliseconds and needs nothing but the test binary. Starting the example binaries
-//! instead is less robust than it looks: cargo gives integration tests the path of `[[bin]]`
-//! targets (`CARGO_BIN_EXE_*`) but not of examples, and `cargo test --test examples` does
-//! not build them at all, so a test looking for them next to itself could run a stale one.
-//! Running `cargo run --example` from the test works, but costs a cargo start-up and
-//! fingerprint check per call, and under `cargo test --release` would build every
-//! dependency a second time in the dev profile.
+//! How: each client example keeps its work in a `run` function that takes its arguments,
+//! its input and its output, and `main` only maps the result to an exit code and one line
+//! on stderr. This file compiles those sources in as modules (`#[path]`) and calls `run`,
+//! which takes milliseconds and needs nothing but the test binary. The minimal reactor is
+//! the file a reader starts with, so it carries nothing for tests: it is built with cargo
+//! (`cargo test --test examples` does not build examples, and cargo gives tests the path of
+//! `[[bin]]` targets only), in the test binary's own profile so no dependency is built
+//! twice, started on port 0, and driven over TCP from the outside.
 
-use std::io::{self, Write};
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
@@ -30,10 +31,6 @@ mod udp_client;
 #[allow(dead_code)]
 #[path = "../examples/embed.rs"]
 mod embed;
-
-#[allow(dead_code)]
-#[path = "../examples/minimal.rs"]
-mod minimal;
 
 fn server() -> Running {
     reactor::spawn(ServerConfig::ephemeral()).expect("start the reactor")
@@ -211,29 +208,114 @@ fn embed_fails_cleanly_when_the_address_is_taken() {
     drop(taken);
 }
 
+/// The minimal example's executable, built by cargo in this test binary's profile.
+fn minimal_example() -> PathBuf {
+    // This binary is target/<profile dir>/deps/examples-<hash>.
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(other) => other,
+        None => "dev",
+    };
+    let mut cargo = Command::new(env!("CARGO"));
+    // What cargo set for this test process describes this crate; build scripts that watch
+    // those names (ring's does) would be rebuilt if the inner cargo saw them.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy().into_owned();
+        let prefixes = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ];
+        let exact = ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"];
+        if prefixes.iter().any(|p| name.starts_with(p)) || exact.contains(&name.as_str()) {
+            cargo.env_remove(&name);
+        }
+    }
+    let output = cargo
+        .args(["build", "--example", "minimal", "--message-format=json"])
+        .arg("--profile")
+        .arg(profile)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run cargo");
+    assert!(
+        output.status.success(),
+        "cargo build --example minimal failed"
+    );
+    // The artifact line names the executable: `"executable":"/path/to/minimal"`.
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let path = stdout
+        .lines()
+        .filter(|line| line.contains(r#""reason":"compiler-artifact""#))
+        .find_map(|line| {
+            let (_, rest) = line.split_once(r#""executable":""#)?;
+            Some(rest.split('"').next()?.to_string())
+        })
+        .expect("cargo names the minimal example's executable");
+    PathBuf::from(path)
+}
+
+/// The minimal reactor as a process on port 0; killed when dropped, so a failed assertion
+/// leaves nothing running.
+struct Minimal {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Minimal {
+    fn start() -> Minimal {
+        let mut child = Command::new(minimal_example())
+            .arg("127.0.0.1:0")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the minimal example");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim_end()
+            .strip_prefix("listening tcp=")
+            .unwrap_or_else(|| panic!("a startup line, not {line:?}"))
+            .parse()
+            .unwrap();
+        Minimal { child, addr }
+    }
+
+    fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream
+    }
+}
+
+impl Drop for Minimal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn the_minimal_reactor_greets_answers_each_line_and_closes_on_exit() {
-    use std::io::BufReader;
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    // It stops after three connections have closed, so the test can join it.
-    let server = thread::spawn(move || minimal::run(listener, Some(3)));
+    let server = Minimal::start();
     let clients: Vec<_> = (0..3)
         .map(|i| {
+            let mut stream = server.connect();
             thread::spawn(move || {
-                let stream = std::net::TcpStream::connect(addr).unwrap();
-                stream
-                    .set_read_timeout(Some(Duration::from_secs(20)))
-                    .unwrap();
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut writer = stream;
                 // Lines split across writes and several in one: read boundaries mean nothing.
-                writer.write_all(b"bo").unwrap();
-                writer
+                stream.write_all(b"bo").unwrap();
+                stream
                     .write_all(format!("b{i}\nalice\nexit\nignored\n").as_bytes())
                     .unwrap();
                 let mut transcript = String::new();
-                io::Read::read_to_string(&mut reader, &mut transcript).unwrap();
+                stream.read_to_string(&mut transcript).unwrap();
                 assert_eq!(
                     transcript,
                     format!("Welcome!\nHello, bob{i}!\nHello, alice!\n")
@@ -244,5 +326,37 @@ fn the_minimal_reactor_greets_answers_each_line_and_closes_on_exit() {
     for client in clients {
         client.join().unwrap();
     }
-    server.join().unwrap().unwrap();
+}
+
+#[test]
+fn the_minimal_reactor_answers_everything_owed_before_it_closes_on_a_half_close() {
+    // The client reads nothing until it has half-closed, with a small receive buffer, so
+    // replies pile up in the server (more than the kernel's buffers hold, a few MiB) and
+    // may still be owed when it reads the EOF; and the last line, without its `\n`, is
+    // only answered if the server answers what a half-close ends.
+    const LINES: usize = 700_000;
+    let server = Minimal::start();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&server.addr.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    // Empty lines: 9 bytes of reply for each byte sent.
+    stream.write_all(&b"\n".repeat(LINES)).unwrap();
+    // The last line has no `\n`: a half-close ends it.
+    stream.write_all(b"last").unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    // Now read in larger steps (the window scale agreed at connect still limits them).
+    socket2::SockRef::from(&stream)
+        .set_recv_buffer_size(1 << 20)
+        .unwrap();
+    let mut transcript = Vec::new();
+    stream.read_to_end(&mut transcript).unwrap();
+    let mut expected = b"Welcome!\n".to_vec();
+    expected.extend_from_slice(&b"Hello, !\n".repeat(LINES));
+    expected.extend_from_slice(b"Hello, last!\n");
+    assert_eq!(transcript.len(), expected.len(), "every reply, then EOF");
+    assert!(transcript == expected, "the replies, in order");
 }

@@ -381,3 +381,41 @@ fn sighup_on_a_plain_server_is_logged_and_ignored() {
     let sighup = logged.iter().filter(|l| l.contains("SIGHUP")).count();
     assert_eq!(sighup, 1, "{}", logged.join("\n"));
 }
+
+/// A client that, like a TLS layer waiting for its writes to go out, sends everything before
+/// it reads. The server's `write_tls` blocks early (its socket buffers and the client's
+/// receive buffer are small), and the server must go on reading while the records wait in
+/// rustls, up to its output bound; if it waited for them to go out first, both ends would
+/// wait for ever and the client's write would time out.
+#[test]
+fn a_blocked_write_tls_does_not_stop_the_server_reading() {
+    let cert = Certificate::new();
+    let server = tls_server(&cert, |c| {
+        c.send_buffer = Some(4096);
+        c.recv_buffer = Some(4096);
+    });
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.set_send_buffer_size(4096).unwrap();
+    socket.connect(&server.tcp.into()).unwrap();
+    let socket: std::net::TcpStream = socket.into();
+    socket.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    socket.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut client = tls_client_over(socket, &cert);
+    // 128 KiB of lines: far more than the socket buffers hold, while their replies stay
+    // under the output bound (`OUTPUT_HIGH_WATER`, 256 KiB), so the server reads it all.
+    let lines = 1024;
+    let mut input = Vec::new();
+    for i in 0..lines {
+        input.extend_from_slice(format!("{i:0>127}\n").as_bytes());
+    }
+    client
+        .write_all(&input)
+        .expect("the server reads while its records wait");
+    client.flush().unwrap();
+    let mut reader = BufReader::new(client);
+    assert_eq!(line(&mut reader), "Welcome!\n");
+    for i in 0..lines {
+        assert_eq!(line(&mut reader), format!("Hello, {i:0>127}!\n"));
+    }
+}

@@ -1,7 +1,8 @@
 //! Each of the five Python tutorials the protocol comes from, reproduced by one command
 //! line: the tutorial's clients' bytes, in the same order, against both servers started
 //! with that command line's flags, and the transcript the tutorial's own server would give.
-//! The README's table of these command lines is checked against [`TUTORIALS`] too.
+//! The table of these command lines in docs/tutorials.md (and its Chinese twin) is checked
+//! against [`TUTORIALS`] too.
 //!
 //! All five speak raw framing (messages without a newline). Their servers sleep a second
 //! per message and their clients wait for each reply before sending the next, so one read
@@ -43,7 +44,7 @@ struct Flags {
 }
 
 /// The configuration the binaries would build from `flags` (a shell-quoted string, as in
-/// the README), on port 0.
+/// docs/tutorials.md), on port 0.
 fn config(tutorial: &str) -> ServerConfig {
     let flags = TUTORIALS.iter().find(|(t, _)| *t == tutorial).unwrap().1;
     let mut words = vec!["server".to_string()];
@@ -225,8 +226,8 @@ against_both_servers!(
 );
 
 #[test]
-fn both_readmes_give_these_command_lines() {
-    for readme in ["README.md", "README.zh-CN.md"] {
+fn both_tutorial_pages_give_these_command_lines() {
+    for readme in ["docs/tutorials.md", "docs/tutorials.zh-CN.md"] {
         let path = format!("{}/{readme}", env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(path).unwrap();
         for (tutorial, flags) in TUTORIALS {
