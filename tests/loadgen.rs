@@ -400,13 +400,17 @@ fn udp_to_a_closed_port_is_a_connection_error() {
     assert_eq!(report.messages, 0);
 }
 
-/// Parses the flat JSON object loadgen prints: string keys, number values.
+/// Parses the JSON object loadgen prints: string keys, number values, but for the last
+/// member `error_causes` when there were errors, which is left out.
 fn parse_flat_json(line: &str) -> HashMap<String, f64> {
     let body = line
         .trim()
         .strip_prefix('{')
         .and_then(|s| s.strip_suffix('}'))
         .unwrap_or_else(|| panic!("not a JSON object: {line}"));
+    let body = body
+        .find(",\"error_causes\":")
+        .map_or(body, |at| &body[..at]);
     body.split(',')
         .map(|pair| {
             let (key, value) = pair
@@ -483,9 +487,22 @@ fn the_binary_exits_1_when_errors_were_counted() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
-    let json = parse_flat_json(&String::from_utf8(output.stdout).unwrap());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let json = parse_flat_json(&stdout);
     assert_eq!(json["connection_errors"], 2.0);
     assert_eq!(json["errors"], 2.0);
+    // Why, without a log: the one cause, its count, and the first client's message.
+    let causes = &stdout[stdout.find(r#","error_causes":"#).expect(&stdout)..];
+    assert!(
+        causes.starts_with(
+            r#","error_causes":[{"cause":"Connection refused (os error 111)","count":2,"first":"client "#
+        ),
+        "{stdout}"
+    );
+    assert!(
+        causes.ends_with(": connection error: Connection refused (os error 111)\"}]}\n"),
+        "{stdout}"
+    );
 }
 
 #[test]

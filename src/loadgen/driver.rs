@@ -49,6 +49,7 @@ pub fn run_with_progress(
         mismatches: total.tally.mismatches,
         timeouts: total.tally.timeouts,
         connection_errors: total.tally.connection_errors,
+        causes: total.tally.causes.into_vec(),
         connections_opened: total.tally.connections_opened,
         tls_handshakes: total.tally.handshakes,
         tls_verified: options.tls.as_ref().map(super::ClientTls::verified),

@@ -50,6 +50,9 @@
 //! 9. `attacker.rs`: the engine that drives the hostile clients.
 
 mod attacker;
+mod causes;
+#[cfg(feature = "tls")]
+mod certificate;
 mod client;
 mod driver;
 mod engine;
@@ -59,6 +62,7 @@ mod report;
 mod script;
 mod tls;
 
+pub use causes::{Cause, MAX_CAUSES, OTHER_CAUSES};
 pub use driver::{run, run_with_progress};
 pub use engine::MAX_SETUPS_IN_FLIGHT;
 pub use hostile::{

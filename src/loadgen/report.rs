@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use super::causes::{json_string, Cause};
 use super::hostile::HostileTally;
 
 /// A snapshot handed during the load to the progress callback of
@@ -43,6 +44,10 @@ pub struct Report {
     pub timeouts: u64,
     /// Connections refused, reset, closed by the server, or not set up within `timeout`.
     pub connection_errors: u64,
+    /// Every error above by its cause, with the first message of each, in the order the
+    /// causes were first met (at most [`MAX_CAUSES`](super::MAX_CAUSES) and one for the
+    /// rest); empty without errors.
+    pub causes: Vec<Cause>,
     /// TCP connections set up (connected and greeted) over the whole run, the clients'
     /// first ones included: `connected` unless
     /// [`requests_per_connection`](super::Options::requests_per_connection) makes clients
@@ -97,8 +102,10 @@ impl Report {
         per_second(self.client_cpu.as_secs_f64(), self.duration)
     }
 
-    /// The report as one line of JSON: a flat object of numbers. The key names are an
-    /// interface (the bench parses them); add keys, never rename them.
+    /// The report as one line of JSON: an object of numbers and, when there were errors,
+    /// one last member `error_causes`, a list of `{"cause", "count", "first"}` objects.
+    /// The key names are an interface (the bench parses them); add keys, never rename
+    /// them.
     pub fn to_json(&self) -> String {
         let mut json = format!(
             concat!(
@@ -144,6 +151,22 @@ impl Report {
             }
             json.push('}');
         }
+        if !self.causes.is_empty() {
+            json.pop();
+            json += ",\"error_causes\":[";
+            for (i, cause) in self.causes.iter().enumerate() {
+                if i > 0 {
+                    json.push(',');
+                }
+                json += &format!(
+                    "{{\"cause\":{},\"count\":{},\"first\":{}}}",
+                    json_string(&cause.cause),
+                    cause.count,
+                    json_string(&cause.first)
+                );
+            }
+            json += "]}";
+        }
         json
     }
 }
@@ -171,6 +194,13 @@ impl fmt::Display for Report {
             self.timeouts,
             self.connection_errors
         )?;
+        for cause in &self.causes {
+            writeln!(
+                f,
+                "  because    {} × {}; the first: {}",
+                cause.count, cause.cause, cause.first
+            )?;
+        }
         writeln!(
             f,
             "connections  {} of {} set up, {} opened in all",
@@ -234,6 +264,7 @@ mod tests {
             mismatches: 1,
             timeouts: 2,
             connection_errors: 3,
+            causes: Vec::new(),
             connections_opened: 0,
             tls_handshakes: 0,
             tls_verified: None,
