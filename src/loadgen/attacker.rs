@@ -275,8 +275,13 @@ impl<'a> Attacker<'a> {
                     rogue.phase = Phase::Pressing;
                     self.set_up_done(id);
                 }
-                // A partial line the server stopped taking: it stays as it is.
-                Phase::Pressing if overdue && rogue.setting_up => self.set_up_done(id),
+                // A partial line the server stopped taking: it stays as it is, and the
+                // rest open at once, as after a failed set-up, so a server that takes no
+                // more lines costs one `timeout`, not one per batch.
+                Phase::Pressing if overdue && rogue.setting_up => {
+                    self.batch_setups = false;
+                    self.set_up_done(id);
+                }
                 Phase::Waiting => self.reconnect(id, now),
                 _ => {}
             }

@@ -26,8 +26,10 @@
 //! numbers easy to read: `connections - connected` never got going, and a run whose
 //! clients have all failed ends at once. Only a clean close is followed by a new connection:
 //! with [`Options::requests_per_connection`] a client closes after that many replies and
-//! connects again, and a reconnect that fails is an error like any other. UDP has no stream to fall out of step, so a lost
-//! or wrong datagram is counted on its own and the socket carries on.
+//! connects again, and a reconnect that fails is an error like any other. UDP has no stream
+//! to fall out of step, so a lost or wrong datagram is counted on its own and the socket
+//! carries on. Every error is also counted under its cause, with the first message of each
+//! ([`Report::causes`]), so a failed run says why without a log.
 //!
 //! Hostile clients ([`Options::hostile`], `--hostile KIND:N`) run beside the honest ones,
 //! on engines of their own (attackers), never in an honest engine's loop. They are all set
@@ -48,6 +50,8 @@
 //!    writes through.
 //! 8. `hostile.rs`: the hostile kinds, their outcomes and what is counted of them, as data.
 //! 9. `attacker.rs`: the engine that drives the hostile clients.
+//! 10. `causes.rs`: every error counted under its cause, with its first message.
+//! 11. `certificate.rs`: what `--tls-ca` still checks of a certificate it pins.
 
 mod attacker;
 mod causes;
@@ -66,7 +70,8 @@ pub use causes::{Cause, MAX_CAUSES, OTHER_CAUSES};
 pub use driver::{run, run_with_progress};
 pub use engine::MAX_SETUPS_IN_FLIGHT;
 pub use hostile::{
-    ErrLine, Hostile, HostileKind, HostileTally, Outcome, DRIBBLE_INTERVAL, PAUSED_AFTER,
+    ErrLine, Hostile, HostileKind, HostileTally, Outcome, DRIBBLE_INTERVAL, MAX_PARTIAL_LINE_BYTES,
+    PARTIAL_LINE_BYTES, PAUSED_AFTER,
 };
 pub use options::{Options, Transport, MAX_UDP_SIZE};
 pub use report::{Progress, Report};
