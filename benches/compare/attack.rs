@@ -68,7 +68,14 @@ fn unloaded_reactor_p99(summaries: &[Summary]) -> Option<f64> {
                 .as_ref()
                 .is_some_and(|a| a.hostile.is_empty())
         })
-        .and_then(|s| s.median(|m| Some(m.report.p99_us)))
+        .and_then(honest_p99)
+}
+
+/// A row's honest p99, the median over the rounds that answered any honest request: a
+/// round with no reply has no latency to speak of (loadgen reports 0), and must not pass
+/// for a fast one.
+fn honest_p99(s: &Summary) -> Option<f64> {
+    s.median(|m| (m.report.messages > 0.0).then_some(m.report.p99_us))
 }
 
 /// Whether one reactor attack row meets both targets, each said: no honest error, and
@@ -87,12 +94,13 @@ fn row_targets(s: &Summary, unloaded: Option<f64>) -> String {
         n if n > 0.0 => format!("{} errors: missed", thousands(n)),
         _ => "0 errors: met".to_string(),
     };
-    let p99 = match (s.median(|m| Some(m.report.p99_us)), unloaded) {
+    let p99 = match (honest_p99(s), unloaded) {
         (Some(p99), Some(unloaded)) => {
             let limit = attack_p99_limit_us(unloaded);
             let verdict = if p99 <= limit { "met" } else { "missed" };
             format!("p99 ≤ {} µs: {verdict}", thousands(limit))
         }
+        (None, _) if s.measured().next().is_some() => "p99: no reply, missed".into(),
         _ => "p99: not measured".into(),
     };
     format!("{errors}; {p99}")
@@ -206,12 +214,12 @@ pub fn reactor_targets(summaries: &[Summary]) -> Vec<String> {
         }
     });
 
-    let p99 = |s: &Summary| s.median(|m| Some(m.report.p99_us));
-    let unloaded = rows.iter().find(is_unloaded).and_then(|s| p99(s));
-    let attacked: Vec<(&str, f64)> = rows
+    let unloaded = rows.iter().find(is_unloaded).and_then(|s| honest_p99(s));
+    // Every measured attack row; `None` where no honest request was answered at all.
+    let attacked: Vec<(&str, Option<f64>)> = rows
         .iter()
-        .filter(|s| !is_unloaded(s))
-        .filter_map(|s| Some((label(s), p99(s)?)))
+        .filter(|s| !is_unloaded(s) && s.measured().next().is_some())
+        .map(|s| (label(s), honest_p99(s)))
         .collect();
     lines.push(match unloaded {
         Some(unloaded) if !attacked.is_empty() => {
@@ -223,14 +231,18 @@ pub fn reactor_targets(summaries: &[Summary]) -> Vec<String> {
             );
             let over: Vec<String> = attacked
                 .iter()
-                .filter(|(_, p99)| *p99 > limit)
-                .map(|(label, p99)| format!("{} µs under {label}", thousands(*p99)))
+                .filter_map(|&(label, p99)| match p99 {
+                    None => Some(format!("no reply under {label}")),
+                    Some(p99) if p99 > limit => {
+                        Some(format!("{} µs under {label}", thousands(p99)))
+                    }
+                    Some(_) => None,
+                })
                 .collect();
-            let (worst_label, worst) =
-                attacked
-                    .iter()
-                    .copied()
-                    .fold(("", 0.0), |w, a| if a.1 > w.1 { a } else { w });
+            let (worst_label, worst) = attacked
+                .iter()
+                .filter_map(|&(label, p99)| Some((label, p99?)))
+                .fold(("", 0.0), |w, a| if a.1 > w.1 { a } else { w });
             if over.is_empty() {
                 format!(
                     "{head}: met (worst {} µs, under {worst_label})",
