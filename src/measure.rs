@@ -398,6 +398,8 @@ mod tests {
                 count: 1,
                 first: "client 1: wrong reply: expected \"Hello, a\", got \"b, c: {d}\"".into(),
             }],
+            unanswered: 0,
+            longest_unanswered: Duration::ZERO,
             connections_opened: 2,
             tls_handshakes: 0,
             tls_verified: None,

@@ -289,6 +289,34 @@ fn an_unanswered_request_times_out() {
 }
 
 #[test]
+fn requests_still_waiting_when_the_run_ends_are_reported_as_unanswered() {
+    // Greets, then answers only the first line of each connection.
+    let addr = tcp_server(
+        b"Welcome!\n",
+        Arc::new(|n, line| Ok((n == 0).then(|| hello(line)))),
+    );
+    let report = run(&Options {
+        duration: Some(Duration::from_millis(300)),
+        messages: None,
+        timeout: Duration::from_secs(30),
+        ..options(addr, 3, 0)
+    });
+    // Not errors: the run ended before their timeout. But said.
+    assert_eq!(report.errors(), 0, "{report}");
+    assert_eq!(report.messages, 3, "{report}");
+    assert_eq!(report.unanswered, 3, "one request left on each: {report}");
+    assert!(
+        report.longest_unanswered >= Duration::from_millis(200),
+        "{report}"
+    );
+    assert!(
+        report.to_string().contains("unanswered   3 requests"),
+        "{report}"
+    );
+    assert!(report.to_json().contains(",\"unanswered\":3,"));
+}
+
+#[test]
 fn a_silent_server_times_out_the_greeting_and_the_run_ends() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -428,7 +456,7 @@ fn parse_flat_json(line: &str) -> HashMap<String, f64> {
         .collect()
 }
 
-const JSON_KEYS: [&str; 14] = [
+const JSON_KEYS: [&str; 16] = [
     "messages",
     "duration_s",
     "msgs_per_sec",
@@ -443,6 +471,8 @@ const JSON_KEYS: [&str; 14] = [
     "connection_errors",
     "connections",
     "client_cpu_s",
+    "unanswered",
+    "longest_unanswered_us",
 ];
 
 fn loadgen_binary() -> Command {

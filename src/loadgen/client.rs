@@ -596,3 +596,15 @@ impl UdpClient {
         self.send(id, shared, now)
     }
 }
+
+impl Client {
+    /// When its oldest request still in flight was sent, if it has one.
+    pub(super) fn oldest_in_flight(&self) -> Option<Instant> {
+        let oldest = match self {
+            Client::Tcp(tcp) => tcp.in_flight.front(),
+            Client::Udp(udp) => udp.in_flight.front(),
+            Client::Closed => None,
+        };
+        oldest.map(|request| request.sent_at)
+    }
+}

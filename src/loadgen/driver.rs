@@ -50,6 +50,8 @@ pub fn run_with_progress(
         timeouts: total.tally.timeouts,
         connection_errors: total.tally.connection_errors,
         causes: total.tally.causes.into_vec(),
+        unanswered: total.tally.unanswered,
+        longest_unanswered: total.tally.longest_unanswered,
         connections_opened: total.tally.connections_opened,
         tls_handshakes: total.tally.handshakes,
         tls_verified: options.tls.as_ref().map(super::ClientTls::verified),

@@ -182,6 +182,17 @@ impl<'a> Engine<'a> {
             self.poll_once(wake)?;
         }
         self.shared.sending = false;
+        // What the end of the load abandons: not errors, but a run whose requests were all
+        // still waiting must not read as a clean one.
+        let now = Instant::now();
+        for client in &self.clients {
+            self.shared.tally.unanswered += client.in_flight() as u64;
+            if let Some(sent_at) = client.oldest_in_flight() {
+                let waited = now.saturating_duration_since(sent_at);
+                let tally = &mut self.shared.tally;
+                tally.longest_unanswered = tally.longest_unanswered.max(waited);
+            }
+        }
         Ok(())
     }
 
@@ -378,6 +389,9 @@ pub(super) struct Tally {
     pub(super) latency: Histogram<u64>,
     /// Every error above, by cause.
     pub(super) causes: Causes,
+    /// Requests still in flight when the load ended, and how long the oldest had waited.
+    pub(super) unanswered: u64,
+    pub(super) longest_unanswered: Duration,
 }
 
 impl Tally {
@@ -396,6 +410,8 @@ impl Tally {
             handshakes: 0,
             latency,
             causes: Causes::default(),
+            unanswered: 0,
+            longest_unanswered: Duration::ZERO,
         })
     }
 
@@ -422,6 +438,8 @@ impl Tally {
         self.connections_opened += other.connections_opened;
         self.handshakes += other.handshakes;
         self.causes.add(&other.causes);
+        self.unanswered += other.unanswered;
+        self.longest_unanswered = self.longest_unanswered.max(other.longest_unanswered);
         self.latency
             .add(&other.latency)
             .map_err(|e| io::Error::other(format!("{e:?}")))

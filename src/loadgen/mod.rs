@@ -16,9 +16,9 @@
 //! the clock start and the load begin, so connection setup is not counted as throughput
 //! and every client starts together (with several engines, each waits for the others to
 //! finish setting up). The load phase ends when `duration` has passed (requests still in
-//! flight are abandoned, counted neither as messages nor as errors), when `messages`
-//! requests have all been settled, when no client is left, or when the server has stopped
-//! answering altogether.
+//! flight are abandoned, counted neither as messages nor as errors but as
+//! [`Report::unanswered`]), when `messages` requests have all been settled, when no client
+//! is left, or when the server has stopped answering altogether.
 //!
 //! Errors are counted per failure, not per request: a TCP connection that gets a wrong
 //! reply, times out or is reset is closed and counted once, and the requests queued behind

@@ -48,6 +48,11 @@ pub struct Report {
     /// causes were first met (at most [`MAX_CAUSES`](super::MAX_CAUSES) and one for the
     /// rest); empty without errors.
     pub causes: Vec<Cause>,
+    /// Requests still in flight when the load ended (`duration` was over, or the server
+    /// stopped answering): abandoned, neither messages nor errors.
+    pub unanswered: u64,
+    /// How long the oldest of them had waited; zero without any.
+    pub longest_unanswered: Duration,
     /// TCP connections set up (connected and greeted) over the whole run, the clients'
     /// first ones included: `connected` unless
     /// [`requests_per_connection`](super::Options::requests_per_connection) makes clients
@@ -113,7 +118,8 @@ impl Report {
                 "\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},",
                 "\"mean_us\":{:.1},\"errors\":{},\"mismatches\":{},\"timeouts\":{},",
                 "\"connection_errors\":{},\"connections\":{},\"connected\":{},",
-                "\"client_cpu_s\":{:.6},\"connections_opened\":{}}}"
+                "\"client_cpu_s\":{:.6},\"connections_opened\":{},\"unanswered\":{},",
+                "\"longest_unanswered_us\":{}}}"
             ),
             self.messages,
             self.duration.as_secs_f64(),
@@ -132,6 +138,8 @@ impl Report {
             self.connected,
             self.client_cpu.as_secs_f64(),
             self.connections_opened,
+            self.unanswered,
+            self.longest_unanswered.as_micros(),
         );
         if let Some(verified) = self.tls_verified {
             json.pop();
@@ -201,6 +209,14 @@ impl fmt::Display for Report {
                 cause.count, cause.cause, cause.first
             )?;
         }
+        if self.unanswered > 0 {
+            writeln!(
+                f,
+                "unanswered   {} requests still in flight at the end, the oldest for {:.3} s",
+                self.unanswered,
+                self.longest_unanswered.as_secs_f64()
+            )?;
+        }
         writeln!(
             f,
             "connections  {} of {} set up, {} opened in all",
@@ -265,6 +281,8 @@ mod tests {
             timeouts: 2,
             connection_errors: 3,
             causes: Vec::new(),
+            unanswered: 0,
+            longest_unanswered: Duration::ZERO,
             connections_opened: 0,
             tls_handshakes: 0,
             tls_verified: None,
