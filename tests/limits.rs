@@ -83,8 +83,10 @@ fn a_client_that_never_reads_cannot_grow_server_memory_in_proc() {
         "the server kept reading from a client that never reads"
     );
     assert!(growth < 4 << 20, "server RSS grew by {} KiB", growth >> 10);
+    // Starved, the ping would never be answered; the bound is loose because this debug
+    // build shares two cores with the flood and, in CI, with the build.
     assert!(
-        worst < Duration::from_secs(1),
+        worst < Duration::from_secs(5),
         "other clients starved: {worst:?}"
     );
 }
@@ -149,7 +151,8 @@ fn a_udp_flood_cannot_starve_a_tcp_client() {
         (worst, flooder.join().unwrap())
     });
     eprintln!("ping during a UDP flood of {sent} datagrams: worst round trip {worst:?}");
-    assert!(worst < Duration::from_secs(1), "ping starved: {worst:?}");
+    // Starved, the ping would never be answered (see the pipelining test for the bound).
+    assert!(worst < Duration::from_secs(5), "ping starved: {worst:?}");
     // And UDP itself is still answered afterwards. The server's receive queue may still be
     // full of flood when this datagram arrives, and UDP drops what does not fit, so retry
     // as any UDP client must.
