@@ -130,8 +130,10 @@ struct Args {
     #[arg(long)]
     tls: bool,
 
-    /// With --tls: the PEM file of the certificates (a CA's, or the server's own) that the
-    /// server's certificate must chain to.
+    /// With --tls: the PEM file of the certificates the server's must chain to (a CA's), or
+    /// be (the server's own, pinned: its name and validity are still checked, by its
+    /// subjectAltName or, without one, its common name, so `openssl req -x509`'s usual
+    /// self-signed certificate works as it is).
     #[arg(
         long,
         value_name = "PEM",
