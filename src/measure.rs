@@ -112,7 +112,8 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
-    /// Reads one report: a flat JSON object whose values are all numbers. Keys it does not
+    /// Reads one report: a JSON object whose values are all numbers, but for a last
+    /// `error_causes` member after them (a run with errors), which it skips. Keys it does not
     /// know are ignored (loadgen may add keys, never rename them); a missing key it needs,
     /// a value that is not a number, or anything but one flat object is an error saying so.
     pub fn parse(json: &str) -> Result<LoadReport, String> {
@@ -126,6 +127,10 @@ impl LoadReport {
             .strip_prefix('{')
             .and_then(|rest| rest.strip_suffix('}'))
             .ok_or_else(|| format!("not one JSON object: {}", excerpt(json)))?;
+        // loadgen writes the one member that is not a number last.
+        let body = body
+            .find(",\"error_causes\":")
+            .map_or(body, |at| &body[..at]);
         let mut fields = HashMap::new();
         if !body.trim().is_empty() {
             for pair in body.split(',') {
@@ -388,6 +393,13 @@ mod tests {
             mismatches: 1,
             timeouts: 0,
             connection_errors: 0,
+            causes: vec![crate::loadgen::Cause {
+                cause: "wrong reply".into(),
+                count: 1,
+                first: "client 1: wrong reply: expected \"Hello, a\", got \"b, c: {d}\"".into(),
+            }],
+            unanswered: 0,
+            longest_unanswered: Duration::ZERO,
             connections_opened: 2,
             tls_handshakes: 0,
             tls_verified: None,

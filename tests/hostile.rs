@@ -101,7 +101,7 @@ fn honest_counts_stay_exact_beside_every_kind_on_two_engines() {
     let server = common::start(reactor::spawn, |_| {});
     let report = beside(
         &server,
-        "slow-reader:5 dribbler:5 idle:3 churn:3 udp-flood:2",
+        "slow-reader:5 dribbler:5 idle:3 churn:3 udp-flood:2 partial-line:3:1000",
         |o| o.threads = 2,
     );
     // Exactly the honest messages, each once, whatever else the server was doing.
@@ -360,12 +360,81 @@ fn the_json_report_has_the_hostile_keys_of_the_kinds_in_the_run() {
 }
 
 #[test]
+fn several_kinds_go_in_one_flag_value_and_beside_a_repeated_flag() {
+    let server = common::start(reactor::spawn, |_| {});
+    let output = loadgen_binary()
+        .args(["--addr", &server.tcp.to_string(), "--connections", "2"])
+        .args(["--messages", "200", "--json"])
+        .args([
+            "--hostile",
+            "idle:3,churn:2",
+            "--hostile",
+            "partial-line:2:1000",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    let json = parse_json(&stdout);
+    assert_eq!((json["messages"], json["errors"]), (200.0, 0.0), "{stdout}");
+    assert_eq!(json["hostile_idle_clients"], 3.0, "{stdout}");
+    assert_eq!(json["hostile_churn_clients"], 2.0, "{stdout}");
+    assert_eq!(json["hostile_partial_line_clients"], 2.0, "{stdout}");
+    assert_eq!(json["hostile_partial_line_connected"], 2.0, "{stdout}");
+    server.shutdown().unwrap();
+}
+
+/// Partial lines shorter than `--max-line` (and than any share of the buffer memory): the
+/// server takes each whole, answers nothing, and holds the connection.
+fn partial_lines_are_held(spawn: common::Spawn) {
+    let server = common::start(spawn, |_| {});
+    let report = beside(&server, "partial-line:5:20000", |_| {});
+    let lines = tally(&report, HostileKind::PartialLine);
+    assert_eq!(lines.connected, 5, "{report}");
+    assert_eq!(lines.bytes_sent, 5 * 20_000, "every byte taken: {report}");
+    assert_eq!(lines.open, 5, "still waiting, unanswered: {report}");
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn partial_lines_are_held_by_the_reactor() {
+    partial_lines_are_held(reactor::spawn);
+}
+
+#[test]
+fn partial_lines_are_held_by_the_threaded_server() {
+    partial_lines_are_held(threaded::spawn);
+}
+
+#[test]
+fn partial_lines_longer_than_max_line_get_err_line_too_long() {
+    let server = common::start(threaded::spawn, |c| c.protocol.max_line = 1_000);
+    // The kernel takes the whole line before the server has read it: its answer comes
+    // after the client's set-up, at the server's pace.
+    let report = until_seen(server.tcp, "partial-line:5:4000", 0.5, |r| {
+        tally(r, HostileKind::PartialLine).closed_with(ErrLine::LineTooLong) == 5
+    });
+    let lines = tally(&report, HostileKind::PartialLine);
+    assert_eq!(
+        lines.closed_with(ErrLine::LineTooLong),
+        5,
+        "each told and closed: {report}"
+    );
+    server.shutdown().unwrap();
+}
+
+#[test]
 fn bad_hostile_flags_are_one_line_on_stderr_and_exit_2() {
     for bad in [
         &["--hostile", "idle"][..],
         &["--hostile", "idle:0"],
         &["--hostile", "shouty:3"],
         &["--hostile", "idle:1", "--hostile", "idle:2"],
+        &["--hostile", "idle:1,idle:2"],
+        &["--hostile", "idle:1,"],
+        &["--hostile", "idle:1,shouty:2"],
+        &["--hostile", "idle:2:100"],
+        &["--hostile", "partial-line:2:0"],
         &["--hostile", "idle:1", "--addr", "192.0.2.1:9999"],
     ] {
         let output = loadgen_binary().args(bad).output().unwrap();

@@ -289,6 +289,34 @@ fn an_unanswered_request_times_out() {
 }
 
 #[test]
+fn requests_still_waiting_when_the_run_ends_are_reported_as_unanswered() {
+    // Greets, then answers only the first line of each connection.
+    let addr = tcp_server(
+        b"Welcome!\n",
+        Arc::new(|n, line| Ok((n == 0).then(|| hello(line)))),
+    );
+    let report = run(&Options {
+        duration: Some(Duration::from_millis(300)),
+        messages: None,
+        timeout: Duration::from_secs(30),
+        ..options(addr, 3, 0)
+    });
+    // Not errors: the run ended before their timeout. But said.
+    assert_eq!(report.errors(), 0, "{report}");
+    assert_eq!(report.messages, 3, "{report}");
+    assert_eq!(report.unanswered, 3, "one request left on each: {report}");
+    assert!(
+        report.longest_unanswered >= Duration::from_millis(200),
+        "{report}"
+    );
+    assert!(
+        report.to_string().contains("unanswered   3 requests"),
+        "{report}"
+    );
+    assert!(report.to_json().contains(",\"unanswered\":3,"));
+}
+
+#[test]
 fn a_silent_server_times_out_the_greeting_and_the_run_ends() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -400,13 +428,17 @@ fn udp_to_a_closed_port_is_a_connection_error() {
     assert_eq!(report.messages, 0);
 }
 
-/// Parses the flat JSON object loadgen prints: string keys, number values.
+/// Parses the JSON object loadgen prints: string keys, number values, but for the last
+/// member `error_causes` when there were errors, which is left out.
 fn parse_flat_json(line: &str) -> HashMap<String, f64> {
     let body = line
         .trim()
         .strip_prefix('{')
         .and_then(|s| s.strip_suffix('}'))
         .unwrap_or_else(|| panic!("not a JSON object: {line}"));
+    let body = body
+        .find(",\"error_causes\":")
+        .map_or(body, |at| &body[..at]);
     body.split(',')
         .map(|pair| {
             let (key, value) = pair
@@ -424,7 +456,7 @@ fn parse_flat_json(line: &str) -> HashMap<String, f64> {
         .collect()
 }
 
-const JSON_KEYS: [&str; 14] = [
+const JSON_KEYS: [&str; 16] = [
     "messages",
     "duration_s",
     "msgs_per_sec",
@@ -439,6 +471,8 @@ const JSON_KEYS: [&str; 14] = [
     "connection_errors",
     "connections",
     "client_cpu_s",
+    "unanswered",
+    "longest_unanswered_us",
 ];
 
 fn loadgen_binary() -> Command {
@@ -483,9 +517,22 @@ fn the_binary_exits_1_when_errors_were_counted() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
-    let json = parse_flat_json(&String::from_utf8(output.stdout).unwrap());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let json = parse_flat_json(&stdout);
     assert_eq!(json["connection_errors"], 2.0);
     assert_eq!(json["errors"], 2.0);
+    // Why, without a log: the one cause, its count, and the first client's message.
+    let causes = &stdout[stdout.find(r#","error_causes":"#).expect(&stdout)..];
+    assert!(
+        causes.starts_with(
+            r#","error_causes":[{"cause":"Connection refused (os error 111)","count":2,"first":"client "#
+        ),
+        "{stdout}"
+    );
+    assert!(
+        causes.ends_with(": connection error: Connection refused (os error 111)\"}]}\n"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -162,7 +162,7 @@ pub const TLS_TARGET_ROW: &str = "tls-1000";
 /// lockstep TLS connections.
 pub const TLS_CPU_TARGET: f64 = 0.7;
 
-pub const WORKLOADS: [Workload; 16] = [
+pub const WORKLOADS: [Workload; 17] = [
     lockstep("tcp-1", 1),
     lockstep("tcp-10", 10),
     lockstep("tcp-100", 100),
@@ -189,6 +189,13 @@ pub const WORKLOADS: [Workload; 16] = [
         "attack-udp-flood",
         "UDP flood, 10 sockets",
         &["udp-flood:10"],
+    ),
+    // Three attacks at once, the partial lines each longer than the reactor's equal share
+    // of its buffer memory at 12,100 connections (256 MiB / 12,100, about 22 KiB).
+    under_attack(
+        "attack-mixed",
+        "mixed, 12,000 clients",
+        &["partial-line:5000,slow-reader:2000,dribbler:5000"],
     ),
     // The TLS rows: lockstep over TLS, then new connections, each a handshake, a greeting,
     // one reply and `close_notify`, from 10 clients at a time.

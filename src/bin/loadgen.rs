@@ -101,12 +101,15 @@ struct Args {
     #[arg(long)]
     json: bool,
 
-    /// N hostile clients beside the honest ones, each kind at most once, loopback only:
-    /// slow-reader (pipelines lines, never reads), dribbler (a byte every 2 s, never a
-    /// newline), idle (reads the greeting, then silent), churn (connects, sends a few lines,
-    /// closes unread, again), udp-flood (datagrams as fast as it can to --addr's port).
-    /// The report says what the server did to them; they never count as errors.
-    #[arg(long, value_name = "KIND:N")]
+    /// N hostile clients beside the honest ones, several kinds separated by commas
+    /// (slow-reader:2000,dribbler:5000) or the flag repeated, each kind at most once,
+    /// loopback only: slow-reader (pipelines lines, never reads), dribbler (a byte every
+    /// 2 s, never a newline), idle (reads the greeting, then silent), churn (connects, sends
+    /// a few lines, closes unread, again), udp-flood (datagrams as fast as it can to
+    /// --addr's port), partial-line (one line of 60,000 bytes, or partial-line:N:BYTES,
+    /// without its newline, then waits). The report says what the server did to them; they
+    /// never count as errors.
+    #[arg(long, value_name = "KIND:N[,KIND:N...]", value_delimiter = ',')]
     hostile: Vec<Hostile>,
 
     /// Begin every TCP connection with a PROXY protocol header (v1: text, v2: binary)
@@ -127,8 +130,10 @@ struct Args {
     #[arg(long)]
     tls: bool,
 
-    /// With --tls: the PEM file of the certificates (a CA's, or the server's own) that the
-    /// server's certificate must chain to.
+    /// With --tls: the PEM file of the certificates the server's must chain to (a CA's), or
+    /// be (the server's own, pinned: its name and validity are still checked, by its
+    /// subjectAltName or, without one, its common name, so `openssl req -x509`'s usual
+    /// self-signed certificate works as it is).
     #[arg(
         long,
         value_name = "PEM",

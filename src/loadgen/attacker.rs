@@ -1,5 +1,6 @@
 //! The hostile clients' engine, [`Attacker`]: one `mio::Poll` driving one share of the
-//! `--hostile` clients (slow readers, dribblers, idle clients, churners, UDP flood sockets)
+//! `--hostile` clients (slow readers, dribblers, idle clients, churners, UDP flood sockets,
+//! partial lines)
 //! on a thread of its own. It opens them, at most its share of [`MAX_SETUPS_IN_FLIGHT`]
 //! setting up at once as the honest engines do, says when every one is set up, misbehaves
 //! until it is told to stop, then records how each client stands and closes them all.
@@ -47,6 +48,9 @@ const FLOOD_CHUNK: usize = 64 * 1024;
 
 /// What a slow reader writes: nothing but newlines.
 static EMPTY_LINES: [u8; FLOOD_CHUNK] = [b'\n'; FLOOD_CHUNK];
+
+/// What a partial-line client writes, as much of it as its line has left: never a newline.
+static NO_NEWLINE: [u8; FLOOD_CHUNK] = [b'x'; FLOOD_CHUNK];
 
 /// Bytes a slow reader may write in one turn before the others get theirs.
 pub(super) const PRESS_BUDGET: usize = 4 * FLOOD_CHUNK;
@@ -113,9 +117,11 @@ struct Rogue {
     blocked: bool,
     /// On [`Attacker::ready`].
     queued: bool,
-    /// The start of the line it is receiving (dribblers and idle clients), up to
-    /// [`LINE_KEPT`] bytes.
+    /// The start of the line it is receiving (dribblers, idle and partial-line clients),
+    /// up to [`LINE_KEPT`] bytes.
     line: Vec<u8>,
+    /// A partial-line client: bytes of its line not yet taken by the kernel.
+    unsent: usize,
     /// An `ERR` line it has read.
     err: Option<ErrLine>,
 }
@@ -140,6 +146,8 @@ pub(super) struct Attacker<'a> {
     plan: Vec<usize>,
     /// One per kind in this engine's share.
     tallies: Vec<HostileTally>,
+    /// The line length of each kind in `tallies` (partial-line clients; 0 for the rest).
+    line_bytes: Vec<usize>,
     /// Clients with work left over from their turn's budget.
     ready: Vec<usize>,
     /// The ready list being worked through; kept to reuse its allocation.
@@ -176,6 +184,7 @@ impl<'a> Attacker<'a> {
                 tally
             })
             .collect();
+        let line_bytes = share.iter().map(|h| h.line_bytes).collect();
         let plan = share
             .iter()
             .enumerate()
@@ -188,6 +197,7 @@ impl<'a> Attacker<'a> {
             rogues: Vec::new(),
             plan,
             tallies,
+            line_bytes,
             ready: Vec::new(),
             pressing: Vec::new(),
             dribbles: VecDeque::new(),
@@ -265,6 +275,13 @@ impl<'a> Attacker<'a> {
                     rogue.phase = Phase::Pressing;
                     self.set_up_done(id);
                 }
+                // A partial line the server stopped taking: it stays as it is, and the
+                // rest open at once, as after a failed set-up, so a server that takes no
+                // more lines costs one `timeout`, not one per batch.
+                Phase::Pressing if overdue && rogue.setting_up => {
+                    self.batch_setups = false;
+                    self.set_up_done(id);
+                }
                 Phase::Waiting => self.reconnect(id, now),
                 _ => {}
             }
@@ -286,6 +303,7 @@ impl<'a> Attacker<'a> {
             blocked: false,
             queued: false,
             line: Vec::new(),
+            unsent: 0,
             err: None,
         });
         if kind == HostileKind::UdpFlood {
@@ -410,6 +428,14 @@ impl<'a> Attacker<'a> {
                 }
             }
             HostileKind::Dribbler | HostileKind::Idle => self.receive(id, now),
+            HostileKind::PartialLine => {
+                self.receive(id, now);
+                let rogue = &mut self.rogues[id];
+                if readiness.writable && rogue.phase == Phase::Pressing && rogue.unsent > 0 {
+                    rogue.blocked = false;
+                    self.queue(id);
+                }
+            }
             // A churner is never connected when an event comes: it closes at once.
             HostileKind::Churn => {}
             HostileKind::UdpFlood => {
@@ -453,6 +479,13 @@ impl<'a> Attacker<'a> {
                 self.receive(id, now);
             }
             HostileKind::Churn => self.churn(id, now),
+            // Set up once its whole line is in the server's hands (or `timeout` has passed),
+            // so the honest clients start beside lines already sent.
+            HostileKind::PartialLine => {
+                rogue.unsent = self.line_bytes[rogue.tally];
+                self.queue(id);
+                self.receive(id, now);
+            }
             HostileKind::UdpFlood => unreachable!("UDP sockets do not connect"),
         }
     }
@@ -533,6 +566,7 @@ impl<'a> Attacker<'a> {
             match self.rogues[id].kind {
                 HostileKind::SlowReader => self.write_lines(id, now),
                 HostileKind::UdpFlood => self.send_datagrams(id, now),
+                HostileKind::PartialLine => self.write_partial_line(id, now),
                 _ => {}
             }
         }
@@ -566,6 +600,45 @@ impl<'a> Attacker<'a> {
             }
         }
         self.queue(id);
+    }
+
+    /// A partial-line client's turn: the rest of its line until the kernel refuses it or the
+    /// budget is spent; once all of it is taken, it only waits.
+    fn write_partial_line(&mut self, id: usize, now: Instant) {
+        let rogue = &mut self.rogues[id];
+        let tally = &mut self.tallies[rogue.tally];
+        let Held::Tcp(stream) = &mut rogue.socket else {
+            return;
+        };
+        if rogue.phase != Phase::Pressing {
+            return;
+        }
+        let mut written = 0;
+        while rogue.unsent > 0 && written < PRESS_BUDGET {
+            match stream.write(&NO_NEWLINE[..rogue.unsent.min(FLOOD_CHUNK)]) {
+                Ok(0) => return self.end(id, Outcome::Reset),
+                Ok(n) => {
+                    written += n;
+                    rogue.unsent -= n;
+                    tally.bytes_sent += n as u64;
+                    rogue.progress_at = now;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    rogue.blocked = true;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    let outcome = rogue.err.map_or(Outcome::Reset, Outcome::Err);
+                    return self.end(id, outcome);
+                }
+            }
+        }
+        if rogue.unsent > 0 {
+            self.queue(id);
+        } else {
+            self.set_up_done(id);
+        }
     }
 
     /// A flood socket's turn: datagrams until the kernel refuses them or the burst is

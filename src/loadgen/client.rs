@@ -375,11 +375,11 @@ impl TcpClient {
                 _ => match self.in_flight.front() {
                     Some(request) => shared.script.tcp_reply(id, request.seq),
                     // Bytes when no reply is owed: the server is not speaking the protocol.
-                    None => return Err(Failure::Mismatch),
+                    None => return Err(Failure::mismatch(b"", input)),
                 },
             };
             match compare(input, expected) {
-                Match::Wrong => return Err(Failure::Mismatch),
+                Match::Wrong => return Err(Failure::mismatch(expected, input)),
                 Match::Partial => break,
                 Match::Complete => consumed += expected.len(),
             }
@@ -459,7 +459,10 @@ impl TcpClient {
             Phase::Connecting => {
                 Failure::Connection(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
             }
-            _ => Failure::Timeout,
+            Phase::Handshaking => Failure::Timeout("TLS handshake"),
+            Phase::Greeting => Failure::Timeout("greeting"),
+            Phase::Ready => Failure::Timeout("reply"),
+            Phase::Closing => Failure::Timeout("EOF after closing"),
         })
     }
 }
@@ -519,7 +522,10 @@ impl UdpClient {
                         Some(request) => shared.answered(request, now),
                         // No request in flight expects this datagram: a wrong reply, or one
                         // so late that its request already counted as a timeout.
-                        None => shared.count(&Failure::Mismatch),
+                        None => {
+                            let failure = Failure::mismatch(b"", &read_buffer[..n]);
+                            shared.count(id, &failure);
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -585,8 +591,20 @@ impl UdpClient {
             }
             self.in_flight.pop_front();
             shared.outstanding -= 1;
-            shared.count(&Failure::Timeout);
+            shared.count(id, &Failure::Timeout("reply"));
         }
         self.send(id, shared, now)
+    }
+}
+
+impl Client {
+    /// When its oldest request still in flight was sent, if it has one.
+    pub(super) fn oldest_in_flight(&self) -> Option<Instant> {
+        let oldest = match self {
+            Client::Tcp(tcp) => tcp.in_flight.front(),
+            Client::Udp(udp) => udp.in_flight.front(),
+            Client::Closed => None,
+        };
+        oldest.map(|request| request.sent_at)
     }
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use mio::{Events, Poll, Registry, Token};
 
+use super::causes::Causes;
 use super::client::Client;
 use super::options::Options;
 use super::report::Progress;
@@ -107,7 +108,7 @@ impl<'a> Engine<'a> {
                     if self.shared.tally.connection_errors == 0 {
                         log::warn!("client {id}: cannot open a socket: {e}");
                     }
-                    self.shared.count(&Failure::Connection(e));
+                    self.shared.count(id, &Failure::Connection(e));
                     self.clients.push(Client::Closed);
                 }
             }
@@ -181,6 +182,17 @@ impl<'a> Engine<'a> {
             self.poll_once(wake)?;
         }
         self.shared.sending = false;
+        // What the end of the load abandons: not errors, but a run whose requests were all
+        // still waiting must not read as a clean one.
+        let now = Instant::now();
+        for client in &self.clients {
+            self.shared.tally.unanswered += client.in_flight() as u64;
+            if let Some(sent_at) = client.oldest_in_flight() {
+                let waited = now.saturating_duration_since(sent_at);
+                let tally = &mut self.shared.tally;
+                tally.longest_unanswered = tally.longest_unanswered.max(waited);
+            }
+        }
         Ok(())
     }
 
@@ -223,7 +235,7 @@ impl<'a> Engine<'a> {
             return;
         };
         log::debug!("client {id}: {failure}");
-        self.shared.count(&failure);
+        self.shared.count(id, &failure);
         let mut client = std::mem::replace(&mut self.clients[id], Client::Closed);
         if client.is_setting_up() {
             self.shared.setting_up -= 1;
@@ -267,11 +279,12 @@ impl Shared<'_> {
                 .is_none_or(|limit| self.issued < limit)
     }
 
-    pub(super) fn count(&mut self, failure: &Failure) {
-        if matches!(failure, Failure::Timeout) {
+    /// Counts client `id`'s failure, under its cause.
+    pub(super) fn count(&mut self, id: usize, failure: &Failure) {
+        if matches!(failure, Failure::Timeout(_)) {
             self.timed_out_since_reply = true;
         }
-        self.tally.count(failure);
+        self.tally.count(id, failure);
     }
 
     /// The server has stopped answering: requests have timed out and nothing at all has
@@ -307,19 +320,48 @@ pub(super) struct InFlight {
 /// Why a client failed. The engine counts it and closes the client.
 #[derive(Debug)]
 pub(super) enum Failure {
-    /// A reply or greeting that differs from the expected bytes.
-    Mismatch,
-    /// Nothing (or not all of it) came back within `timeout`.
-    Timeout,
-    /// The socket failed: refused, reset, closed early, not connected in time.
+    /// Bytes that differ from the expected ones: what was expected, and what came.
+    Mismatch(String),
+    /// Nothing (or not all of it) came back within `timeout`: the name of what was awaited
+    /// (`reply`, `greeting`, ...).
+    Timeout(&'static str),
+    /// The socket failed: refused, reset, closed early, not connected in time, or its TLS
+    /// session failed.
     Connection(io::Error),
+}
+
+impl Failure {
+    /// A mismatch: the start of what was `expected` and of what was `got`, escaped.
+    pub(super) fn mismatch(expected: &[u8], got: &[u8]) -> Failure {
+        // Enough to tell one line from another; a reply may be megabytes long.
+        const SHOWN: usize = 60;
+        let shown = |bytes: &[u8]| bytes[..bytes.len().min(SHOWN)].escape_ascii().to_string();
+        Failure::Mismatch(format!(
+            "expected \"{}\", got \"{}\"",
+            shown(expected),
+            shown(got)
+        ))
+    }
+
+    /// The cause it is counted under: the same text for every failure of its kind, without
+    /// the details (which client, which names) its message gives.
+    fn cause(&self) -> String {
+        match self {
+            Failure::Mismatch(_) => "wrong reply".into(),
+            Failure::Timeout(what) => format!("no {what} within --timeout"),
+            Failure::Connection(e) => match super::tls::error_name(e) {
+                Some(name) => format!("TLS {name}"),
+                None => e.to_string(),
+            },
+        }
+    }
 }
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Failure::Mismatch => f.write_str("wrong reply"),
-            Failure::Timeout => f.write_str("no reply in time"),
+            Failure::Mismatch(detail) => write!(f, "wrong reply: {detail}"),
+            Failure::Timeout(what) => write!(f, "no {what} within --timeout"),
             Failure::Connection(e) => write!(f, "connection error: {e}"),
         }
     }
@@ -345,6 +387,11 @@ pub(super) struct Tally {
     /// part of the setup, before the clock starts).
     pub(super) handshakes: u64,
     pub(super) latency: Histogram<u64>,
+    /// Every error above, by cause.
+    pub(super) causes: Causes,
+    /// Requests still in flight when the load ended, and how long the oldest had waited.
+    pub(super) unanswered: u64,
+    pub(super) longest_unanswered: Duration,
 }
 
 impl Tally {
@@ -362,15 +409,20 @@ impl Tally {
             connections_opened: 0,
             handshakes: 0,
             latency,
+            causes: Causes::default(),
+            unanswered: 0,
+            longest_unanswered: Duration::ZERO,
         })
     }
 
-    fn count(&mut self, failure: &Failure) {
+    fn count(&mut self, id: usize, failure: &Failure) {
         match failure {
-            Failure::Mismatch => self.mismatches += 1,
-            Failure::Timeout => self.timeouts += 1,
+            Failure::Mismatch(_) => self.mismatches += 1,
+            Failure::Timeout(_) => self.timeouts += 1,
             Failure::Connection(_) => self.connection_errors += 1,
         }
+        self.causes
+            .count(&failure.cause(), || format!("client {id}: {failure}"));
     }
 
     fn errors(&self) -> u64 {
@@ -385,6 +437,9 @@ impl Tally {
         self.connection_errors += other.connection_errors;
         self.connections_opened += other.connections_opened;
         self.handshakes += other.handshakes;
+        self.causes.add(&other.causes);
+        self.unanswered += other.unanswered;
+        self.longest_unanswered = self.longest_unanswered.max(other.longest_unanswered);
         self.latency
             .add(&other.latency)
             .map_err(|e| io::Error::other(format!("{e:?}")))

@@ -31,16 +31,21 @@ pub enum HostileKind {
     Churn,
     /// Sends datagrams as fast as it can and never reads a reply.
     UdpFlood,
+    /// Sends one long line without its newline ([`Hostile::line_bytes`], as fast as the
+    /// server takes it), then waits; it reads what the server sends, to see an `ERR` line
+    /// and the close.
+    PartialLine,
 }
 
 impl HostileKind {
     /// Every kind, in the order the report lists them.
-    pub const ALL: [HostileKind; 5] = [
+    pub const ALL: [HostileKind; 6] = [
         HostileKind::SlowReader,
         HostileKind::Dribbler,
         HostileKind::Idle,
         HostileKind::Churn,
         HostileKind::UdpFlood,
+        HostileKind::PartialLine,
     ];
 
     /// The name `--hostile` takes and the text report prints.
@@ -51,6 +56,7 @@ impl HostileKind {
             HostileKind::Idle => "idle",
             HostileKind::Churn => "churn",
             HostileKind::UdpFlood => "udp-flood",
+            HostileKind::PartialLine => "partial-line",
         }
     }
 
@@ -62,6 +68,7 @@ impl HostileKind {
             HostileKind::Idle => "idle",
             HostileKind::Churn => "churn",
             HostileKind::UdpFlood => "udp_flood",
+            HostileKind::PartialLine => "partial_line",
         }
     }
 }
@@ -76,6 +83,16 @@ pub const DRIBBLE_INTERVAL: Duration = Duration::from_secs(2);
 /// that stopped; short enough to tell in a run of a few seconds.
 pub const PAUSED_AFTER: Duration = Duration::from_secs(1);
 
+/// The line a partial-line client sends unless told otherwise (`partial-line:N:BYTES`):
+/// 60,000 bytes, longer than the reactor's equal share of its default buffer memory at
+/// 5,000 connections (256 MiB / 5,000, 52 KiB), and within the default `--max-line`.
+pub const PARTIAL_LINE_BYTES: usize = 60_000;
+
+/// The longest line a partial-line client may be told to send: 16 MiB, far beyond any
+/// line limit a server would set, so that a slip of the keyboard cannot make thousands of
+/// clients push gigabytes each through loopback.
+pub const MAX_PARTIAL_LINE_BYTES: usize = 16 << 20;
+
 /// `N` hostile clients of one kind: the value of one `--hostile KIND:N`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hostile {
@@ -83,14 +100,50 @@ pub struct Hostile {
     pub kind: HostileKind,
     /// How many; at least 1.
     pub clients: usize,
+    /// Partial-line clients: the bytes of the line each one sends (at least 1); 0 for
+    /// every other kind.
+    pub line_bytes: usize,
+}
+
+impl Hostile {
+    /// `clients` of `kind`, with the default line of a partial-line client.
+    pub fn new(kind: HostileKind, clients: usize) -> Hostile {
+        let line_bytes = match kind {
+            HostileKind::PartialLine => PARTIAL_LINE_BYTES,
+            _ => 0,
+        };
+        Hostile {
+            kind,
+            clients,
+            line_bytes,
+        }
+    }
 }
 
 impl FromStr for Hostile {
     type Err = String;
 
-    /// `slow-reader:2000`, `dribbler:5000`, `idle:10`, `churn:1000`, `udp-flood:10`.
+    /// `slow-reader:2000`, `dribbler:5000`, `idle:10`, `churn:1000`, `udp-flood:10`,
+    /// `partial-line:5000` (or `partial-line:5000:40000`, each line 40,000 bytes).
     fn from_str(s: &str) -> Result<Hostile, String> {
         let names = || HostileKind::ALL.map(HostileKind::name).join(", ");
+        let (s, line_bytes) = match s.splitn(3, ':').nth(2) {
+            Some(bytes) => (
+                &s[..s.len() - bytes.len() - 1],
+                Some(
+                    bytes
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=MAX_PARTIAL_LINE_BYTES).contains(n))
+                        .ok_or_else(|| {
+                            format!(
+                                "{bytes:?} is not a line length (1 to {MAX_PARTIAL_LINE_BYTES} bytes)"
+                            )
+                        })?,
+                ),
+            ),
+            None => (s, None),
+        };
         let (name, count) = s.split_once(':').ok_or_else(|| {
             format!(
                 "expected KIND:N, as in slow-reader:100 (kinds: {})",
@@ -106,7 +159,17 @@ impl FromStr for Hostile {
             .ok()
             .filter(|&n| n > 0)
             .ok_or_else(|| format!("{count:?} is not a count of clients (1 or more)"))?;
-        Ok(Hostile { kind, clients })
+        match line_bytes {
+            None => Ok(Hostile::new(kind, clients)),
+            Some(line_bytes) if kind == HostileKind::PartialLine => Ok(Hostile {
+                kind,
+                clients,
+                line_bytes,
+            }),
+            Some(_) => Err(format!(
+                "only partial-line takes a line length (KIND:N:BYTES), not {name}"
+            )),
+        }
     }
 }
 
@@ -177,8 +240,8 @@ impl ErrLine {
     }
 }
 
-/// How the server dealt with one hostile client, as the client saw it. Every slow reader,
-/// dribbler, idle client and UDP flood socket ends the run with exactly one; a churner's
+/// How the server dealt with one hostile client, as the client saw it. Every hostile
+/// client but a churner ends the run with exactly one; a churner's
 /// connections are counted one by one instead (see [`HostileTally`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -202,7 +265,7 @@ pub enum Outcome {
 
 /// What a run counted for the hostile clients of one kind, added up over its engines.
 ///
-/// For slow readers, dribblers, idle clients and UDP flood sockets, `clients` is the sum of
+/// For every kind but churners, `clients` is the sum of
 /// the outcome counts (`open`, `paused`, `closed`, every `ERR` line, `reset`, `failed`).
 /// A churner closes its connections itself, so it has no outcome of its own: `connected`
 /// counts its connections, `reset` and `failed` the ones the server reset or that never
@@ -386,10 +449,21 @@ mod tests {
     fn the_flag_value_names_a_kind_and_a_count() {
         assert_eq!(
             "slow-reader:2000".parse(),
+            Ok(Hostile::new(HostileKind::SlowReader, 2000))
+        );
+        assert_eq!(
+            "partial-line:5000".parse(),
             Ok(Hostile {
-                kind: HostileKind::SlowReader,
-                clients: 2000
+                kind: HostileKind::PartialLine,
+                clients: 5000,
+                line_bytes: PARTIAL_LINE_BYTES,
             })
+        );
+        assert_eq!(
+            "partial-line:3:40000"
+                .parse::<Hostile>()
+                .map(|h| h.line_bytes),
+            Ok(40_000)
         );
         for kind in HostileKind::ALL {
             let parsed: Hostile = format!("{}:1", kind.name()).parse().unwrap();
@@ -402,6 +476,11 @@ mod tests {
             "shouty:3",
             ":3",
             "idle:x",
+            "idle:3:100",
+            "partial-line:3:0",
+            "partial-line:3:",
+            "partial-line:3:99999999999",
+            "partial-line::100",
         ] {
             assert!(bad.parse::<Hostile>().is_err(), "{bad}");
         }

@@ -16,9 +16,9 @@
 //! the clock start and the load begin, so connection setup is not counted as throughput
 //! and every client starts together (with several engines, each waits for the others to
 //! finish setting up). The load phase ends when `duration` has passed (requests still in
-//! flight are abandoned, counted neither as messages nor as errors), when `messages`
-//! requests have all been settled, when no client is left, or when the server has stopped
-//! answering altogether.
+//! flight are abandoned, counted neither as messages nor as errors but as
+//! [`Report::unanswered`]), when `messages` requests have all been settled, when no client
+//! is left, or when the server has stopped answering altogether.
 //!
 //! Errors are counted per failure, not per request: a TCP connection that gets a wrong
 //! reply, times out or is reset is closed and counted once, and the requests queued behind
@@ -26,8 +26,10 @@
 //! numbers easy to read: `connections - connected` never got going, and a run whose
 //! clients have all failed ends at once. Only a clean close is followed by a new connection:
 //! with [`Options::requests_per_connection`] a client closes after that many replies and
-//! connects again, and a reconnect that fails is an error like any other. UDP has no stream to fall out of step, so a lost
-//! or wrong datagram is counted on its own and the socket carries on.
+//! connects again, and a reconnect that fails is an error like any other. UDP has no stream
+//! to fall out of step, so a lost or wrong datagram is counted on its own and the socket
+//! carries on. Every error is also counted under its cause, with the first message of each
+//! ([`Report::causes`]), so a failed run says why without a log.
 //!
 //! Hostile clients ([`Options::hostile`], `--hostile KIND:N`) run beside the honest ones,
 //! on engines of their own (attackers), never in an honest engine's loop. They are all set
@@ -48,8 +50,13 @@
 //!    writes through.
 //! 8. `hostile.rs`: the hostile kinds, their outcomes and what is counted of them, as data.
 //! 9. `attacker.rs`: the engine that drives the hostile clients.
+//! 10. `causes.rs`: every error counted under its cause, with its first message.
+//! 11. `certificate.rs`: what `--tls-ca` still checks of a certificate it pins.
 
 mod attacker;
+mod causes;
+#[cfg(feature = "tls")]
+mod certificate;
 mod client;
 mod driver;
 mod engine;
@@ -59,10 +66,12 @@ mod report;
 mod script;
 mod tls;
 
+pub use causes::{Cause, MAX_CAUSES, OTHER_CAUSES};
 pub use driver::{run, run_with_progress};
 pub use engine::MAX_SETUPS_IN_FLIGHT;
 pub use hostile::{
-    ErrLine, Hostile, HostileKind, HostileTally, Outcome, DRIBBLE_INTERVAL, PAUSED_AFTER,
+    ErrLine, Hostile, HostileKind, HostileTally, Outcome, DRIBBLE_INTERVAL, MAX_PARTIAL_LINE_BYTES,
+    PARTIAL_LINE_BYTES, PAUSED_AFTER,
 };
 pub use options::{Options, Transport, MAX_UDP_SIZE};
 pub use report::{Progress, Report};

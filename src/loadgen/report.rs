@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use super::causes::{json_string, Cause};
 use super::hostile::HostileTally;
 
 /// A snapshot handed during the load to the progress callback of
@@ -43,6 +44,15 @@ pub struct Report {
     pub timeouts: u64,
     /// Connections refused, reset, closed by the server, or not set up within `timeout`.
     pub connection_errors: u64,
+    /// Every error above by its cause, with the first message of each, in the order the
+    /// causes were first met (at most [`MAX_CAUSES`](super::MAX_CAUSES) and one for the
+    /// rest); empty without errors.
+    pub causes: Vec<Cause>,
+    /// Requests still in flight when the load ended (`duration` was over, or the server
+    /// stopped answering): abandoned, neither messages nor errors.
+    pub unanswered: u64,
+    /// How long the oldest of them had waited; zero without any.
+    pub longest_unanswered: Duration,
     /// TCP connections set up (connected and greeted) over the whole run, the clients'
     /// first ones included: `connected` unless
     /// [`requests_per_connection`](super::Options::requests_per_connection) makes clients
@@ -97,8 +107,10 @@ impl Report {
         per_second(self.client_cpu.as_secs_f64(), self.duration)
     }
 
-    /// The report as one line of JSON: a flat object of numbers. The key names are an
-    /// interface (the bench parses them); add keys, never rename them.
+    /// The report as one line of JSON: an object of numbers and, when there were errors,
+    /// one last member `error_causes`, a list of `{"cause", "count", "first"}` objects.
+    /// The key names are an interface (the bench parses them); add keys, never rename
+    /// them.
     pub fn to_json(&self) -> String {
         let mut json = format!(
             concat!(
@@ -106,7 +118,8 @@ impl Report {
                 "\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},",
                 "\"mean_us\":{:.1},\"errors\":{},\"mismatches\":{},\"timeouts\":{},",
                 "\"connection_errors\":{},\"connections\":{},\"connected\":{},",
-                "\"client_cpu_s\":{:.6},\"connections_opened\":{}}}"
+                "\"client_cpu_s\":{:.6},\"connections_opened\":{},\"unanswered\":{},",
+                "\"longest_unanswered_us\":{}}}"
             ),
             self.messages,
             self.duration.as_secs_f64(),
@@ -125,6 +138,8 @@ impl Report {
             self.connected,
             self.client_cpu.as_secs_f64(),
             self.connections_opened,
+            self.unanswered,
+            self.longest_unanswered.as_micros(),
         );
         if let Some(verified) = self.tls_verified {
             json.pop();
@@ -143,6 +158,22 @@ impl Report {
                 json += &tally.json_members();
             }
             json.push('}');
+        }
+        if !self.causes.is_empty() {
+            json.pop();
+            json += ",\"error_causes\":[";
+            for (i, cause) in self.causes.iter().enumerate() {
+                if i > 0 {
+                    json.push(',');
+                }
+                json += &format!(
+                    "{{\"cause\":{},\"count\":{},\"first\":{}}}",
+                    json_string(&cause.cause),
+                    cause.count,
+                    json_string(&cause.first)
+                );
+            }
+            json += "]}";
         }
         json
     }
@@ -171,6 +202,21 @@ impl fmt::Display for Report {
             self.timeouts,
             self.connection_errors
         )?;
+        for cause in &self.causes {
+            writeln!(
+                f,
+                "  because    {} × {}; the first: {}",
+                cause.count, cause.cause, cause.first
+            )?;
+        }
+        if self.unanswered > 0 {
+            writeln!(
+                f,
+                "unanswered   {} requests still in flight at the end, the oldest for {:.3} s",
+                self.unanswered,
+                self.longest_unanswered.as_secs_f64()
+            )?;
+        }
         writeln!(
             f,
             "connections  {} of {} set up, {} opened in all",
@@ -234,6 +280,9 @@ mod tests {
             mismatches: 1,
             timeouts: 2,
             connection_errors: 3,
+            causes: Vec::new(),
+            unanswered: 0,
+            longest_unanswered: Duration::ZERO,
             connections_opened: 0,
             tls_handshakes: 0,
             tls_verified: None,

@@ -68,14 +68,28 @@ impl ClientTls {
                     |what: &dyn std::fmt::Display| format!("--tls-ca {}: {what}", path.display());
                 let pem = std::fs::read(path).map_err(|e| named(&e))?;
                 let mut roots = rustls::RootCertStore::empty();
+                let mut pinned = Vec::new();
                 for cert in CertificateDer::pem_slice_iter(&pem) {
                     let cert = cert.map_err(|e| named(&e))?;
-                    roots.add(cert).map_err(|e| named(&e))?;
+                    roots.add(cert.clone()).map_err(|e| named(&e))?;
+                    pinned.push(cert);
                 }
                 if roots.is_empty() {
                     return Err(named(&"no certificate in it"));
                 }
-                builder.with_root_certificates(roots).with_no_client_auth()
+                let chained = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                    std::sync::Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .map_err(|e| named(&e))?;
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(std::sync::Arc::new(PinnedOrChained {
+                        pinned,
+                        chained,
+                    }))
+                    .with_no_client_auth()
             }
             None => builder
                 .dangerous()
@@ -115,6 +129,158 @@ impl ClientTls {
     pub(super) fn session(&self) -> io::Result<Session> {
         match *self {}
     }
+}
+
+/// `--tls-ca`'s verifier. A server certificate that is itself in the file is pinned: its
+/// bytes are trusted as they are, as `openssl s_client -CAfile` and curl's `--cacert` trust
+/// them, and only its name and its validity period are checked. That is how the usual
+/// self-signed test certificate (`openssl req -x509`, which marks it `CA:TRUE`) is accepted,
+/// where a chain check refuses a CA certificate as the server's own. Any other certificate
+/// must chain to one in the file, checked by rustls's own verifier.
+#[cfg(feature = "tls")]
+#[derive(Debug)]
+struct PinnedOrChained {
+    /// Every certificate in the `--tls-ca` file, DER.
+    pinned: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// The chain check, and the handshake signatures for both.
+    chained: std::sync::Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+#[cfg(feature = "tls")]
+impl rustls::client::danger::ServerCertVerifier for PinnedOrChained {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if !self
+            .pinned
+            .iter()
+            .any(|cert| cert.as_ref() == end_entity.as_ref())
+        {
+            return self.chained.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            );
+        }
+        check_pinned(end_entity, server_name, now)?;
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.chained.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.chained.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.chained.supported_verify_schemes()
+    }
+}
+
+/// What is still checked of a pinned certificate: that `now` is within its validity period
+/// and that it names `server_name`, by its subjectAltName as rustls checks it or, when it
+/// has none, by its subject's common name, as OpenSSL (and so curl) does.
+#[cfg(feature = "tls")]
+fn check_pinned(
+    cert: &rustls::pki_types::CertificateDer<'_>,
+    server_name: &rustls::pki_types::ServerName<'_>,
+    now: rustls::pki_types::UnixTime,
+) -> Result<(), rustls::Error> {
+    use rustls::pki_types::{ServerName, UnixTime};
+    use rustls::CertificateError;
+
+    let facts = super::certificate::read(cert).ok_or(CertificateError::BadEncoding)?;
+    let at = |secs| UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs));
+    if now.as_secs() < facts.not_before {
+        return Err(CertificateError::NotValidYetContext {
+            time: now,
+            not_before: at(facts.not_before),
+        }
+        .into());
+    }
+    if now.as_secs() > facts.not_after {
+        return Err(CertificateError::ExpiredContext {
+            time: now,
+            not_after: at(facts.not_after),
+        }
+        .into());
+    }
+    if facts.has_subject_alt_name {
+        let parsed = rustls::server::ParsedCertificate::try_from(cert)?;
+        return rustls::client::verify_server_name(&parsed, server_name);
+    }
+    match (server_name, &facts.common_name) {
+        (ServerName::DnsName(dns), Some(common_name))
+            if common_name.eq_ignore_ascii_case(dns.as_ref()) =>
+        {
+            Ok(())
+        }
+        _ => Err(CertificateError::NotValidForNameContext {
+            expected: server_name.to_owned(),
+            presented: facts
+                .common_name
+                .iter()
+                .map(|name| format!("{name} (its common name)"))
+                .collect(),
+        }
+        .into()),
+    }
+}
+
+/// The name of the TLS error inside `e`, if it is one: its variant and, for a certificate
+/// error, the certificate error's (`InvalidCertificate(UnknownIssuer)`), without the
+/// details that differ from one connection to the next.
+#[cfg(feature = "tls")]
+pub(super) fn error_name(e: &io::Error) -> Option<String> {
+    let tls = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    // Debug names the variants; what is nested two deep (names, times) is dropped.
+    let mut name = String::new();
+    let mut depth = 0usize;
+    for c in format!("{tls:?}").chars() {
+        match c {
+            '(' | '{' | '[' => {
+                depth += 1;
+                if depth == 1 {
+                    name.push('(');
+                }
+            }
+            ')' | '}' | ']' => {
+                if depth == 1 {
+                    name = name.trim_end().to_string();
+                    name.push(')');
+                }
+                depth = depth.saturating_sub(1);
+            }
+            _ if depth <= 1 => name.push(c),
+            _ => {}
+        }
+    }
+    Some(name)
+}
+
+/// Without TLS no error is a TLS error.
+#[cfg(not(feature = "tls"))]
+pub(super) fn error_name(_: &io::Error) -> Option<String> {
+    None
 }
 
 /// `--tls-insecure`: accepts any certificate, and still checks the handshake's signatures
