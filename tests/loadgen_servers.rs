@@ -7,9 +7,9 @@
 #[allow(dead_code)]
 mod common;
 
-use evloop::loadgen::{self, Options, Transport};
 use evloop::protocol::Mode;
 use evloop::{reactor, threaded, Running};
+use loadgen::{Options, Transport};
 
 fn drive(server: &Running, configure: impl FnOnce(&mut Options)) -> loadgen::Report {
     let mut options = Options {

@@ -11,8 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use common::{Binary, Client, IO_TIMEOUT};
-use evloop::loadgen::{self, Options, Transport};
 use evloop::metrics::{MAX_METRICS_CLIENTS, MAX_REQUEST_HEAD, METRICS_DEADLINE};
+use loadgen::{Options, Transport};
 
 /// The reactor with `--metrics` on a free port, and where the metrics are: the line after
 /// the startup line.

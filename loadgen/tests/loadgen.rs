@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use evloop::loadgen::{self, Options, Report, Transport};
 use evloop::protocol::Mode;
+use loadgen::{self, Options, Report, Transport};
 
 /// What a test server does with line `n` (counting from 0) of a connection: the reply
 /// bytes to send, `None` to send nothing, or `Err(())` to close the connection.

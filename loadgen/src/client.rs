@@ -21,7 +21,7 @@ use super::engine::{Failure, InFlight, Shared};
 use super::options::{Options, Transport};
 use super::script::{compare, Match, Script};
 use super::tls::Session;
-use crate::proxy;
+use evloop::proxy;
 
 /// One client, or the empty slot a failed one leaves. Slots are never reused, so a late
 /// event for a closed client finds `Closed` and is ignored.
@@ -280,7 +280,7 @@ impl TcpClient {
     /// hands out).
     fn read(&mut self, buf: &mut [u8]) -> (io::Result<usize>, bool) {
         match &mut self.tls {
-            None => (self.stream.read(buf), crate::net::SHORT_READ_DRAINS),
+            None => (self.stream.read(buf), evloop::net::SHORT_READ_DRAINS),
             Some(tls) => (tls.read(&mut self.stream, buf), false),
         }
     }

@@ -7,8 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::hostile::Hostile;
-use crate::protocol::Mode;
-use crate::proxy;
+use evloop::protocol::Mode;
+use evloop::proxy;
 
 /// The largest `size` a UDP request may have: the largest UDP payload over IPv4 (65,507
 /// bytes) less the 8 bytes `Hello, ` and `!` add to the reply.
@@ -281,7 +281,7 @@ mod tests {
     #[cfg(feature = "tls")]
     #[test]
     fn tls_is_for_tcp() {
-        let tls = Some(crate::loadgen::ClientTls::new(None, "127.0.0.1").unwrap());
+        let tls = Some(crate::ClientTls::new(None, "127.0.0.1").unwrap());
         let tcp = Options {
             tls: tls.clone(),
             ..Options::default()
