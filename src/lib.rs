@@ -21,9 +21,9 @@
 //! crate (`harness/`).
 //!
 //! [`config`], [`stats`], [`budget`], [`net`], [`proxy`] (the PROXY protocol header, as
-//! free of I/O as [`protocol`]), `tls` (TLS with rustls: the certificate, and a TLS session
-//! a connection drives as it drives a socket), [`transport`] (a socket or a TLS session:
-//! what the loop is generic over), [`signals`], [`systemd`], [`restart`] (a successor on the
+//! free of I/O as [`protocol`]), `tls` (TLS with rustls: the certificate, and the TLS state
+//! over a socket that a connection drives as it drives a socket), `transport` (a socket, or
+//! a socket with TLS: what the loop is generic over), `signals`, [`systemd`], [`restart`] (a successor on the
 //! same sockets at SIGUSR2), `cli` (the binaries' flags, with the default feature `cli`)
 //! and [`running`] are the plumbing the binaries share.
 //!
@@ -45,14 +45,14 @@ pub mod proxy;
 pub mod reactor;
 pub mod restart;
 pub mod running;
-pub mod signals;
+pub(crate) mod signals;
 pub mod stats;
 pub mod systemd;
 pub mod threaded;
 pub mod timers;
 #[cfg(feature = "tls")]
 pub mod tls;
-pub mod transport;
+pub(crate) mod transport;
 pub mod udp;
 
 pub use config::ServerConfig;

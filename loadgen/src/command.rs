@@ -16,7 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use evloop::cli::{fail, init_logging, parse_addr, parse_from_or_exit, ModeArg};
 use evloop::protocol::Mode;
 
-use crate::{self as loadgen, Hostile, Options, Progress, Transport};
+use crate::{self as loadgen, Hostile, Options, Progress, SocketKind};
 
 /// Default run length when neither --duration nor --messages is given.
 const DEFAULT_DURATION_SECS: f64 = 10.0;
@@ -146,7 +146,7 @@ struct Args {
     )]
     tls_ca: Option<std::path::PathBuf>,
 
-    /// With --tls: accept any certificate, so the session is encrypted but the server is not
+    /// With --tls: accept any certificate, so the connection is encrypted but the server is not
     /// authenticated; the report says so. For tests and benches against a throwaway
     /// certificate.
     #[arg(long, requires = "tls")]
@@ -182,10 +182,10 @@ impl Args {
             messages: self.messages,
             size: self.size,
             pipeline: self.pipeline,
-            transport: if self.udp {
-                Transport::Udp
+            socket_kind: if self.udp {
+                SocketKind::Udp
             } else {
-                Transport::Tcp
+                SocketKind::Tcp
             },
             mode: self.reply.clone().unwrap_or_else(|| self.mode.into()),
             greeting: self.greeting.clone().into_bytes(),

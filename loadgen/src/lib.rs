@@ -46,7 +46,7 @@
 //!    counts.
 //! 5. `client.rs`: one client's state machine, a TCP connection or a UDP socket.
 //! 6. `script.rs`: the bytes each client sends and expects, with no I/O.
-//! 7. `tls.rs`: `--tls`: the client configuration, and the session a TCP client reads and
+//! 7. `tls.rs`: `--tls`: the client configuration, and the TLS state a TCP client reads and
 //!    writes through.
 //! 8. `hostile.rs`: the hostile kinds, their outcomes and what is counted of them, as data.
 //! 9. `attacker.rs`: the engine that drives the hostile clients.
@@ -77,6 +77,6 @@ pub use hostile::{
     ErrLine, Hostile, HostileKind, HostileTally, Outcome, DRIBBLE_INTERVAL, MAX_PARTIAL_LINE_BYTES,
     PARTIAL_LINE_BYTES, PAUSED_AFTER,
 };
-pub use options::{Options, Transport, MAX_UDP_SIZE};
+pub use options::{Options, SocketKind, MAX_UDP_SIZE};
 pub use report::{Progress, Report};
 pub use tls::ClientTls;
