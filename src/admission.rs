@@ -81,8 +81,8 @@ impl Admission {
 
     /// A place for one more connection, counted against `address` too if it is known
     /// (behind a balancer it is not, until the PROXY header: see
-    /// [`Permit::count_address`]). The address is asked first, so a client that is over
-    /// both limits hears about its own.
+    /// [`Permit::count_address_or_reclaim`]). The address is asked first, so a client that
+    /// is over both limits hears about its own.
     pub fn admit(self: &Arc<Self>, address: Option<IpAddr>) -> Result<Permit, Refusal> {
         if let Some(ip) = address {
             if !self.take_address(ip) {

@@ -598,11 +598,6 @@ impl<S: Transport> EventLoop<S> {
             self.closed.push(token);
             return;
         };
-        if slot.conn.state() == State::Lingering && !slot.lingering {
-            slot.lingering = true;
-            let address = slot.permit.as_ref().and_then(Permit::address);
-            self.lingering.push(address, (token.0, slot.serial));
-        }
         if wanted != slot.registered {
             if let Err(e) = self
                 .poll
@@ -617,7 +612,16 @@ impl<S: Transport> EventLoop<S> {
             slot.registered = wanted;
         }
         slot.account(&self.budget);
-        slot.schedule(token.0, &mut self.timers, &self.config);
+        // Only a change of state (or a line starting) has the deadline asked for again, so
+        // looking for the start of lingering there keeps it off the per-message path.
+        if slot.schedule(token.0, &mut self.timers, &self.config)
+            && slot.conn.state() == State::Lingering
+            && !slot.lingering
+        {
+            slot.lingering = true;
+            let address = slot.permit.as_ref().and_then(Permit::address);
+            self.lingering.push(address, (token.0, slot.serial));
+        }
     }
 
     fn serve_metrics(&mut self, token: Token) {

@@ -81,16 +81,21 @@ impl<S: Transport> Slot<S> {
     /// is scheduled or the connection says it may have moved earlier (a change of state, a
     /// line starting). When it moved later (every message moves the idle deadline), the
     /// entry already scheduled fires early, finds nothing due, and is scheduled again for
-    /// the new time.
+    /// the new time. Returns whether it asked, which is whenever the state may have changed.
     #[inline]
-    pub(super) fn schedule(&mut self, key: usize, timers: &mut Timers, config: &ServerConfig) {
+    pub(super) fn schedule(
+        &mut self,
+        key: usize,
+        timers: &mut Timers,
+        config: &ServerConfig,
+    ) -> bool {
         let change = self.conn.earlier_deadlines();
         if self.scheduled.is_some() && change == self.scheduled_at_change {
-            return;
+            return false;
         }
         self.scheduled_at_change = change;
         let Some(deadline) = self.conn.deadline(config) else {
-            return;
+            return true;
         };
         if self.scheduled.is_none_or(|at| deadline < at) {
             self.scheduled = Some(deadline);
@@ -100,6 +105,7 @@ impl<S: Transport> Slot<S> {
                 serial: self.serial,
             });
         }
+        true
     }
 }
 
