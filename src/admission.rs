@@ -5,7 +5,7 @@
 //! it is dropped, so no way a connection ends can forget to give its place back.
 //!
 //! At a limit, a connection that owes its client nothing and only waits for its EOF (the
-//! lingering close) is worth less than a new client: [`Lingering`] keeps such connections
+//! lingering close) is worth less than a new client: [`LingeringQueue`] keeps such connections
 //! oldest first, and [`Admission::admit_or_reclaim`] asks the server to close one of them to
 //! make room before it refuses anyone (as nginx closes its reusable connections when it runs
 //! out). The server decides what a key means, whether its connection still lingers, and how
@@ -201,19 +201,19 @@ impl Drop for Permit {
 /// out) may stay until they are met: the caller says which are still lingering, and keeps
 /// the queue bounded with [`retain`](Self::retain).
 #[derive(Debug)]
-pub struct Lingering<T> {
+pub struct LingeringQueue<T> {
     queue: VecDeque<(Option<IpAddr>, T)>,
 }
 
-impl<T> Default for Lingering<T> {
-    fn default() -> Lingering<T> {
-        Lingering {
+impl<T> Default for LingeringQueue<T> {
+    fn default() -> LingeringQueue<T> {
+        LingeringQueue {
             queue: VecDeque::new(),
         }
     }
 }
 
-impl<T> Lingering<T> {
+impl<T> LingeringQueue<T> {
     /// A connection from `address` began lingering now: it is the youngest.
     pub fn push(&mut self, address: Option<IpAddr>, entry: T) {
         self.queue.push_back((address, entry));
@@ -379,7 +379,7 @@ mod tests {
 
     #[test]
     fn the_oldest_lingering_is_taken_first_and_of_the_address_asked() {
-        let mut lingering = Lingering::default();
+        let mut lingering = LingeringQueue::default();
         for (i, address) in [A, B, A, B].into_iter().enumerate() {
             lingering.push(Some(address), i);
         }
@@ -399,7 +399,7 @@ mod tests {
 
     #[test]
     fn entries_no_longer_lingering_are_skipped_and_dropped() {
-        let mut lingering = Lingering::default();
+        let mut lingering = LingeringQueue::default();
         for i in 0..5 {
             lingering.push(Some(if i % 2 == 0 { A } else { B }), i);
         }

@@ -29,7 +29,7 @@ use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::admission::{Admission, Lingering, Permit, Refusal};
+use crate::admission::{Admission, LingeringQueue, Permit, Refusal};
 use crate::budget::MemoryBudget;
 use crate::config::ServerConfig;
 use crate::connection::{Connection, HeaderRead, State};
@@ -112,7 +112,7 @@ pub(crate) struct EventLoop<S: Transport = TcpStream> {
     admission: Arc<Admission>,
     /// This loop's connections that owe nothing and wait only for their peer's EOF, oldest
     /// first: closed at a limit to admit a new client. Keyed by slab key and serial.
-    lingering: Lingering<(usize, u64)>,
+    lingering: LingeringQueue<(usize, u64)>,
     /// Bytes held in connection buffers across every loop, for `--max-buffer-memory`.
     budget: Arc<MemoryBudget>,
     /// This turn's equal share of the memory budget among the open connections.
@@ -198,7 +198,7 @@ impl<S: Transport> EventLoop<S> {
             accept_paused_until: None,
             accept_starved: false,
             admission,
-            lingering: Lingering::default(),
+            lingering: LingeringQueue::default(),
             budget,
             share: 0,
             listener_queued: false,
@@ -796,7 +796,7 @@ impl<S: Transport> EventLoop<S> {
 /// apart from the rest of it, since admission (the loop's too) asks for it mid-call.
 struct Reclaim<'a, S> {
     connections: &'a mut Slab<Slot<S>>,
-    lingering: &'a mut Lingering<(usize, u64)>,
+    lingering: &'a mut LingeringQueue<(usize, u64)>,
     closed: &'a mut Vec<Token>,
     stats: &'a mut Stats,
     now: Instant,

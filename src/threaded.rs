@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 
-use crate::admission::{Admission, Lingering, Permit, Refusal};
+use crate::admission::{Admission, LingeringQueue, Permit, Refusal};
 use crate::config::ServerConfig;
 use crate::net::{self, ACCEPT_BACKOFF};
 use crate::protocol;
@@ -100,7 +100,7 @@ struct Shared {
     admission: Arc<Admission>,
     /// Connections in their lingering close, oldest first, by id, each with the permit its
     /// thread handed over when it began to linger; its thread takes it back when done.
-    lingering: Mutex<Lingering<(u64, Permit)>>,
+    lingering: Mutex<LingeringQueue<(u64, Permit)>>,
     totals: Totals,
 }
 
@@ -298,7 +298,7 @@ impl Server {
             connections: Mutex::new(HashMap::new()),
             all_closed: Condvar::new(),
             admission: Admission::new(config.max_connections, config.max_connections_per_ip),
-            lingering: Mutex::new(Lingering::default()),
+            lingering: Mutex::new(LingeringQueue::default()),
             totals: Totals::default(),
         });
         Ok(Server {
