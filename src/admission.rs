@@ -5,11 +5,11 @@
 //! it is dropped, so no way a connection ends can forget to give its place back.
 //!
 //! At a limit, a connection that owes its client nothing and only waits for its EOF (the
-//! lingering close) is worth less than a new client: [`LingeringQueue`] keeps such connections
-//! oldest first, and [`Admission::admit_or_reclaim`] asks the server to close one of them to
-//! make room before it refuses anyone (as nginx closes its reusable connections when it runs
-//! out). The server decides what a key means, whether its connection still lingers, and how
-//! to close it.
+//! lingering close) is worth less than a new client: [`LingeringQueue`] keeps such
+//! connections oldest first, and [`Admission::admit_or_reclaim`] asks the server to close
+//! one of them to make room before it refuses anyone (as nginx closes its reusable
+//! connections when it runs out). The server decides what a key means, whether its
+//! connection still lingers, and how to close it.
 //!
 //! This module owns the counts and that policy. It must not touch a socket, a clock or a
 //! connection: it is plain data behind one lock and one atomic, touched when a connection is
