@@ -20,8 +20,8 @@
 //! shutdown; `event_loop/tests.rs`.
 
 use std::io;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,12 +29,13 @@ use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
+use crate::admission::{Admission, LingeringQueue, Permit, Refusal};
 use crate::budget::MemoryBudget;
 use crate::config::ServerConfig;
 use crate::connection::{Connection, HeaderRead, State};
 use crate::metrics::{LoopMetrics, OpenConnections, MAX_METRICS_CLIENTS};
-use crate::net::{self, ConnectionsPerAddress, ACCEPT_BACKOFF, SHORT_READ_DRAINS};
-use crate::protocol::{SERVER_BUSY, TOO_MANY_FROM_ADDRESS};
+use crate::net::{self, ACCEPT_BACKOFF, SHORT_READ_DRAINS};
+use crate::protocol::TOO_MANY_FROM_ADDRESS;
 use crate::restart::{Handover, Restart};
 use crate::signals::LoopSignals;
 use crate::stats::Stats;
@@ -106,11 +107,12 @@ pub(crate) struct EventLoop<S: Transport = TcpStream> {
     /// Set when accept fails for want of resources, until the backlog is drained again:
     /// one warning per episode, however many retries it takes.
     accept_starved: bool,
-    /// Open connections across every loop of the server, for `--max-connections` and
-    /// [`Running::open_connections`](crate::Running::open_connections).
-    open_connections: Arc<AtomicUsize>,
-    /// Connections per client address across every loop, for `--max-connections-per-ip`.
-    per_address: Arc<ConnectionsPerAddress>,
+    /// `--max-connections` and `--max-connections-per-ip`, across every loop of the
+    /// server; each slot holds its connection's permit.
+    admission: Arc<Admission>,
+    /// This loop's connections that owe nothing and wait only for their peer's EOF, oldest
+    /// first: closed at a limit to admit a new client. Keyed by slab key and serial.
+    lingering: LingeringQueue<(usize, u64)>,
     /// Bytes held in connection buffers across every loop, for `--max-buffer-memory`.
     budget: Arc<MemoryBudget>,
     /// This turn's equal share of the memory budget among the open connections.
@@ -136,8 +138,7 @@ pub(crate) struct EventLoop<S: Transport = TcpStream> {
 
 impl<S: Transport> EventLoop<S> {
     /// Registers the bound sockets (and, if the config says so, SIGINT/SIGTERM) with a new
-    /// poll. `stop_requested`, `open_connections` and `per_address` are shared with the
-    /// other loops.
+    /// poll. `stop_requested`, `admission` and `budget` are shared with the other loops.
     // Each argument is something the loop shares with the other loops or is handed once;
     // a struct to carry them would be built in one place and taken apart in this one.
     #[allow(clippy::too_many_arguments)]
@@ -145,8 +146,7 @@ impl<S: Transport> EventLoop<S> {
         bound: net::Bound,
         config: Arc<ServerConfig>,
         stop_requested: Arc<AtomicBool>,
-        open_connections: Arc<AtomicUsize>,
-        per_address: Arc<ConnectionsPerAddress>,
+        admission: Arc<Admission>,
         budget: Arc<MemoryBudget>,
         mut metrics: Option<LoopMetrics>,
         acceptor: S::Acceptor,
@@ -197,8 +197,8 @@ impl<S: Transport> EventLoop<S> {
             closed: Vec::new(),
             accept_paused_until: None,
             accept_starved: false,
-            open_connections,
-            per_address,
+            admission,
+            lingering: LingeringQueue::default(),
             budget,
             share: 0,
             listener_queued: false,
@@ -263,9 +263,7 @@ impl<S: Transport> EventLoop<S> {
             Err(e) => return Err(e),
         }
         self.now = Instant::now();
-        self.share = self
-            .budget
-            .share(self.open_connections.load(Ordering::Relaxed));
+        self.share = self.budget.share(self.admission.open());
         let mut handed_over = 0;
         for event in events.iter() {
             handed_over += 1;
@@ -408,23 +406,38 @@ impl<S: Transport> EventLoop<S> {
     }
 
     fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
-        // The count is shared by every loop, so `--max-connections` holds for the whole
-        // server with `--threads` too (two loops admitting at the same instant may overshoot
-        // by one each; the limit is a safety valve, not an exact quota).
-        if self.open_connections.load(Ordering::Relaxed) >= self.config.max_connections {
-            net::refuse(socket2::SockRef::from(&stream), SERVER_BUSY);
-            self.scratch.stats.refused += 1;
-            log::debug!("refused {peer}: at --max-connections");
-            return;
-        }
         // Behind a balancer the address to count is in the PROXY header, not known yet.
         let counted = (!self.config.proxy_protocol).then(|| peer.ip());
-        if counted.is_some_and(|ip| !self.per_address.admit(ip)) {
-            net::refuse(socket2::SockRef::from(&stream), TOO_MANY_FROM_ADDRESS);
-            self.scratch.stats.refused_per_ip += 1;
-            log::debug!("refused {peer}: its address is at --max-connections-per-ip");
-            return;
-        }
+        // The counts are shared by every loop, so the limits hold for the whole server with
+        // `--threads` too; the lingering connections closed to make room are this loop's.
+        let mut reclaim = Reclaim {
+            connections: &mut self.connections,
+            lingering: &mut self.lingering,
+            closed: &mut self.closed,
+            stats: &mut self.scratch.stats,
+            now: self.now,
+        };
+        let admitted = self
+            .admission
+            .admit_or_reclaim(counted, |refusal| reclaim.oldest(refusal, counted));
+        let permit = match admitted {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                net::refuse(socket2::SockRef::from(&stream), refusal.message());
+                let why = match refusal {
+                    Refusal::Busy => {
+                        self.scratch.stats.refused += 1;
+                        "at --max-connections"
+                    }
+                    Refusal::TooManyFromAddress => {
+                        self.scratch.stats.refused_per_ip += 1;
+                        "its address is at --max-connections-per-ip"
+                    }
+                };
+                log::debug!("refused {peer}: {why}");
+                return;
+            }
+        };
         // Replies are small and written whole; waiting for Nagle's algorithm to coalesce
         // them would only add latency.
         if let Err(e) = stream.set_nodelay(true) {
@@ -436,7 +449,6 @@ impl<S: Transport> EventLoop<S> {
             Ok(stream) => stream,
             Err(e) => {
                 log::warn!("cannot serve {peer}: {e}");
-                counted.inspect(|&ip| self.per_address.release(ip));
                 return;
             }
         };
@@ -448,7 +460,6 @@ impl<S: Transport> EventLoop<S> {
         };
         let Some(registered) = conn.interest() else {
             log::debug!("{peer} failed before its greeting was written");
-            counted.inspect(|&ip| self.per_address.release(ip));
             return;
         };
         let entry = self.connections.vacant_entry();
@@ -458,7 +469,8 @@ impl<S: Transport> EventLoop<S> {
         let slot = entry.insert(Slot {
             conn,
             serial,
-            peer: counted,
+            permit: Some(permit),
+            lingering: false,
             registered,
             scheduled: None,
             queued: false,
@@ -472,10 +484,8 @@ impl<S: Transport> EventLoop<S> {
         {
             log::warn!("cannot register {peer}: {e}");
             self.connections.remove(token.0);
-            counted.inspect(|&ip| self.per_address.release(ip));
             return;
         }
-        self.open_connections.fetch_add(1, Ordering::Relaxed);
         slot.schedule(token.0, &mut self.timers, &self.config);
         log::debug!("accepted {peer} as {token:?}");
     }
@@ -533,14 +543,21 @@ impl<S: Transport> EventLoop<S> {
                 let client = source.or(balancer);
                 let ip = client.map(|a| a.ip());
                 let who = client.map_or_else(|| via.clone(), |a| a.to_string());
-                if ip.is_some_and(|ip| !self.per_address.admit(ip)) {
+                let admitted = match ip {
+                    Some(ip) => self.count_address(token, ip),
+                    None => true,
+                };
+                let slot = &mut self.connections[token.0];
+                let mut ctx =
+                    self.scratch
+                        .context(&self.config, &self.greeting, self.now, self.share);
+                if !admitted {
                     let socket = socket2::SockRef::from(slot.conn.stream().socket());
                     net::refuse(socket, TOO_MANY_FROM_ADDRESS);
                     ctx.stats.refused_per_ip += 1;
                     slot.conn.close_now(self.now);
                     log::debug!("refused {who} (via {via}): at --max-connections-per-ip");
                 } else {
-                    slot.peer = ip;
                     ctx.stats.connections += 1;
                     log::debug!("accepted {who} (PROXY header from {via}) as {token:?}");
                     let progress = slot.conn.greet(&mut ctx);
@@ -551,8 +568,30 @@ impl<S: Transport> EventLoop<S> {
         self.after_io(token);
     }
 
+    /// `--proxy-protocol`: counts the client a PROXY header named against its address,
+    /// closing this loop's oldest lingering connection from that address if it is at
+    /// `--max-connections-per-ip`. False when it stays refused.
+    fn count_address(&mut self, token: Token, ip: IpAddr) -> bool {
+        // Out of its slot while other slots may be closed; never one that lingers itself.
+        let Some(mut permit) = self.connections[token.0].permit.take() else {
+            return false;
+        };
+        let mut reclaim = Reclaim {
+            connections: &mut self.connections,
+            lingering: &mut self.lingering,
+            closed: &mut self.closed,
+            stats: &mut self.scratch.stats,
+            now: self.now,
+        };
+        let counted =
+            permit.count_address_or_reclaim(ip, |refusal| reclaim.oldest(refusal, Some(ip)));
+        self.connections[token.0].permit = Some(permit);
+        counted.is_ok()
+    }
+
     /// Brings the poll registration, the timers and the close list in line with the
-    /// connection's new state. Re-registers only when the interest changed.
+    /// connection's new state. Re-registers only when the interest changed. A connection
+    /// that has just begun lingering joins the queue of those a new client may displace.
     fn after_io(&mut self, token: Token) {
         let slot = &mut self.connections[token.0];
         let Some(wanted) = slot.conn.interest() else {
@@ -573,7 +612,16 @@ impl<S: Transport> EventLoop<S> {
             slot.registered = wanted;
         }
         slot.account(&self.budget);
-        slot.schedule(token.0, &mut self.timers, &self.config);
+        // Only a change of state (or a line starting) has the deadline asked for again, so
+        // looking for the start of lingering there keeps it off the per-message path.
+        if slot.schedule(token.0, &mut self.timers, &self.config)
+            && slot.conn.state() == State::Lingering
+            && !slot.lingering
+        {
+            slot.lingering = true;
+            let address = slot.permit.as_ref().and_then(Permit::address);
+            self.lingering.push(address, (token.0, slot.serial));
+        }
     }
 
     fn serve_metrics(&mut self, token: Token) {
@@ -715,15 +763,22 @@ impl<S: Transport> EventLoop<S> {
             {
                 // Dropping the stream closes the descriptor, which also removes it from the
                 // epoll set: no deregister call needed.
+                // So does dropping the permit give the connection's places back.
                 let slot = self.connections.remove(token.0);
-                if let Some(ip) = slot.peer {
-                    self.per_address.release(ip);
-                }
                 self.budget.change(slot.accounted, 0);
                 self.scratch.stats.messages += slot.conn.messages();
-                self.open_connections.fetch_sub(1, Ordering::Relaxed);
                 log::debug!("closed {token:?}");
             }
+        }
+        // Entries of connections that stopped lingering by themselves are dropped when met;
+        // prune them if they outnumber the connections, so churn cannot grow the queue.
+        if self.lingering.len() > 2 * self.connections.len() + 64 {
+            let connections = &self.connections;
+            self.lingering.retain(|&(key, serial)| {
+                connections
+                    .get(key)
+                    .is_some_and(|s| s.serial == serial && s.conn.state() == State::Lingering)
+            });
         }
         if self.accept_paused_until.is_some() {
             // A descriptor was just freed: accept again now rather than at the deadline.
@@ -734,6 +789,45 @@ impl<S: Transport> EventLoop<S> {
     fn resume_accepting(&mut self) {
         self.accept_paused_until = None;
         self.listener_ready();
+    }
+}
+
+/// What closing a lingering connection to admit a new client needs of the loop: borrowed
+/// apart from the rest of it, since admission (the loop's too) asks for it mid-call.
+struct Reclaim<'a, S> {
+    connections: &'a mut Slab<Slot<S>>,
+    lingering: &'a mut LingeringQueue<(usize, u64)>,
+    closed: &'a mut Vec<Token>,
+    stats: &'a mut Stats,
+    now: Instant,
+}
+
+impl<S: Transport> Reclaim<'_, S> {
+    /// At a limit: closes this loop's oldest lingering connection (from `address`, at the
+    /// per-address limit) and gives its permit back at once, rather than at the sweep, so
+    /// the new client can have its place. False if there is none.
+    fn oldest(&mut self, refusal: Refusal, address: Option<IpAddr>) -> bool {
+        let connections = &mut *self.connections;
+        let Some((key, _)) = self
+            .lingering
+            .take_oldest(refusal, address, |&(key, serial)| {
+                connections
+                    .get(key)
+                    .is_some_and(|s| s.serial == serial && s.conn.state() == State::Lingering)
+            })
+        else {
+            return false;
+        };
+        let slot = &mut connections[key];
+        slot.conn.close_now(self.now);
+        slot.permit = None;
+        self.closed.push(Token(key));
+        match refusal {
+            Refusal::Busy => self.stats.lingering_closed += 1,
+            Refusal::TooManyFromAddress => self.stats.lingering_closed_per_ip += 1,
+        }
+        log::debug!("closed lingering Token({key}) to admit a new client ({refusal:?})");
+        true
     }
 }
 

@@ -18,7 +18,8 @@
 //! and [`loadgen`] (the client side: one poll loop driving many clients, checking every
 //! reply and measuring latency).
 //!
-//! [`config`], [`stats`], [`budget`], [`net`], [`proxy`] (the PROXY protocol header, as
+//! [`config`], [`stats`], [`admission`] (the connection limits, and the permit that
+//! holds a place under them), [`budget`], [`net`], [`proxy`] (the PROXY protocol header, as
 //! free of I/O as [`protocol`]), `tls` (TLS with rustls: the certificate, and a TLS session
 //! a connection drives as it drives a socket), [`transport`] (a socket or a TLS session:
 //! what the loop is generic over), [`signals`], [`systemd`], [`restart`] (a successor on the
@@ -32,6 +33,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod budget;
 pub mod cli;
 pub mod config;

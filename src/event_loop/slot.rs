@@ -3,11 +3,11 @@
 //! ([`Scratch`]), and the entries of its ready list ([`Ready`]). Bookkeeping only: no
 //! socket is read or written here, and nothing decides what a connection does.
 
-use std::net::IpAddr;
 use std::time::Instant;
 
 use mio::{Interest, Token};
 
+use crate::admission::Permit;
 use crate::budget::MemoryBudget;
 use crate::config::ServerConfig;
 use crate::connection::{Connection, Context, Progress};
@@ -28,9 +28,12 @@ pub(super) struct Slot<S> {
     pub(super) conn: Connection<S>,
     /// Serial number, unique for the life of the loop (slab keys are not).
     pub(super) serial: u64,
-    /// The client's address, counted in `per_address` until the connection closes. `None`
-    /// while a PROXY header is awaited: the balancer's address is nobody's to count.
-    pub(super) peer: Option<IpAddr>,
+    /// The connection's place under `--max-connections` and, once its client's address is
+    /// known, `--max-connections-per-ip`: given back when the slot is dropped, or earlier
+    /// when the connection is closed to make room for a new client (then `None`).
+    pub(super) permit: Option<Permit>,
+    /// In the loop's queue of lingering connections already: a connection joins it once.
+    pub(super) lingering: bool,
     /// The interest the socket is registered with.
     pub(super) registered: Interest,
     /// The time of this connection's live entry in the timers, if any. Entries with another
@@ -78,16 +81,21 @@ impl<S: Transport> Slot<S> {
     /// is scheduled or the connection says it may have moved earlier (a change of state, a
     /// line starting). When it moved later (every message moves the idle deadline), the
     /// entry already scheduled fires early, finds nothing due, and is scheduled again for
-    /// the new time.
+    /// the new time. Returns whether it asked, which is whenever the state may have changed.
     #[inline]
-    pub(super) fn schedule(&mut self, key: usize, timers: &mut Timers, config: &ServerConfig) {
+    pub(super) fn schedule(
+        &mut self,
+        key: usize,
+        timers: &mut Timers,
+        config: &ServerConfig,
+    ) -> bool {
         let change = self.conn.earlier_deadlines();
         if self.scheduled.is_some() && change == self.scheduled_at_change {
-            return;
+            return false;
         }
         self.scheduled_at_change = change;
         let Some(deadline) = self.conn.deadline(config) else {
-            return;
+            return true;
         };
         if self.scheduled.is_none_or(|at| deadline < at) {
             self.scheduled = Some(deadline);
@@ -97,6 +105,7 @@ impl<S: Transport> Slot<S> {
                 serial: self.serial,
             });
         }
+        true
     }
 }
 

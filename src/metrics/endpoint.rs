@@ -11,7 +11,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use mio::net::{TcpListener, TcpStream};
@@ -221,7 +220,7 @@ impl Endpoint {
             self.responses.count(Status::Ok);
             let scrape = Scrape {
                 counts,
-                open_connections: hub.open_connections.load(Ordering::Relaxed),
+                open_connections: hub.admission.open(),
                 buffered: hub.budget.held(),
                 buffer_budget: hub.buffer_budget,
                 loops: hub.loops(),
