@@ -412,7 +412,7 @@ impl<S: Transport> EventLoop<S> {
         // server with `--threads` too (two loops admitting at the same instant may overshoot
         // by one each; the limit is a safety valve, not an exact quota).
         if self.open_connections.load(Ordering::Relaxed) >= self.config.max_connections {
-            net::refuse(socket2::SockRef::from(&stream), SERVER_BUSY);
+            net::refuse(socket2::SockRef::from(&stream), S::refusal(SERVER_BUSY));
             self.scratch.stats.refused += 1;
             log::debug!("refused {peer}: at --max-connections");
             return;
@@ -420,7 +420,10 @@ impl<S: Transport> EventLoop<S> {
         // Behind a balancer the address to count is in the PROXY header, not known yet.
         let counted = (!self.config.proxy_protocol).then(|| peer.ip());
         if counted.is_some_and(|ip| !self.per_address.admit(ip)) {
-            net::refuse(socket2::SockRef::from(&stream), TOO_MANY_FROM_ADDRESS);
+            net::refuse(
+                socket2::SockRef::from(&stream),
+                S::refusal(TOO_MANY_FROM_ADDRESS),
+            );
             self.scratch.stats.refused_per_ip += 1;
             log::debug!("refused {peer}: its address is at --max-connections-per-ip");
             return;

@@ -31,6 +31,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConnection;
 
+use crate::config::TlsFiles;
 use crate::connection::Stream;
 use crate::transport::Transport;
 
@@ -48,6 +49,21 @@ const RECORD_PAYLOAD: usize = 16 * 1024;
 /// no more than a plain one. 64 KiB is a few socket writes' worth, enough to keep a fast
 /// reader busy between two events.
 const SEND_LIMIT: usize = 64 * 1024;
+
+/// What a client that expects TLS is turned away with before its handshake, at
+/// `--max-connections` or `--max-connections-per-ip`: one record holding a fatal
+/// `internal_error` alert (RFC 8446, section 6), which any TLS client reads where it expects
+/// the server's first record, while the plain refusal's `ERR server busy` would read to it
+/// as a record of no known version. TLS has no alert for "busy": `internal_error` is the one
+/// for a failure that is not the peer's, and the server's log says which limit it was. The
+/// record version is TLS 1.2's, which TLS 1.3 also writes on its records.
+pub const REFUSAL: [u8; 7] = [
+    21, // content type: alert
+    3, 3, // record version
+    0, 2,  // length
+    2,  // level: fatal
+    80, // description: internal_error
+];
 
 /// A certificate chain and its private key, loaded and checked against each other, as
 /// rustls serves them; with the files' paths, to read them again. Clones share what is
@@ -125,6 +141,13 @@ impl Identity {
             key: key.to_path_buf(),
             served: Arc::new(RwLock::new(Arc::new(config))),
         })
+    }
+
+    /// [`load`](Identity::load) for a server that binds: the files the config names, and
+    /// what is wrong with them as an error of kind `InvalidInput`.
+    pub fn from_files(files: &TlsFiles) -> io::Result<Identity> {
+        Identity::load(&files.cert, &files.key)
+            .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))
     }
 
     /// The same files read again (a renewed certificate) and checked as at startup. On
@@ -365,6 +388,10 @@ impl Transport for TlsStream {
 
     fn socket(&self) -> &TcpStream {
         &self.socket
+    }
+
+    fn refusal(_message: &'static [u8]) -> &'static [u8] {
+        &REFUSAL
     }
 
     fn reload(identity: &Identity) {

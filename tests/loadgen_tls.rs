@@ -114,7 +114,7 @@ fn loadgen_speaks_tls_to_a_server_it_did_not_write() {
 fn loadgen_over_tls_against_the_reactors_own_tls() {
     let cert = Certificate::new();
     let mut config = evloop::ServerConfig::ephemeral();
-    config.tls = Some(cert.identity());
+    config.tls = Some(cert.files());
     let server = evloop::reactor::spawn(config).unwrap();
     let tls = || Some(ClientTls::new(Some(&cert.cert), "localhost").unwrap());
     let lockstep = loadgen::run(&Options {

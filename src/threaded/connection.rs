@@ -85,6 +85,8 @@ pub(super) fn serve_thread(shared: &Shared, socket: &TcpStream, start: Start) {
     };
     let mut connection = Connection::new(socket, channel, &protocol);
     let mut counted = counted;
+    // The preamble, in order on the raw socket: the PROXY header and the admission of the
+    // client it names, then the TLS handshake (below), then the greeting.
     let mut early = Vec::new();
     if proxied {
         match connection.admit_proxied(peer, shared, &mut early) {
@@ -98,6 +100,8 @@ pub(super) fn serve_thread(shared: &Shared, socket: &TcpStream, start: Start) {
             }
         }
     }
+    // Over TLS, what came behind the header is the start of the ClientHello.
+    let early = connection.channel.begin(early);
     if let Err(e) = connection.set_socket_options(settings) {
         debug!("{peer}: {e}");
     } else if let Err(why) = connection.channel.handshake(accepted, handshake_timeout) {
@@ -179,7 +183,7 @@ impl<'a> Connection<'a> {
             debug!("refused {client} (via {balancer}): at --max-connections-per-ip");
             net::refuse(
                 socket2::SockRef::from(self.socket),
-                protocol::TOO_MANY_FROM_ADDRESS,
+                self.channel.refusal(protocol::TOO_MANY_FROM_ADDRESS),
             );
             shared.totals.refused_per_ip.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -349,6 +353,8 @@ impl<'a> Connection<'a> {
             return Ok(());
         }
         self.channel.write_all(&self.pending_output)?;
+        // Over TLS, every record out to the socket, or the error that stopped it.
+        self.channel.flush()?;
         self.bytes_out += self.pending_output.len() as u64;
         self.pending_output.clear();
         // One read of empty lines owes up to nine times its size in replies; do not keep
