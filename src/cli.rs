@@ -236,9 +236,6 @@ impl ServerArgs {
             (None, None) => Ok(None),
             (Some(_), None) => Err("--tls-cert needs --tls-key (both or neither)".into()),
             (None, Some(_)) => Err("--tls-key needs --tls-cert (both or neither)".into()),
-            (Some(_), Some(_)) if self.proxy_protocol => {
-                Err("--proxy-protocol and --tls-cert cannot be used together yet".into())
-            }
             (Some(cert), Some(key)) => Ok(Some(crate::config::TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),

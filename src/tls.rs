@@ -195,7 +195,7 @@ impl TlsStream {
     }
 
     /// Who is at the other end, for a log line.
-    fn peer(&self) -> String {
+    fn peer_name(&self) -> String {
         self.socket
             .peer_addr()
             .map_or_else(|_| "a client gone already".into(), |a| a.to_string())
@@ -254,7 +254,7 @@ impl Read for TlsStream {
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                     log::info!(
                         "{}: TCP EOF without a TLS close_notify: a truncated session",
-                        self.peer()
+                        self.peer_name()
                     );
                     return Ok(0);
                 }
@@ -324,7 +324,7 @@ impl Stream for TlsStream {
     }
 
     fn log_handshake_failure(&self, why: &dyn fmt::Display) {
-        log::info!("{}: TLS handshake failed, closing: {why}", self.peer());
+        log::info!("{}: TLS handshake failed, closing: {why}", self.peer_name());
     }
 
     fn unsent(&self) -> usize {
@@ -348,10 +348,33 @@ impl Stream for TlsStream {
         }
     }
 
-    /// After `close_notify`, or a failed handshake, the session is over: lingering drops
-    /// the socket's bytes without decrypting them.
-    fn discard(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Before the session (a PROXY header), and after `close_notify` or a failed handshake
+    /// (lingering drops the socket's bytes without decrypting them): the socket itself.
+    fn read_beneath(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         (&self.socket).read(buf)
+    }
+
+    /// The bytes that came behind a PROXY header are the first of the session's: each
+    /// `read_tls` from them is processed as one from the socket would be (an alert is sent
+    /// for plaintext). A header is at most `proxy::MAX_HEADER` bytes, so these are fewer,
+    /// well within what rustls buffers.
+    fn begin_session(&mut self, early: &[u8]) -> io::Result<()> {
+        let mut rest = early;
+        while !rest.is_empty() {
+            self.session.read_tls(&mut rest)?;
+            self.process()?;
+        }
+        Ok(())
+    }
+
+    /// [`REFUSAL`], beneath the session, which has not begun: a TLS client reads it where
+    /// it expects the server's first record.
+    fn refuse(&mut self, _message: &[u8]) -> io::Result<usize> {
+        (&self.socket).write(&REFUSAL)
+    }
+
+    fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.socket.peer_addr().ok()
     }
 }
 
@@ -384,10 +407,6 @@ impl Transport for TlsStream {
 
     fn accept(socket: TcpStream, identity: &Identity) -> io::Result<TlsStream> {
         TlsStream::new(socket, identity)
-    }
-
-    fn socket(&self) -> &TcpStream {
-        &self.socket
     }
 
     fn refusal(_message: &'static [u8]) -> &'static [u8] {

@@ -20,9 +20,6 @@ pub trait Transport: Stream + mio::event::Source + Sized {
     /// Wraps a freshly accepted socket.
     fn accept(socket: TcpStream, acceptor: &Self::Acceptor) -> io::Result<Self>;
 
-    /// The socket underneath, for its addresses and its socket options.
-    fn socket(&self) -> &TcpStream;
-
     /// What a client turned away at the accept is sent in place of `message` (`ERR server
     /// busy`): the message itself, or for TLS an alert ([`tls::REFUSAL`](crate::tls)),
     /// which a client that expects a TLS record can read.
@@ -39,11 +36,6 @@ impl Transport for TcpStream {
     #[inline]
     fn accept(socket: TcpStream, _: &()) -> io::Result<TcpStream> {
         Ok(socket)
-    }
-
-    #[inline]
-    fn socket(&self) -> &TcpStream {
-        self
     }
 
     #[inline]

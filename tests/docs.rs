@@ -117,8 +117,10 @@ fn the_pitfalls_link_to_their_lines_and_name_tests_that_exist() {
     assert!(named >= 7, "each pitfall names its test");
 }
 
-const TRIGGERS: [Trigger; 9] = [
+const TRIGGERS: [Trigger; 11] = [
     Trigger::HeaderReceived,
+    Trigger::HandshakeBegun,
+    Trigger::Refused,
     Trigger::HandshakeDone,
     Trigger::Flushed,
     Trigger::AboveHighWater,
@@ -134,6 +136,8 @@ const TRIGGERS: [Trigger; 9] = [
 fn every_trigger_is_listed(trigger: Trigger) {
     match trigger {
         Trigger::HeaderReceived
+        | Trigger::HandshakeBegun
+        | Trigger::Refused
         | Trigger::HandshakeDone
         | Trigger::Flushed
         | Trigger::AboveHighWater
