@@ -15,7 +15,9 @@
 //!    bound does that).
 //!
 //! This module owns that order, what rustls holds and how much ([`Stream::unsent`],
-//! [`Stream::unread`]), and the session's end (`close_notify`). The connection's state
+//! [`Stream::unread`]), the session's beginning (with the bytes that came behind a PROXY
+//! header, read from the socket beneath it) and its end (`close_notify`), and what a TLS
+//! client is refused with ([`REFUSAL`]). The connection's state
 //! machine owns when: `Handshaking` before the greeting, `close_notify` after the last
 //! reply, and the bounds, which count what rustls holds as they count the connection's own
 //! buffers. It must not know about the poll or read the clock.
@@ -57,13 +59,9 @@ const SEND_LIMIT: usize = 64 * 1024;
 /// as a record of no known version. TLS has no alert for "busy": `internal_error` is the one
 /// for a failure that is not the peer's, and the server's log says which limit it was. The
 /// record version is TLS 1.2's, which TLS 1.3 also writes on its records.
-pub const REFUSAL: [u8; 7] = [
-    21, // content type: alert
-    3, 3, // record version
-    0, 2,  // length
-    2,  // level: fatal
-    80, // description: internal_error
-];
+// The bytes: content type 21 (alert), record version 3.3, length 2; level 2 (fatal),
+// description 80 (internal_error).
+pub const REFUSAL: [u8; 7] = [21, 3, 3, 0, 2, 2, 80];
 
 /// A certificate chain and its private key, loaded and checked against each other, as
 /// rustls serves them; with the files' paths, to read them again. Clones share what is
@@ -288,6 +286,10 @@ impl Write for TlsStream {
 }
 
 impl Stream for TlsStream {
+    fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.socket.peer_addr().ok()
+    }
+
     /// The socket's write side; `close_notify` went out before (see
     /// [`end_session`](Stream::end_session)).
     fn shutdown_write(&self) -> io::Result<()> {
@@ -371,10 +373,6 @@ impl Stream for TlsStream {
     /// it expects the server's first record.
     fn refuse(&mut self, _message: &[u8]) -> io::Result<usize> {
         (&self.socket).write(&REFUSAL)
-    }
-
-    fn peer(&self) -> Option<std::net::SocketAddr> {
-        self.socket.peer_addr().ok()
     }
 }
 

@@ -13,6 +13,9 @@ use std::net::{Shutdown, SocketAddr};
 /// are a socket's, which has none: they do nothing and compile away, so plain TCP runs the
 /// same instructions as if they were not there.
 pub trait Stream: Read + Write {
+    /// The peer's address, for a log line; `None` if the socket cannot tell.
+    fn peer(&self) -> Option<SocketAddr>;
+
     /// Shuts down the write side: the peer reads EOF after the bytes already sent.
     fn shutdown_write(&self) -> io::Result<()>;
 
@@ -74,19 +77,14 @@ pub trait Stream: Read + Write {
     fn refuse(&mut self, message: &[u8]) -> io::Result<usize> {
         self.write(message)
     }
-
-    /// The peer's address, for a log line; `None` if the socket cannot tell.
-    fn peer(&self) -> Option<SocketAddr> {
-        None
-    }
 }
 
 impl Stream for mio::net::TcpStream {
-    fn shutdown_write(&self) -> io::Result<()> {
-        self.shutdown(Shutdown::Write)
-    }
-
     fn peer(&self) -> Option<SocketAddr> {
         self.peer_addr().ok()
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
     }
 }

@@ -56,6 +56,10 @@ impl Write for FakeStream {
 }
 
 impl Stream for FakeStream {
+    fn peer(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
+
     fn shutdown_write(&self) -> io::Result<()> {
         self.shut_down.set(true);
         Ok(())
