@@ -16,7 +16,8 @@ pub enum HeaderRead {
     /// Not all of it yet: wait for the next event (or the header's deadline).
     Waiting,
     /// A whole header, with the client's address (`None`: the header carries none, so the
-    /// socket's peer stands). Bytes that came behind it are kept for after the greeting.
+    /// socket's peer stands). Bytes that came behind it are kept for the next step: the
+    /// client's first input after the greeting, or over TLS the session's first bytes.
     /// The loop now calls [`Connection::admitted`], or [`Connection::refuse`].
     Received(Option<std::net::SocketAddr>),
     /// No valid header (the reason says why), or the peer closed first: the connection
