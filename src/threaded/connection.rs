@@ -44,7 +44,8 @@ pub(super) struct Start {
     pub(super) protocol: ProtocolConfig,
     pub(super) settings: SocketSettings,
     pub(super) tls: TlsConfig,
-    /// When the connection was accepted, which `--handshake-timeout` counts from.
+    /// When the connection was accepted, which `--handshake-timeout` counts from (behind a
+    /// PROXY header, from the admission of the client it names).
     pub(super) accepted: Instant,
     pub(super) handshake_timeout: Duration,
 }
@@ -88,9 +89,14 @@ pub(super) fn serve_thread(shared: &Shared, socket: &TcpStream, start: Start) {
     // The preamble, in order on the raw socket: the PROXY header and the admission of the
     // client it names, then the TLS handshake (below), then the greeting.
     let mut early = Vec::new();
+    let mut handshake_from = accepted;
     if proxied {
         match connection.admit_proxied(peer, shared, &mut early) {
-            Some(ip) => counted = Some(ip),
+            Some(ip) => {
+                counted = Some(ip);
+                // As in the reactor: the handshake's time counts from the admission.
+                handshake_from = Instant::now();
+            }
             None => {
                 shared.totals.not_greeted.fetch_add(1, Ordering::Relaxed);
                 shared
@@ -104,15 +110,14 @@ pub(super) fn serve_thread(shared: &Shared, socket: &TcpStream, start: Start) {
     let early = connection.channel.begin(early);
     if let Err(e) = connection.set_socket_options(settings) {
         debug!("{peer}: {e}");
-    } else if let Err(why) = connection.channel.handshake(accepted, handshake_timeout) {
+    } else if let Err(why) = connection
+        .channel
+        .handshake(handshake_from, handshake_timeout)
+    {
         shared.totals.tls_rejected.fetch_add(1, Ordering::Relaxed);
         info!("{peer}: TLS handshake failed, closing: {why}");
-    } else if let Err(e) = connection.serve(settings, &shared.stopping, &early) {
+    } else if let Err(e) = connection.serve(peer, settings, &shared.stopping, &early) {
         debug!("{peer}: {e}");
-    }
-    // An EOF we caused at stop (shutdown(SHUT_RD)) is no truncation.
-    if connection.channel.truncated() && !shared.is_stopping() {
-        info!("{peer}: TCP EOF without a TLS close_notify: a truncated session");
     }
     connection.channel.end_session();
     let lingered = close_politely(socket, &mut connection.read_buffer);
@@ -254,6 +259,7 @@ impl<'a> Connection<'a> {
     /// ends this connection only.
     fn serve(
         &mut self,
+        peer: SocketAddr,
         settings: SocketSettings,
         stopping: &AtomicBool,
         early: &[u8],
@@ -303,6 +309,11 @@ impl<'a> Connection<'a> {
                     // client has not finished its last line, so it is owed no reply for it.
                     if stopping.load(Ordering::Acquire) {
                         return Ok(());
+                    }
+                    // Said before the last replies go out, so the line is in the log by
+                    // the time the client has them.
+                    if self.channel.truncated() {
+                        info!("{peer}: TCP EOF without a TLS close_notify: a truncated session");
                     }
                     self.session.on_eof(self.protocol, &mut self.pending_output)
                 }
