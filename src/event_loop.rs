@@ -423,7 +423,10 @@ impl<S: Transport> EventLoop<S> {
         let permit = match admitted {
             Ok(permit) => permit,
             Err(refusal) => {
-                net::refuse(socket2::SockRef::from(&stream), refusal.message());
+                net::refuse(
+                    socket2::SockRef::from(&stream),
+                    S::refusal(refusal.message()),
+                );
                 let why = match refusal {
                     Refusal::Busy => {
                         self.scratch.stats.refused += 1;
@@ -521,9 +524,11 @@ impl<S: Transport> EventLoop<S> {
         self.after_io(token);
     }
 
-    /// `--proxy-protocol`: reads the header and, once it is whole, admits the client it
-    /// names as [`admit`](Self::admit) admits a direct one (`--max-connections-per-ip`
-    /// counts that address), then greets it. Only then is the client served.
+    /// `--proxy-protocol`: the connection reads the header and, once it is whole, the
+    /// client it names is admitted as [`admit`](Self::admit) admits a direct one
+    /// (`--max-connections-per-ip` counts that address). The connection then goes on to its
+    /// TLS handshake or its greeting, or writes its refusal: it, not the loop, touches its
+    /// socket.
     // Once per connection, never per message: kept out of line so that it does not weigh
     // on the per-event path it branches off.
     #[cold]
@@ -533,7 +538,7 @@ impl<S: Transport> EventLoop<S> {
             .scratch
             .context(&self.config, &self.greeting, self.now, self.share);
         let read = slot.conn.read_proxy_header(&mut ctx);
-        let balancer = slot.conn.stream().socket().peer_addr().ok();
+        let balancer = slot.conn.peer();
         let via = balancer.map_or_else(|| "a client gone already".into(), |a| a.to_string());
         match read {
             HeaderRead::Waiting => {}
@@ -552,15 +557,14 @@ impl<S: Transport> EventLoop<S> {
                     self.scratch
                         .context(&self.config, &self.greeting, self.now, self.share);
                 if !admitted {
-                    let socket = socket2::SockRef::from(slot.conn.stream().socket());
-                    net::refuse(socket, TOO_MANY_FROM_ADDRESS);
                     ctx.stats.refused_per_ip += 1;
-                    slot.conn.close_now(self.now);
                     log::debug!("refused {who} (via {via}): at --max-connections-per-ip");
+                    let progress = slot.conn.refuse(TOO_MANY_FROM_ADDRESS, &mut ctx);
+                    slot.follow(progress, token, &mut self.ready);
                 } else {
                     ctx.stats.connections += 1;
                     log::debug!("accepted {who} (PROXY header from {via}) as {token:?}");
-                    let progress = slot.conn.greet(&mut ctx);
+                    let progress = slot.conn.admitted(&mut ctx);
                     slot.follow(progress, token, &mut self.ready);
                 }
             }
@@ -727,10 +731,10 @@ impl<S: Transport> EventLoop<S> {
             let awaited_header = slot.conn.state() == State::ProxyHeader;
             let progress = slot.conn.on_deadline(&mut ctx);
             if awaited_header && slot.conn.state() == State::Closed {
-                let peer = slot.conn.stream().socket().peer_addr();
+                let peer = slot.conn.peer();
                 log::info!(
                     "{}: closed without a greeting: no whole PROXY header within {:?}",
-                    peer.map_or_else(|_| "a client gone already".into(), |a| a.to_string()),
+                    peer.map_or_else(|| "a client gone already".into(), |a| a.to_string()),
                     crate::proxy::HEADER_TIMEOUT
                 );
             }

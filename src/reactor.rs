@@ -43,6 +43,14 @@ impl StopHandle {
     }
 }
 
+/// What every loop's accept wraps a socket with: with `--tls-cert`, the certificate, read
+/// once at bind and shared by the loops (a SIGHUP reload through one reaches them all);
+/// `None` serves plain TCP.
+#[cfg(feature = "tls")]
+type Acceptor = Option<crate::tls::Identity>;
+#[cfg(not(feature = "tls"))]
+type Acceptor = Option<std::convert::Infallible>;
+
 /// One loop, of the kind the config asks for: plain TCP, or TLS on every connection. The
 /// choice is made once here, never per connection or per message.
 enum AnyLoop {
@@ -52,6 +60,9 @@ enum AnyLoop {
 }
 
 impl AnyLoop {
+    // The arguments `EventLoop::new` takes, each shared by the loops or handed once.
+    #[allow(clippy::too_many_arguments)]
+    #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
     fn new(
         bound: net::Bound,
         config: &Arc<ServerConfig>,
@@ -59,11 +70,12 @@ impl AnyLoop {
         admission: &Arc<Admission>,
         budget: &Arc<MemoryBudget>,
         metrics: Option<LoopMetrics>,
+        acceptor: &Acceptor,
     ) -> io::Result<AnyLoop> {
         let (config, requested) = (Arc::clone(config), Arc::clone(requested));
         let (admission, budget) = (Arc::clone(admission), Arc::clone(budget));
         #[cfg(feature = "tls")]
-        if let Some(identity) = config.tls.clone() {
+        if let Some(identity) = acceptor.clone() {
             return EventLoop::new(
                 bound, config, requested, admission, budget, metrics, identity,
             )
@@ -118,6 +130,15 @@ pub struct Server {
 impl Server {
     /// Binds the sockets (port 0 resolved) and sets up one loop per `config.threads`.
     pub fn bind(config: ServerConfig) -> io::Result<Server> {
+        // Read before anything is bound: bad files are the first thing to say.
+        #[cfg(feature = "tls")]
+        let acceptor = config
+            .tls
+            .as_ref()
+            .map(crate::tls::Identity::from_files)
+            .transpose()?;
+        #[cfg(not(feature = "tls"))]
+        let acceptor = None;
         let threads = config.threads.max(1);
         let reuse_port = threads > 1;
         let first = net::bind(config.listen, config.udp, config.backlog, reuse_port)?;
@@ -149,7 +170,9 @@ impl Server {
                     .as_ref()
                     .map(|hub| LoopMetrics::new(Arc::clone(hub), i, metrics_listener.take()))
                     .transpose()?;
-                AnyLoop::new(b, &config, &requested, &admission, &budget, metrics)
+                AnyLoop::new(
+                    b, &config, &requested, &admission, &budget, metrics, &acceptor,
+                )
             })
             .collect::<io::Result<Vec<_>>>()?;
         // The first loop reloads the certificate at SIGHUP, for every loop (they share it).

@@ -50,7 +50,7 @@ mod tls;
 mod udp;
 
 use ceiling::{thread_ceiling, CONNECTION_STACK_SIZE};
-use channel::tls_config;
+use channel::{tls_config, Acceptor};
 use connection::{SocketSettings, Start};
 use udp::{serve_udp, UDP_STOP_CHECK};
 
@@ -66,6 +66,8 @@ pub struct Server {
     /// beyond `--max-connections` only by threads of connections closed to make room that
     /// have not ended yet.
     thread_limit: usize,
+    /// What connections' TLS sessions begin with; SIGHUP reloads it for the next accept.
+    acceptor: Acceptor,
     shared: Arc<Shared>,
     udp: Option<UdpSocket>,
     tcp_addr: SocketAddr,
@@ -259,14 +261,8 @@ impl Server {
     /// Binds the TCP listener (with `config.backlog`) and, unless disabled, the UDP socket,
     /// and registers the signal handlers if `config.handle_signals`.
     pub fn bind(config: ServerConfig) -> io::Result<Server> {
-        // As `cli.rs` says for the flags: a balancer's PROXY header would come before the
-        // ClientHello, which the TLS session would read as garbage.
-        if config.tls_enabled() && config.proxy_protocol {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "--proxy-protocol and --tls-cert cannot be used together yet",
-            ));
-        }
+        // Read before anything is bound: bad files are the first thing to say.
+        let acceptor = channel::acceptor(&config)?;
         let bound = net::bind(config.listen, config.udp, config.backlog, false)?;
         let tcp_addr = bound.tcp.local_addr()?;
         let udp_addr = match &bound.udp {
@@ -304,6 +300,7 @@ impl Server {
         Ok(Server {
             config,
             thread_limit,
+            acceptor,
             shared,
             udp: bound.udp,
             tcp_addr,
@@ -343,12 +340,11 @@ impl Server {
                 self.config.threads
             );
         }
+        // Without TLS the acceptor is an empty `Option`, which is `Copy`.
+        #[cfg_attr(not(feature = "tls"), allow(clippy::clone_on_copy))]
+        let acceptor = self.acceptor.clone();
         let signal_watch = match self.signals.take() {
-            Some(signals) => Some(watch_signals(
-                signals,
-                self.stop_handle(),
-                self.config.clone(),
-            )?),
+            Some(signals) => Some(watch_signals(signals, self.stop_handle(), acceptor)?),
             None => None,
         };
         let udp_thread = match self.udp.take() {
@@ -454,6 +450,11 @@ impl Server {
         (served, refused)
     }
 
+    /// What a client turned away at the accept is sent in place of `message`.
+    fn refusal(&self, message: &'static [u8]) -> &'static [u8] {
+        channel::refusal(self.acceptor.is_some(), message)
+    }
+
     /// Registers the connection and starts its thread, or refuses it.
     fn start_connection(&self, id: u64, stream: TcpStream, peer: SocketAddr) -> Outcome {
         let stream = Arc::new(stream);
@@ -466,7 +467,7 @@ impl Server {
                 debug!("refusing {peer}: its address is at --max-connections-per-ip");
                 net::refuse(
                     socket2::SockRef::from(&*stream),
-                    protocol::TOO_MANY_FROM_ADDRESS,
+                    self.refusal(protocol::TOO_MANY_FROM_ADDRESS),
                 );
                 self.shared
                     .totals
@@ -479,7 +480,10 @@ impl Server {
                     "refusing {peer}: at --max-connections {}",
                     self.config.max_connections
                 );
-                net::refuse(socket2::SockRef::from(&*stream), protocol::SERVER_BUSY);
+                net::refuse(
+                    socket2::SockRef::from(&*stream),
+                    self.refusal(protocol::SERVER_BUSY),
+                );
                 return Outcome::Busy;
             }
         };
@@ -490,7 +494,10 @@ impl Server {
                 drop(live);
                 // Only while threads of connections closed to make room are still ending.
                 debug!("refusing {peer}: {threads} connection threads, the ceiling");
-                net::refuse(socket2::SockRef::from(&*stream), protocol::SERVER_BUSY);
+                net::refuse(
+                    socket2::SockRef::from(&*stream),
+                    self.refusal(protocol::SERVER_BUSY),
+                );
                 return Outcome::Busy;
             }
             live.insert(id, Arc::clone(&stream));
@@ -507,7 +514,7 @@ impl Server {
                 send_buffer: self.config.send_buffer,
                 recv_buffer: self.config.recv_buffer,
             },
-            tls: tls_config(&self.config),
+            tls: tls_config(&self.acceptor),
             // `--handshake-timeout` counts from here, as in the reactor: the thread may start a
             // moment later.
             accepted: Instant::now(),
@@ -535,7 +542,10 @@ impl Server {
             Err(e) => {
                 warn!("cannot start a thread for {peer}: {e}; refusing it");
                 self.shared.connections().remove(&id);
-                net::refuse(socket2::SockRef::from(&*stream), protocol::SERVER_BUSY);
+                net::refuse(
+                    socket2::SockRef::from(&*stream),
+                    self.refusal(protocol::SERVER_BUSY),
+                );
                 Outcome::Busy
             }
         }
@@ -572,7 +582,7 @@ impl Drop for Registration<'_> {
 fn watch_signals(
     signals: ThreadSignals,
     stop: StopHandle,
-    config: ServerConfig,
+    acceptor: Acceptor,
 ) -> io::Result<crate::signals::Watch> {
     signals.watch(
         move |seen, name, code| {
@@ -587,17 +597,17 @@ fn watch_signals(
         },
         // The certificate is shared with every accept (see `crate::tls::Identity`), so a
         // reload here reaches the next connection's thread.
-        move || reload_on_sighup(&config),
+        move || reload_on_sighup(&acceptor),
     )
 }
 
 /// SIGHUP: the TLS certificate and key read again for new connections, as in the reactor.
-fn reload_on_sighup(config: &ServerConfig) {
+fn reload_on_sighup(acceptor: &Acceptor) {
     #[cfg(feature = "tls")]
-    if let Some(identity) = &config.tls {
+    if let Some(identity) = acceptor {
         return identity.reload_on_sighup();
     }
-    let _ = config;
+    let _ = acceptor;
     info!("SIGHUP ignored: plain TCP has no certificate to reload");
 }
 

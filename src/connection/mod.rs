@@ -1,8 +1,9 @@
 //! One TCP connection: its state machine, its bounded output, and what it does when its
 //! socket is readable or writable or one of its deadlines passes.
 //!
-//! This module owns the life of a connection, `(ProxyHeader | Handshaking →) Greeting →
-//! Reading ⇄ Replying → Closing → Lingering → Closed`, with every transition in [`State::on`]. It does the non-blocking
+//! This module owns the life of a connection, `(ProxyHeader →) (Handshaking →) Greeting →
+//! Reading ⇄ Replying → Closing → Lingering → Closed`, with every transition in
+//! [`State::on`]. It does the non-blocking
 //! reads and writes for one socket, asks [`protocol`](crate::protocol) what to answer, and
 //! decides when it next needs attention ([`Connection::deadline`]) and what happens then
 //! ([`Connection::on_deadline`]). It never reads the clock: the loop passes the time in.
@@ -20,8 +21,9 @@
 //! than its equal share of it.
 //!
 //! Its files: `state.rs`, the transition table; `stream.rs`, what it reads and writes
-//! through; `output.rs`, its unsent output; `preamble.rs`, what comes before the greeting
-//! (a PROXY header, a TLS handshake); this one, everything else a connection does.
+//! through; `output.rs`, its unsent output; `preamble.rs`, what comes before the greeting,
+//! in order on the raw socket (a PROXY header and the loop's admission of its client, then
+//! a TLS handshake); this one, everything else a connection does.
 //!
 //! Error policy, the same for every call: `WouldBlock` means stop and wait for the next
 //! event; `Interrupted` is retried in the loop; `Ok(0)` from a read is EOF, answered only
@@ -166,6 +168,11 @@ impl<S: Stream> Connection<S> {
     /// The socket, for the loop to register with its poll.
     pub fn stream(&mut self) -> &mut S {
         &mut self.stream
+    }
+
+    /// Who is at the other end of the socket (a balancer, behind one), for a log line.
+    pub fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.stream.peer()
     }
 
     /// Not being read until its client takes some of its replies: backpressure (state
@@ -613,7 +620,7 @@ impl<S: Stream> Connection<S> {
     fn discard_input(&mut self, ctx: &mut Context<'_>) -> Progress {
         let mut budget = READ_BUDGET;
         while budget > 0 {
-            match self.stream.discard(ctx.read_buf) {
+            match self.stream.read_beneath(ctx.read_buf) {
                 Ok(0) => {
                     self.transition(Trigger::PeerEof, ctx.now);
                     return Progress::Wait;

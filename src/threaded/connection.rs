@@ -48,7 +48,8 @@ pub(super) struct Start {
     pub(super) protocol: ProtocolConfig,
     pub(super) settings: SocketSettings,
     pub(super) tls: TlsConfig,
-    /// When the connection was accepted, which `--handshake-timeout` counts from.
+    /// When the connection was accepted, which `--handshake-timeout` counts from (behind a
+    /// PROXY header, from the admission of the client it names).
     pub(super) accepted: Instant,
     pub(super) handshake_timeout: Duration,
 }
@@ -88,25 +89,33 @@ pub(super) fn serve_thread(shared: &Shared, socket: &TcpStream, start: Start) {
         }
     };
     let mut connection = Connection::new(socket, channel, &protocol);
+    // The preamble, in order on the raw socket: the PROXY header and the admission of the
+    // client it names, then the TLS handshake (below), then the greeting.
     let mut early = Vec::new();
-    if proxied && !connection.admit_proxied(peer, shared, &mut permit, &mut early) {
-        shared.totals.not_greeted.fetch_add(1, Ordering::Relaxed);
-        shared
-            .totals
-            .add(0, connection.bytes_in, connection.bytes_out);
-        return;
+    let mut handshake_from = accepted;
+    if proxied {
+        if !connection.admit_proxied(peer, shared, &mut permit, &mut early) {
+            shared.totals.not_greeted.fetch_add(1, Ordering::Relaxed);
+            shared
+                .totals
+                .add(0, connection.bytes_in, connection.bytes_out);
+            return;
+        }
+        // As in the reactor: the handshake's time counts from the admission.
+        handshake_from = Instant::now();
     }
+    // Over TLS, what came behind the header is the start of the ClientHello.
+    let early = connection.channel.begin(early);
     if let Err(e) = connection.set_socket_options(settings) {
         debug!("{peer}: {e}");
-    } else if let Err(why) = connection.channel.handshake(accepted, handshake_timeout) {
+    } else if let Err(why) = connection
+        .channel
+        .handshake(handshake_from, handshake_timeout)
+    {
         shared.totals.tls_rejected.fetch_add(1, Ordering::Relaxed);
         info!("{peer}: TLS handshake failed, closing: {why}");
-    } else if let Err(e) = connection.serve(settings, &shared.stopping, &early) {
+    } else if let Err(e) = connection.serve(peer, settings, &shared.stopping, &early) {
         debug!("{peer}: {e}");
-    }
-    // An EOF we caused at stop (shutdown(SHUT_RD)) is no truncation.
-    if connection.channel.truncated() && !shared.is_stopping() {
-        info!("{peer}: TCP EOF without a TLS close_notify: a truncated session");
     }
     connection.channel.end_session();
     // Everything owed is out: from here a new client may take this one's place.
@@ -185,7 +194,7 @@ impl<'a> Connection<'a> {
             debug!("refused {client} (via {balancer}): at --max-connections-per-ip");
             net::refuse(
                 socket2::SockRef::from(self.socket),
-                protocol::TOO_MANY_FROM_ADDRESS,
+                self.channel.refusal(protocol::TOO_MANY_FROM_ADDRESS),
             );
             shared.totals.refused_per_ip.fetch_add(1, Ordering::Relaxed);
             return false;
@@ -256,6 +265,7 @@ impl<'a> Connection<'a> {
     /// ends this connection only.
     fn serve(
         &mut self,
+        peer: SocketAddr,
         settings: SocketSettings,
         stopping: &AtomicBool,
         early: &[u8],
@@ -306,6 +316,11 @@ impl<'a> Connection<'a> {
                     if stopping.load(Ordering::Acquire) {
                         return Ok(());
                     }
+                    // Said before the last replies go out, so the line is in the log by
+                    // the time the client has them.
+                    if self.channel.truncated() {
+                        info!("{peer}: TCP EOF without a TLS close_notify: a truncated session");
+                    }
                     self.session.on_eof(self.protocol, &mut self.pending_output)
                 }
                 Ok(n) => {
@@ -355,6 +370,8 @@ impl<'a> Connection<'a> {
             return Ok(());
         }
         self.channel.write_all(&self.pending_output)?;
+        // Over TLS, every record out to the socket, or the error that stopped it.
+        self.channel.flush()?;
         self.bytes_out += self.pending_output.len() as u64;
         self.pending_output.clear();
         // One read of empty lines owes up to nine times its size in replies; do not keep
