@@ -33,7 +33,7 @@ use crate::budget::MemoryBudget;
 use crate::config::ServerConfig;
 use crate::connection::{Connection, HeaderRead, State};
 use crate::metrics::{LoopMetrics, OpenConnections, MAX_METRICS_CLIENTS};
-use crate::net::{self, ConnectionsPerAddress, ACCEPT_BACKOFF, SHORT_READ_DRAINS};
+use crate::net::{self, ConnectionsPerAddress, ACCEPT_BACKOFF};
 use crate::protocol::{SERVER_BUSY, TOO_MANY_FROM_ADDRESS};
 use crate::restart::{Handover, Restart};
 use crate::signals::LoopSignals;
@@ -42,6 +42,7 @@ use crate::timers::Timers;
 use crate::transport::Transport;
 use crate::udp::UdpEndpoint;
 
+use serve::{Readiness, Served};
 use slot::{Ready, Scratch, Slot};
 
 // Fixed tokens for the loop's own sources. Connections take theirs from the slab, which
@@ -69,14 +70,6 @@ const _: () = assert!(READ_BUFFER >= net::MAX_DATAGRAM);
 /// per call costs more `epoll_wait` calls only when more than this many sockets are ready
 /// at once, one per 256 events.
 const EVENTS_CAPACITY: usize = 256;
-
-/// Deadlines acted on per turn (15,000 dribblers cut off at once would otherwise be one
-/// long turn); the rest are due at once and the next `poll` does not block.
-const DEADLINES_PER_TURN: usize = 256;
-
-/// Sources resumed from the ready list per turn; the rest wait for the next turn, after a
-/// `poll` that does not block.
-const READY_PER_TURN: usize = 256;
 
 /// Connections accepted per listener event before other sources get a turn.
 const ACCEPT_BUDGET: usize = 256;
@@ -181,6 +174,7 @@ impl<S: Transport> EventLoop<S> {
 
         let mut greeting = Vec::new();
         config.protocol.greeting(&mut greeting);
+        let share = budget.share(open_connections.load(Ordering::Relaxed));
         Ok(EventLoop {
             poll,
             waker,
@@ -200,7 +194,7 @@ impl<S: Transport> EventLoop<S> {
             open_connections,
             per_address,
             budget,
-            share: 0,
+            share,
             listener_queued: false,
             udp_queued: false,
             shutdown_deadline: None,
@@ -411,8 +405,8 @@ impl<S: Transport> EventLoop<S> {
         // The count is shared by every loop, so `--max-connections` holds for the whole
         // server with `--threads` too (two loops admitting at the same instant may overshoot
         // by one each; the limit is a safety valve, not an exact quota).
-        if self.open_connections.load(Ordering::Relaxed) >= self.config.max_connections {
-            net::refuse(socket2::SockRef::from(&stream), SERVER_BUSY);
+        if let Some(why) = refusal(self.open_connections.load(Ordering::Relaxed), &self.config) {
+            net::refuse(socket2::SockRef::from(&stream), why);
             self.scratch.stats.refused += 1;
             log::debug!("refused {peer}: at --max-connections");
             return;
@@ -451,32 +445,17 @@ impl<S: Transport> EventLoop<S> {
             counted.inspect(|&ip| self.per_address.release(ip));
             return;
         };
-        let entry = self.connections.vacant_entry();
-        let token = Token(entry.key());
         let serial = self.next_serial;
         self.next_serial += 1;
-        let slot = entry.insert(Slot {
-            conn,
-            serial,
-            peer: counted,
-            registered,
-            scheduled: None,
-            queued: false,
-            accounted: 0,
-            scheduled_at_change: 0,
-        });
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(slot.conn.stream(), token, registered)
-        {
-            log::warn!("cannot register {peer}: {e}");
-            self.connections.remove(token.0);
-            counted.inspect(|&ip| self.per_address.release(ip));
-            return;
-        }
+        let token = match self.served().insert(conn, counted, serial, registered) {
+            Ok(token) => token,
+            Err(e) => {
+                log::warn!("cannot register {peer}: {e}");
+                counted.inspect(|&ip| self.per_address.release(ip));
+                return;
+            }
+        };
         self.open_connections.fetch_add(1, Ordering::Relaxed);
-        slot.schedule(token.0, &mut self.timers, &self.config);
         log::debug!("accepted {peer} as {token:?}");
     }
 
@@ -492,23 +471,10 @@ impl<S: Transport> EventLoop<S> {
         };
         // A slot closed earlier in this batch stays until the sweep; ignore its events.
         match slot.conn.state() {
-            State::Closed => return,
-            State::ProxyHeader => return self.serve_proxy_header(token),
-            _ => {}
+            State::Closed => {}
+            State::ProxyHeader => self.serve_proxy_header(token),
+            _ => self.served().serve(token, Readiness::of(event)),
         }
-        let mut ctx = self
-            .scratch
-            .context(&self.config, &self.greeting, self.now, self.share);
-        if event.is_writable() {
-            let progress = slot.conn.on_writable(&mut ctx);
-            slot.follow(progress, token, &mut self.ready);
-        }
-        if event.is_readable() || event.is_read_closed() || event.is_error() {
-            let drains = SHORT_READ_DRAINS && !event.is_read_closed() && !event.is_error();
-            let progress = slot.conn.on_readable(&mut ctx, drains);
-            slot.follow(progress, token, &mut self.ready);
-        }
-        self.after_io(token);
     }
 
     /// `--proxy-protocol`: reads the header and, once it is whole, admits the client it
@@ -552,28 +518,26 @@ impl<S: Transport> EventLoop<S> {
     }
 
     /// Brings the poll registration, the timers and the close list in line with the
-    /// connection's new state. Re-registers only when the interest changed.
+    /// connection's new state (see [`Served::after_io`]).
     fn after_io(&mut self, token: Token) {
-        let slot = &mut self.connections[token.0];
-        let Some(wanted) = slot.conn.interest() else {
-            self.closed.push(token);
-            return;
-        };
-        if wanted != slot.registered {
-            if let Err(e) = self
-                .poll
-                .registry()
-                .reregister(slot.conn.stream(), token, wanted)
-            {
-                log::debug!("reregister {token:?}: {e}");
-                slot.conn.close_now(self.now);
-                self.closed.push(token);
-                return;
-            }
-            slot.registered = wanted;
+        self.served().after_io(token);
+    }
+
+    /// The parts of the loop its policy for connections works on, for one step of a turn.
+    fn served(&mut self) -> Served<'_, S, mio::Registry> {
+        Served {
+            connections: &mut self.connections,
+            timers: &mut self.timers,
+            ready: &mut self.ready,
+            closed: &mut self.closed,
+            scratch: &mut self.scratch,
+            registry: self.poll.registry(),
+            budget: &self.budget,
+            config: &self.config,
+            greeting: &self.greeting,
+            now: self.now,
+            share: self.share,
         }
-        slot.account(&self.budget);
-        slot.schedule(token.0, &mut self.timers, &self.config);
     }
 
     fn serve_metrics(&mut self, token: Token) {
@@ -609,14 +573,9 @@ impl<S: Transport> EventLoop<S> {
     }
 
     /// Serves the sources that stopped before WouldBlock on an earlier turn, at most
-    /// [`READY_PER_TURN`] of them, oldest first.
+    /// [`READY_PER_TURN`](serve::READY_PER_TURN) of them, oldest first.
     fn resume_ready(&mut self) {
-        let batch: Vec<Ready> = if self.ready.len() > READY_PER_TURN {
-            self.ready.drain(..READY_PER_TURN).collect()
-        } else {
-            std::mem::take(&mut self.ready)
-        };
-        for ready in batch {
+        for ready in serve::ready_batch(&mut self.ready) {
             match ready {
                 Ready::Listener => {
                     self.listener_queued = false;
@@ -626,22 +585,7 @@ impl<S: Transport> EventLoop<S> {
                     self.udp_queued = false;
                     self.serve_udp(true, false);
                 }
-                Ready::Connection(token, serial) => {
-                    let Some(slot) = self.connections.get_mut(token.0) else {
-                        continue;
-                    };
-                    if slot.serial != serial {
-                        continue;
-                    }
-                    slot.queued = false;
-                    // No event told us the socket is drained: read until WouldBlock.
-                    let mut ctx =
-                        self.scratch
-                            .context(&self.config, &self.greeting, self.now, self.share);
-                    let progress = slot.conn.on_readable(&mut ctx, false);
-                    slot.follow(progress, token, &mut self.ready);
-                    self.after_io(token);
-                }
+                Ready::Connection(token, serial) => self.served().resume(token, serial),
             }
         }
     }
@@ -659,26 +603,8 @@ impl<S: Transport> EventLoop<S> {
             log::info!("drain timeout: shutting down the connections still open");
             self.begin_shutdown();
         }
-        let mut fired = 0;
-        while fired < DEADLINES_PER_TURN {
-            let Some(timer) = self.timers.pop_due(self.now) else {
-                break;
-            };
-            fired += 1;
-            let Some(slot) = self.connections.get_mut(timer.key) else {
-                continue;
-            };
-            if slot.serial != timer.serial || slot.scheduled != Some(timer.at) {
-                continue;
-            }
-            slot.scheduled = None;
-            let token = Token(timer.key);
-            let mut ctx = self
-                .scratch
-                .context(&self.config, &self.greeting, self.now, self.share);
-            let awaited_header = slot.conn.state() == State::ProxyHeader;
-            let progress = slot.conn.on_deadline(&mut ctx);
-            if awaited_header && slot.conn.state() == State::Closed {
+        self.served().fire_timers(|slot, before| {
+            if before == State::ProxyHeader && slot.conn.state() == State::Closed {
                 let peer = slot.conn.stream().socket().peer_addr();
                 log::info!(
                     "{}: closed without a greeting: no whole PROXY header within {:?}",
@@ -686,45 +612,23 @@ impl<S: Transport> EventLoop<S> {
                     crate::proxy::HEADER_TIMEOUT
                 );
             }
-            slot.follow(progress, token, &mut self.ready);
-            self.after_io(token);
-        }
-        // Stale entries are skipped when they come due; prune them if they outnumber live
-        // connections, so churn cannot grow the heap without bound.
-        if self.timers.len() > 2 * self.connections.len() + 64 {
-            let connections = &self.connections;
-            self.timers.retain(|timer| {
-                connections
-                    .get(timer.key)
-                    .is_some_and(|s| s.serial == timer.serial && s.scheduled == Some(timer.at))
-            });
-        }
+        });
     }
 
-    /// Removes the connections that closed this turn. Done after the event batch so that no
-    /// event of this batch can land on a slot reused by a connection accepted meanwhile.
+    /// Removes the connections that closed this turn (see [`Served::sweep`]) and gives
+    /// back what was counted for them across the loops.
     fn sweep_closed(&mut self) {
         if self.closed.is_empty() {
             return;
         }
-        for token in std::mem::take(&mut self.closed) {
-            if self
-                .connections
-                .get(token.0)
-                .is_some_and(|slot| slot.conn.state() == State::Closed)
-            {
-                // Dropping the stream closes the descriptor, which also removes it from the
-                // epoll set: no deregister call needed.
-                let slot = self.connections.remove(token.0);
-                if let Some(ip) = slot.peer {
-                    self.per_address.release(ip);
-                }
-                self.budget.change(slot.accounted, 0);
-                self.scratch.stats.messages += slot.conn.messages();
-                self.open_connections.fetch_sub(1, Ordering::Relaxed);
-                log::debug!("closed {token:?}");
+        let per_address = Arc::clone(&self.per_address);
+        let open = Arc::clone(&self.open_connections);
+        self.served().sweep(|slot| {
+            if let Some(ip) = slot.peer {
+                per_address.release(ip);
             }
-        }
+            open.fetch_sub(1, Ordering::Relaxed);
+        });
         if self.accept_paused_until.is_some() {
             // A descriptor was just freed: accept again now rather than at the deadline.
             self.resume_accepting();
@@ -750,6 +654,15 @@ fn count_open<S: Transport>(connections: &Slab<Slot<S>>) -> OpenConnections {
     open
 }
 
+/// Admission at `--max-connections`: what a new client is told when the server is full,
+/// or `None` to admit it. Asked by the loop and by the simulation.
+fn refusal(open: usize, config: &ServerConfig) -> Option<&'static [u8]> {
+    (open >= config.max_connections).then_some(SERVER_BUSY)
+}
+
+mod serve;
+#[cfg(test)]
+mod sim;
 mod slot;
 mod stopping;
 #[cfg(test)]

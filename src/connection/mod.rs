@@ -68,6 +68,18 @@ pub const READ_BUDGET: usize = 256 * 1024;
 /// smaller.
 pub const REPLY_BUDGET: usize = 16 * 1024;
 
+/// What each read costs of the [`READ_BUDGET`] at least, however few bytes it returned:
+/// the budget bounds the calls an event may make (64), not only the bytes, so a connection
+/// whose share of the memory budget allows only small reads cannot make the loop spend
+/// thousands of calls on it in one turn. 4 KiB is far below an ordinary read under load,
+/// so a client that sends much is read as before.
+pub const READ_COST_FLOOR: usize = 4 * 1024;
+
+/// What each batch of replies costs of the [`REPLY_BUDGET`] at least: a connection whose
+/// share of the memory budget allows only a few replies per batch is answered in at most
+/// 64 batches (and as many writes) per event, not thousands. An ordinary batch is larger.
+pub const REPLY_COST_FLOOR: usize = 256;
+
 /// What the loop lends to whichever connection it is serving: one set of buffers per loop,
 /// so an idle connection owns no buffer at all, plus the settings and the time of this turn.
 pub struct Context<'a> {
@@ -453,6 +465,13 @@ impl<S: Stream> Connection<S> {
             if read_budget == 0 {
                 return Progress::ReadAgain;
             }
+            if allowance < 2 && self.session.buffered() > 0 {
+                // Owing nothing, its unfinished line holds its whole share: it can neither
+                // finish the line nor be answered, so it is refused, as a line past
+                // `--max-line` is, rather than read a byte at a time or left unread.
+                self.refuse_line(ctx);
+                break;
+            }
             let protocol = &ctx.config.protocol;
             // Under the memory budget, read no more than half of what this connection may
             // still take on, leaving the other half for the replies (see `answer`).
@@ -472,7 +491,7 @@ impl<S: Stream> Connection<S> {
                     break;
                 }
                 Ok(n) => {
-                    read_budget -= n;
+                    read_budget = read_budget.saturating_sub(n.max(READ_COST_FLOOR));
                     ctx.stats.bytes_in += n as u64;
                     self.last_progress = ctx.now;
                     drained = n < limit && short_read_drains;
@@ -524,13 +543,29 @@ impl<S: Stream> Connection<S> {
         let (flow, used) =
             self.session
                 .on_input_until(&ctx.config.protocol, input, ctx.replies, room);
-        *reply_budget = reply_budget.saturating_sub(ctx.replies.len());
+        *reply_budget = reply_budget.saturating_sub(ctx.replies.len().max(REPLY_COST_FLOOR));
         if flow == Flow::Close {
             self.transition(Trigger::InputEnded, ctx.now);
         } else if used < input.len() {
             self.held.extend_from_slice(&input[used..]);
         }
         self.note_line_start(answered, ctx.now);
+        self.write(ctx.replies, ctx.stats, ctx.now);
+    }
+
+    /// Tells the client its unfinished line is too long for its share of the memory
+    /// budget, and closes politely (its replies so far are delivered, as after any `ERR`).
+    #[cold]
+    fn refuse_line(&mut self, ctx: &mut Context<'_>) {
+        log::debug!(
+            "an unfinished line of {} bytes holds the connection's share ({} bytes): refused",
+            self.session.buffered(),
+            ctx.share
+        );
+        ctx.replies.clear();
+        let _ = self.session.refuse_line(ctx.replies);
+        self.line_started = None;
+        self.transition(Trigger::InputEnded, ctx.now);
         self.write(ctx.replies, ctx.stats, ctx.now);
     }
 

@@ -10,10 +10,9 @@ use mio::{Interest, Token};
 
 use crate::budget::MemoryBudget;
 use crate::config::ServerConfig;
-use crate::connection::{Connection, Context, Progress};
+use crate::connection::{Connection, Context, Progress, Stream};
 use crate::stats::Stats;
 use crate::timers::{Timer, Timers};
-use crate::transport::Transport;
 
 /// A source that stopped before WouldBlock and must be resumed without waiting for an edge.
 #[derive(Clone, Copy, Debug)]
@@ -46,7 +45,7 @@ pub(super) struct Slot<S> {
     pub(super) scheduled_at_change: u8,
 }
 
-impl<S: Transport> Slot<S> {
+impl<S: Stream> Slot<S> {
     /// Puts the connection on the ready list, unless it is there already.
     pub(super) fn mark_ready(&mut self, token: Token, ready: &mut Vec<Ready>) {
         if !self.queued {
