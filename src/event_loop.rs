@@ -38,7 +38,7 @@ use crate::protocol::{SERVER_BUSY, TOO_MANY_FROM_ADDRESS};
 use crate::restart::{Handover, Restart};
 use crate::signals::LoopSignals;
 use crate::stats::Stats;
-use crate::timers::Timers;
+use crate::timers::{Due, Timers};
 use crate::transport::Transport;
 use crate::udp::UdpEndpoint;
 
@@ -74,6 +74,22 @@ const EVENTS_CAPACITY: usize = 256;
 /// Connections accepted per listener event before other sources get a turn.
 const ACCEPT_BUDGET: usize = 256;
 
+/// What every loop of a server shares: built once, and a clone handed to each loop.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    /// The settings.
+    pub(crate) config: Arc<ServerConfig>,
+    /// Set, and every loop woken, to stop the server.
+    pub(crate) stop_requested: Arc<AtomicBool>,
+    /// Open connections across every loop, for `--max-connections` and
+    /// [`Running::open_connections`](crate::Running::open_connections).
+    pub(crate) open_connections: Arc<AtomicUsize>,
+    /// Connections per client address across every loop, for `--max-connections-per-ip`.
+    pub(crate) per_address: Arc<ConnectionsPerAddress>,
+    /// Bytes held in connection buffers across every loop, for `--max-buffer-memory`.
+    pub(crate) budget: Arc<MemoryBudget>,
+}
+
 /// One single-threaded loop with its own poll, slab, listener and UDP socket, serving its
 /// TCP connections over `S`: the socket itself, or TLS. A server runs one kind or the
 /// other, so each is compiled on its own and plain TCP pays nothing for TLS.
@@ -90,12 +106,11 @@ pub(crate) struct EventLoop<S: Transport = TcpStream> {
     /// What an accepted socket is wrapped with: nothing, or the TLS certificate.
     acceptor: S::Acceptor,
     next_serial: u64,
-    /// Every connection's next deadline, nearest first.
+    /// Every deadline the loop keeps, nearest first: each connection's and the loop's own.
     timers: Timers,
     ready: Vec<Ready>,
     /// Connections closed during this turn, removed from the slab after the event batch.
     closed: Vec<Token>,
-    accept_paused_until: Option<Instant>,
     /// Set when accept fails for want of resources, until the backlog is drained again:
     /// one warning per episode, however many retries it takes.
     accept_starved: bool,
@@ -112,12 +127,11 @@ pub(crate) struct EventLoop<S: Transport = TcpStream> {
     /// at most once, however many times it used up its budget.
     listener_queued: bool,
     udp_queued: bool,
-    shutdown_deadline: Option<Instant>,
     /// Restarting: SIGUSR2 starts a successor on this loop's sockets (first loop only).
+    /// Once a successor took the sockets over ([`Due::Drain`] is set) there is no more
+    /// accepting; the loop ends when its last connection closes, or shuts down gracefully
+    /// at that deadline.
     handover: Handover,
-    /// Set once a successor took the sockets over: no more accepting; the loop ends when
-    /// its last connection closes, or shuts down gracefully at this deadline.
-    drain_deadline: Option<Instant>,
     signals_seen: usize,
     greeting: Vec<u8>,
     scratch: Scratch,
@@ -129,21 +143,21 @@ pub(crate) struct EventLoop<S: Transport = TcpStream> {
 
 impl<S: Transport> EventLoop<S> {
     /// Registers the bound sockets (and, if the config says so, SIGINT/SIGTERM) with a new
-    /// poll. `stop_requested`, `open_connections` and `per_address` are shared with the
-    /// other loops.
-    // Each argument is something the loop shares with the other loops or is handed once;
-    // a struct to carry them would be built in one place and taken apart in this one.
-    #[allow(clippy::too_many_arguments)]
+    /// poll. `shared` is what this loop shares with the server's other loops; `metrics` is
+    /// its part in them, and `acceptor` what its accepted sockets are wrapped with.
     pub(crate) fn new(
         bound: net::Bound,
-        config: Arc<ServerConfig>,
-        stop_requested: Arc<AtomicBool>,
-        open_connections: Arc<AtomicUsize>,
-        per_address: Arc<ConnectionsPerAddress>,
-        budget: Arc<MemoryBudget>,
+        shared: Shared,
         mut metrics: Option<LoopMetrics>,
         acceptor: S::Acceptor,
     ) -> io::Result<EventLoop<S>> {
+        let Shared {
+            config,
+            stop_requested,
+            open_connections,
+            per_address,
+            budget,
+        } = shared;
         let poll = Poll::new()?;
         let registry = poll.registry();
         let waker = Arc::new(Waker::new(registry, WAKER)?);
@@ -189,7 +203,6 @@ impl<S: Transport> EventLoop<S> {
             timers: Timers::new(),
             ready: Vec::new(),
             closed: Vec::new(),
-            accept_paused_until: None,
             accept_starved: false,
             open_connections,
             per_address,
@@ -197,9 +210,7 @@ impl<S: Transport> EventLoop<S> {
             share,
             listener_queued: false,
             udp_queued: false,
-            shutdown_deadline: None,
             handover: Handover::default(),
-            drain_deadline: None,
             signals_seen: 0,
             greeting,
             scratch: Scratch {
@@ -274,7 +285,9 @@ impl<S: Transport> EventLoop<S> {
                 }
                 SIGNALS => self.on_signals(),
                 SUCCESSOR => self.check_successor(),
-                // A connection's, or else one of the metrics endpoint's (see there).
+                // The metrics endpoint's listener and its clients' places, below the other
+                // fixed tokens and far above any slab key.
+                token if token.0 >= METRICS_CLIENTS => self.serve_metrics(token),
                 token => self.serve_connection(token, event),
             }
         }
@@ -286,9 +299,7 @@ impl<S: Transport> EventLoop<S> {
         self.sweep_closed();
         if let Some(metrics) = &mut self.metrics {
             let connections = &self.connections;
-            metrics.end_of_turn(self.now, self.poll.registry(), &self.scratch.stats, || {
-                count_open(connections)
-            });
+            metrics.end_of_turn(&self.scratch.stats, || count_open(connections));
         }
         let turn = self.now.elapsed();
         let stats = &mut self.scratch.stats;
@@ -338,22 +349,16 @@ impl<S: Transport> EventLoop<S> {
         if !self.ready.is_empty() {
             return Some(Duration::ZERO);
         }
-        [
-            self.timers.next(),
-            self.accept_paused_until,
-            self.shutdown_deadline,
-            self.handover.deadline(),
-            self.drain_deadline,
-            self.metrics.as_ref().and_then(LoopMetrics::next_deadline),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+        self.timers
+            .next()
+            .map(|deadline| deadline.saturating_duration_since(Instant::now()))
     }
 
     fn finished(&self) -> bool {
-        match (self.shutdown_deadline, self.drain_deadline) {
+        match (
+            self.timers.get(Due::ShutdownGrace),
+            self.timers.get(Due::Drain),
+        ) {
             (Some(deadline), _) => self.connections.is_empty() || self.now >= deadline,
             (None, Some(_)) => self.connections.is_empty(),
             (None, None) => false,
@@ -362,7 +367,7 @@ impl<S: Transport> EventLoop<S> {
 
     /// Accepts until WouldBlock, the budget, or running out of descriptors.
     fn accept(&mut self) {
-        if self.accept_paused_until.is_some() {
+        if self.timers.get(Due::AcceptBackoff).is_some() {
             return;
         }
         for _ in 0..ACCEPT_BUDGET {
@@ -393,7 +398,8 @@ impl<S: Transport> EventLoop<S> {
                             self.connections.len()
                         );
                     }
-                    self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
+                    let retry = self.now + ACCEPT_BACKOFF;
+                    self.timers.set(Due::AcceptBackoff, Some(retry));
                     return;
                 }
             }
@@ -461,12 +467,6 @@ impl<S: Transport> EventLoop<S> {
 
     fn serve_connection(&mut self, token: Token, event: &mio::event::Event) {
         let Some(slot) = self.connections.get_mut(token.0) else {
-            // The metrics endpoint's tokens lie far above any slab key, so they land here,
-            // where the slab has already said no: sorting them out costs the connections
-            // nothing (an arm of their own in `turn` costs two instructions per event).
-            if token.0 >= METRICS_CLIENTS {
-                self.serve_metrics(token);
-            }
             return;
         };
         // A slot closed earlier in this batch stays until the sweep; ignore its events.
@@ -542,7 +542,7 @@ impl<S: Transport> EventLoop<S> {
 
     fn serve_metrics(&mut self, token: Token) {
         if let Some(metrics) = &mut self.metrics {
-            metrics.on_event(token, self.poll.registry(), self.now);
+            metrics.on_event(token, self.poll.registry(), self.now, &mut self.timers);
         }
     }
 
@@ -590,29 +590,41 @@ impl<S: Transport> EventLoop<S> {
         }
     }
 
-    /// Lets every connection whose deadline passed act on it (see
-    /// [`Connection::on_deadline`]), and resumes accepting after a backoff.
+    /// Acts on the deadlines that passed: each connection's (see
+    /// [`Connection::on_deadline`], through [`Served::fire_timers`]) and the loop's own.
     fn fire_timers(&mut self) {
-        if self.accept_paused_until.is_some_and(|t| t <= self.now) {
-            self.resume_accepting();
-        }
-        if self.handover.deadline().is_some_and(|t| t <= self.now) {
-            self.check_successor();
-        }
-        if self.drain_deadline.is_some_and(|t| t <= self.now) && self.shutdown_deadline.is_none() {
-            log::info!("drain timeout: shutting down the connections still open");
-            self.begin_shutdown();
-        }
-        self.served().fire_timers(|slot, before| {
-            if before == State::ProxyHeader && slot.conn.state() == State::Closed {
-                let peer = slot.conn.stream().socket().peer_addr();
-                log::info!(
-                    "{}: closed without a greeting: no whole PROXY header within {:?}",
-                    peer.map_or_else(|_| "a client gone already".into(), |a| a.to_string()),
-                    crate::proxy::HEADER_TIMEOUT
-                );
+        let mut own = Vec::new();
+        self.served().fire_timers(
+            |slot, before| {
+                if before == State::ProxyHeader && slot.conn.state() == State::Closed {
+                    let peer = slot.conn.stream().socket().peer_addr();
+                    log::info!(
+                        "{}: closed without a greeting: no whole PROXY header within {:?}",
+                        peer.map_or_else(|_| "a client gone already".into(), |a| a.to_string()),
+                        crate::proxy::HEADER_TIMEOUT
+                    );
+                }
+            },
+            |timer| own.push(timer),
+        );
+        for timer in own {
+            match timer.due {
+                Due::AcceptBackoff => self.resume_accepting(),
+                Due::Successor => self.check_successor(),
+                Due::Drain if self.timers.get(Due::ShutdownGrace).is_none() => {
+                    log::info!("drain timeout: shutting down the connections still open");
+                    self.begin_shutdown();
+                }
+                // The turn ends the loop once the grace is over (`finished`).
+                Due::Drain | Due::ShutdownGrace => {}
+                Due::MetricsAccept | Due::MetricsClient { .. } => {
+                    if let Some(metrics) = &mut self.metrics {
+                        metrics.on_deadline(timer, self.poll.registry(), &mut self.timers);
+                    }
+                }
+                Due::Connection { .. } => {}
             }
-        });
+        }
     }
 
     /// Removes the connections that closed this turn (see [`Served::sweep`]) and gives
@@ -629,14 +641,14 @@ impl<S: Transport> EventLoop<S> {
             }
             open.fetch_sub(1, Ordering::Relaxed);
         });
-        if self.accept_paused_until.is_some() {
+        if self.timers.get(Due::AcceptBackoff).is_some() {
             // A descriptor was just freed: accept again now rather than at the deadline.
             self.resume_accepting();
         }
     }
 
     fn resume_accepting(&mut self) {
-        self.accept_paused_until = None;
+        self.timers.set(Due::AcceptBackoff, None);
         self.listener_ready();
     }
 }

@@ -17,7 +17,7 @@ use mio::Waker;
 
 use crate::budget::MemoryBudget;
 use crate::config::ServerConfig;
-use crate::event_loop::EventLoop;
+use crate::event_loop::{EventLoop, Shared};
 use crate::metrics::{Hub, LoopMetrics};
 use crate::net;
 use crate::running::Running;
@@ -53,41 +53,14 @@ enum AnyLoop {
 impl AnyLoop {
     fn new(
         bound: net::Bound,
-        config: &Arc<ServerConfig>,
-        requested: &Arc<AtomicBool>,
-        open_connections: &Arc<AtomicUsize>,
-        per_address: &Arc<net::ConnectionsPerAddress>,
-        budget: &Arc<MemoryBudget>,
+        shared: &Shared,
         metrics: Option<LoopMetrics>,
     ) -> io::Result<AnyLoop> {
-        let (config, requested) = (Arc::clone(config), Arc::clone(requested));
-        let (open, per_address) = (Arc::clone(open_connections), Arc::clone(per_address));
-        let budget = Arc::clone(budget);
         #[cfg(feature = "tls")]
-        if let Some(identity) = config.tls.clone() {
-            return EventLoop::new(
-                bound,
-                config,
-                requested,
-                open,
-                per_address,
-                budget,
-                metrics,
-                identity,
-            )
-            .map(AnyLoop::Tls);
+        if let Some(identity) = shared.config.tls.clone() {
+            return EventLoop::new(bound, shared.clone(), metrics, identity).map(AnyLoop::Tls);
         }
-        EventLoop::new(
-            bound,
-            config,
-            requested,
-            open,
-            per_address,
-            budget,
-            metrics,
-            (),
-        )
-        .map(AnyLoop::Plain)
+        EventLoop::new(bound, shared.clone(), metrics, ()).map(AnyLoop::Plain)
     }
 
     fn waker(&self) -> Arc<Waker> {
@@ -161,7 +134,13 @@ impl Server {
             let (open, budget) = (Arc::clone(&open_connections), Arc::clone(&budget));
             Hub::new(threads, open, budget, config.max_buffer_memory)
         });
-        let config = Arc::new(config);
+        let shared = Shared {
+            config: Arc::new(config),
+            stop_requested: Arc::clone(&requested),
+            open_connections: Arc::clone(&open_connections),
+            per_address,
+            budget,
+        };
         let loops = bound
             .into_iter()
             .enumerate()
@@ -170,15 +149,7 @@ impl Server {
                     .as_ref()
                     .map(|hub| LoopMetrics::new(Arc::clone(hub), i, metrics_listener.take()))
                     .transpose()?;
-                AnyLoop::new(
-                    b,
-                    &config,
-                    &requested,
-                    &open_connections,
-                    &per_address,
-                    &budget,
-                    metrics,
-                )
+                AnyLoop::new(b, &shared, metrics)
             })
             .collect::<io::Result<Vec<_>>>()?;
         // The first loop reloads the certificate at SIGHUP, for every loop (they share it).

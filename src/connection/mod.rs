@@ -129,13 +129,11 @@ pub struct Connection<S> {
     line_started: Option<Instant>,
     /// Stopped at its share of the memory budget, waiting for its output to drain.
     budget_paused: bool,
-    /// Counts the changes that can move the deadline earlier: a change of state, a line
-    /// starting. Every other change (progress) moves it later. The loop asks for the
-    /// deadline again only when this count moved, which keeps that off the per-message path.
-    /// It wraps; the loop looks after every event, and one event makes a handful of
-    /// changes at most, never 256.
-    earlier_deadlines: u8,
 }
+
+/// What a connection's [`deadline`](Connection::deadline) depends on besides its last
+/// progress: its state and when its unfinished line began.
+pub type DeadlineBasis = (State, Option<Instant>);
 
 impl<S: Stream> Connection<S> {
     /// Takes a freshly accepted stream and writes the greeting at once.
@@ -166,7 +164,6 @@ impl<S: Stream> Connection<S> {
             last_progress: now,
             line_started: None,
             budget_paused: false,
-            earlier_deadlines: 0,
         }
     }
 
@@ -245,10 +242,12 @@ impl<S: Stream> Connection<S> {
         }
     }
 
-    /// Changes whenever the deadline may have moved earlier (see `earlier_deadlines`); the
-    /// loop compares it with the value it last scheduled under.
-    pub fn earlier_deadlines(&self) -> u8 {
-        self.earlier_deadlines
+    /// What the deadline depends on besides the last progress. Progress only moves the
+    /// deadline later, so it can have moved earlier only if this changed: the loop asks for
+    /// the deadline again only then, which keeps that off the per-message path.
+    #[inline]
+    pub fn deadline_basis(&self) -> DeadlineBasis {
+        (self.state, self.line_started)
     }
 
     fn idle_deadline(&self, config: &ServerConfig) -> Option<Instant> {
@@ -423,7 +422,6 @@ impl<S: Stream> Connection<S> {
         log::trace!("{:?} --{:?}--> {:?}", self.state, trigger, next);
         self.state = next;
         self.last_progress = now;
-        self.earlier_deadlines = self.earlier_deadlines.wrapping_add(1);
         match next {
             // Our side is done, so the peer reads every reply and then a clean EOF.
             State::Lingering => {
@@ -576,7 +574,6 @@ impl<S: Stream> Connection<S> {
             self.line_started = None;
         } else if self.line_started.is_none() || self.session.messages() != answered_before {
             self.line_started = Some(now);
-            self.earlier_deadlines = self.earlier_deadlines.wrapping_add(1);
         }
     }
 

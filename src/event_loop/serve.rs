@@ -18,7 +18,7 @@ use super::slot::{Ready, Scratch, Slot};
 use crate::budget::MemoryBudget;
 use crate::config::ServerConfig;
 use crate::connection::{Connection, State, Stream};
-use crate::timers::Timers;
+use crate::timers::{Due, Timer, Timers};
 
 /// Sources resumed from the ready list per turn; the rest wait for the next turn, after a
 /// `poll` that does not block.
@@ -115,7 +115,7 @@ impl<S: Stream, R: Register<S> + ?Sized> Served<'_, S, R> {
             scheduled: None,
             queued: false,
             accounted: 0,
-            scheduled_at_change: 0,
+            scheduled_basis: (State::Closed, None),
         });
         if let Err(e) = self
             .registry
@@ -195,24 +195,33 @@ impl<S: Stream, R: Register<S> + ?Sized> Served<'_, S, R> {
         slot.schedule(token.0, self.timers, self.config);
     }
 
-    /// Lets up to [`DEADLINES_PER_TURN`] connections whose deadline passed act on it (see
-    /// [`Connection::on_deadline`]). `acted` is then called with each and the state it was
-    /// in, so the loop can say what it alone knows (a PROXY header given up on).
-    pub(super) fn fire_timers(&mut self, mut acted: impl FnMut(&mut Slot<S>, State)) {
+    /// Takes up to [`DEADLINES_PER_TURN`] deadlines that are due. Each connection whose
+    /// deadline passed acts on it (see [`Connection::on_deadline`]); `acted` is then called
+    /// with it and the state it was in, so the loop can say what it alone knows (a PROXY
+    /// header given up on). Every other deadline due is handed to `other`, the loop's.
+    pub(super) fn fire_timers(
+        &mut self,
+        mut acted: impl FnMut(&mut Slot<S>, State),
+        mut other: impl FnMut(Timer),
+    ) {
         let mut fired = 0;
         while fired < DEADLINES_PER_TURN {
             let Some(timer) = self.timers.pop_due(self.now) else {
                 break;
             };
             fired += 1;
-            let Some(slot) = self.connections.get_mut(timer.key) else {
+            let Due::Connection { key, serial } = timer.due else {
+                other(timer);
                 continue;
             };
-            if slot.serial != timer.serial || slot.scheduled != Some(timer.at) {
+            let Some(slot) = self.connections.get_mut(key) else {
+                continue;
+            };
+            if slot.serial != serial || slot.scheduled != Some(timer.at) {
                 continue;
             }
             slot.scheduled = None;
-            let token = Token(timer.key);
+            let token = Token(key);
             let mut ctx = self
                 .scratch
                 .context(self.config, self.greeting, self.now, self.share);
@@ -223,13 +232,15 @@ impl<S: Stream, R: Register<S> + ?Sized> Served<'_, S, R> {
             self.after_io(token);
         }
         // Stale entries are skipped when they come due; prune them if they outnumber live
-        // connections, so churn cannot grow the heap without bound.
+        // connections, so churn cannot grow the heap without bound. (A metrics client's
+        // entry is its owner's, and gone within `METRICS_DEADLINE`.)
         if self.timers.len() > 2 * self.connections.len() + 64 {
             let connections = &*self.connections;
-            self.timers.retain(|timer| {
-                connections
-                    .get(timer.key)
-                    .is_some_and(|s| s.serial == timer.serial && s.scheduled == Some(timer.at))
+            self.timers.retain(|timer| match timer.due {
+                Due::Connection { key, serial } => connections
+                    .get(key)
+                    .is_some_and(|s| s.serial == serial && s.scheduled == Some(timer.at)),
+                _ => true,
             });
         }
     }

@@ -789,7 +789,10 @@ impl Sim {
                 served.resume(token, serial);
             }
         }
-        served.fire_timers(|_, _| {});
+        served.fire_timers(
+            |_, _| {},
+            |timer| unreachable!("{timer:?}: the simulation sets none"),
+        );
         let removed = served.sweep(|_| {});
         self.open -= removed;
 
@@ -910,7 +913,7 @@ impl Sim {
             if let Some((turn, since)) = client.waiting {
                 let turns = self.turn - turn;
                 let waited = self.clock.saturating_sub(since);
-                if !client.done && (turns > ANSWER_TURNS && waited > ANSWER_TIME) {
+                if !client.done && (turns > ANSWER_TURNS || waited > ANSWER_TIME) {
                     self.fail(format_args!(
                         "honest client {} waited {turns} turns ({waited:?}) for {}",
                         client.id,

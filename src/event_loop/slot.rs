@@ -10,9 +10,9 @@ use mio::{Interest, Token};
 
 use crate::budget::MemoryBudget;
 use crate::config::ServerConfig;
-use crate::connection::{Connection, Context, Progress, Stream};
+use crate::connection::{Connection, Context, DeadlineBasis, Progress, Stream};
 use crate::stats::Stats;
-use crate::timers::{Timer, Timers};
+use crate::timers::{Due, Timer, Timers};
 
 /// A source that stopped before WouldBlock and must be resumed without waiting for an edge.
 #[derive(Clone, Copy, Debug)]
@@ -40,9 +40,9 @@ pub(super) struct Slot<S> {
     pub(super) queued: bool,
     /// What this connection's buffers held when last counted in the memory budget.
     pub(super) accounted: usize,
-    /// The connection's [`earlier_deadlines`](Connection::earlier_deadlines) count when
-    /// `scheduled` was last checked against its deadline.
-    pub(super) scheduled_at_change: u8,
+    /// What the connection's deadline depended on when `scheduled` was last checked
+    /// against it (see [`Connection::deadline_basis`]).
+    pub(super) scheduled_basis: DeadlineBasis,
 }
 
 impl<S: Stream> Slot<S> {
@@ -74,17 +74,17 @@ impl<S: Stream> Slot<S> {
 
     /// Makes sure `timers` holds an entry no later than this connection's deadline. Called
     /// after every event, so it must be cheap: the deadline is asked for only when nothing
-    /// is scheduled or the connection says it may have moved earlier (a change of state, a
-    /// line starting). When it moved later (every message moves the idle deadline), the
-    /// entry already scheduled fires early, finds nothing due, and is scheduled again for
-    /// the new time.
+    /// is scheduled or what it depends on, besides the last progress, changed (a change of
+    /// state, a line starting; see [`Connection::deadline_basis`]). Progress only ever moves
+    /// it later (every message moves the idle deadline): then the entry already scheduled
+    /// fires early, finds nothing due, and is scheduled again for the new time.
     #[inline]
     pub(super) fn schedule(&mut self, key: usize, timers: &mut Timers, config: &ServerConfig) {
-        let change = self.conn.earlier_deadlines();
-        if self.scheduled.is_some() && change == self.scheduled_at_change {
+        let basis = self.conn.deadline_basis();
+        if self.scheduled.is_some() && basis == self.scheduled_basis {
             return;
         }
-        self.scheduled_at_change = change;
+        self.scheduled_basis = basis;
         let Some(deadline) = self.conn.deadline(config) else {
             return;
         };
@@ -92,8 +92,10 @@ impl<S: Stream> Slot<S> {
             self.scheduled = Some(deadline);
             timers.schedule(Timer {
                 at: deadline,
-                key,
-                serial: self.serial,
+                due: Due::Connection {
+                    key,
+                    serial: self.serial,
+                },
             });
         }
     }

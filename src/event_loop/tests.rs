@@ -8,17 +8,14 @@ fn event_loop() -> (EventLoop, SocketAddr) {
     let any: SocketAddr = ([127, 0, 0, 1], 0).into();
     let bound = net::bind(any, None, 16, false).unwrap();
     let addr = bound.tcp.local_addr().unwrap();
-    let event_loop = EventLoop::new(
-        bound,
-        Arc::new(ServerConfig::ephemeral()),
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(ConnectionsPerAddress::new(0)),
-        Arc::new(MemoryBudget::new(usize::MAX)),
-        None,
-        (),
-    )
-    .unwrap();
+    let shared = Shared {
+        config: Arc::new(ServerConfig::ephemeral()),
+        stop_requested: Arc::new(AtomicBool::new(false)),
+        open_connections: Arc::new(AtomicUsize::new(0)),
+        per_address: Arc::new(ConnectionsPerAddress::new(0)),
+        budget: Arc::new(MemoryBudget::new(usize::MAX)),
+    };
+    let event_loop = EventLoop::new(bound, shared, None, ()).unwrap();
     (event_loop, addr)
 }
 
