@@ -75,9 +75,10 @@ pub const REPLY_BUDGET: usize = 16 * 1024;
 /// so a client that sends much is read as before.
 pub const READ_COST_FLOOR: usize = 4 * 1024;
 
-/// What each batch of replies costs of the [`REPLY_BUDGET`] at least: a connection whose
-/// share of the memory budget allows only a few replies per batch is answered in at most
-/// 64 batches (and as many writes) per event, not thousands. An ordinary batch is larger.
+/// What each batch of replies to held input costs of the [`REPLY_BUDGET`] at least: a
+/// connection whose share of the memory budget allows only a few replies per batch is
+/// answered in at most 64 such batches (and as many writes) per event, not thousands. An
+/// ordinary batch is larger.
 pub const REPLY_COST_FLOOR: usize = 256;
 
 /// What the loop lends to whichever connection it is serving: one set of buffers per loop,
@@ -131,9 +132,11 @@ pub struct Connection<S> {
     budget_paused: bool,
 }
 
-/// What a connection's [`deadline`](Connection::deadline) depends on besides its last
-/// progress: its state and when its unfinished line began.
-pub type DeadlineBasis = (State, Option<Instant>);
+/// What can move a connection's [`deadline`](Connection::deadline) earlier: which state it
+/// is in (what each state's deadline counts from is its own) and whether it holds an
+/// unfinished line (the line timeout). Everything else that happens to it, progress or a
+/// line that starts behind one just answered, moves the deadline later or leaves it.
+pub type DeadlineBasis = (std::mem::Discriminant<State>, bool);
 
 impl<S: Stream> Connection<S> {
     /// Takes a freshly accepted stream and writes the greeting at once.
@@ -242,12 +245,15 @@ impl<S: Stream> Connection<S> {
         }
     }
 
-    /// What the deadline depends on besides the last progress. Progress only moves the
-    /// deadline later, so it can have moved earlier only if this changed: the loop asks for
-    /// the deadline again only then, which keeps that off the per-message path.
+    /// What can move the deadline earlier ([`DeadlineBasis`]): the loop asks for the
+    /// deadline again only when this changed, which keeps that off the per-message path.
+    /// (A change between `Closing` states moves it later: a transition restarts the count.)
     #[inline]
     pub fn deadline_basis(&self) -> DeadlineBasis {
-        (self.state, self.line_started)
+        (
+            std::mem::discriminant(&self.state),
+            self.line_started.is_some(),
+        )
     }
 
     fn idle_deadline(&self, config: &ServerConfig) -> Option<Instant> {
@@ -384,10 +390,20 @@ impl<S: Stream> Connection<S> {
             if self.pause_for_budget(ctx) {
                 return Progress::Wait;
             }
-            let held = std::mem::take(&mut self.held);
-            self.answer(ctx, &held, &mut reply_budget);
+            self.answer_held_batch(ctx, &mut reply_budget);
         }
         Progress::Wait
+    }
+
+    /// Answers one batch of the input held back, which costs at least [`REPLY_COST_FLOOR`]
+    /// of the reply budget. (A batch answering a read needs no floor: the read's own
+    /// [`READ_COST_FLOOR`] bounds how many there are.)
+    fn answer_held_batch(&mut self, ctx: &mut Context<'_>, reply_budget: &mut usize) {
+        let before = *reply_budget;
+        let held = std::mem::take(&mut self.held);
+        self.answer(ctx, &held, reply_budget);
+        let spent = before - *reply_budget;
+        *reply_budget = reply_budget.saturating_sub(REPLY_COST_FLOOR.saturating_sub(spent));
     }
 
     /// Server shutdown: like [`close_gracefully`](Self::close_gracefully), except that a
@@ -453,8 +469,7 @@ impl<S: Stream> Connection<S> {
             }
             let allowance = self.allowance(ctx);
             if !self.held.is_empty() {
-                let held = std::mem::take(&mut self.held);
-                self.answer(ctx, &held, &mut reply_budget);
+                self.answer_held_batch(ctx, &mut reply_budget);
                 continue;
             }
             if drained {
@@ -541,7 +556,7 @@ impl<S: Stream> Connection<S> {
         let (flow, used) =
             self.session
                 .on_input_until(&ctx.config.protocol, input, ctx.replies, room);
-        *reply_budget = reply_budget.saturating_sub(ctx.replies.len().max(REPLY_COST_FLOOR));
+        *reply_budget = reply_budget.saturating_sub(ctx.replies.len());
         if flow == Flow::Close {
             self.transition(Trigger::InputEnded, ctx.now);
         } else if used < input.len() {

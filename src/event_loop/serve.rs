@@ -115,7 +115,7 @@ impl<S: Stream, R: Register<S> + ?Sized> Served<'_, S, R> {
             scheduled: None,
             queued: false,
             accounted: 0,
-            scheduled_basis: (State::Closed, None),
+            scheduled_basis: (std::mem::discriminant(&State::Closed), false),
         });
         if let Err(e) = self
             .registry
@@ -129,7 +129,7 @@ impl<S: Stream, R: Register<S> + ?Sized> Served<'_, S, R> {
     }
 
     /// Serves one event of a connection that is past its PROXY header.
-    #[inline]
+    #[inline(always)]
     pub(super) fn serve(&mut self, token: Token, readiness: Readiness) {
         let Some(slot) = self.connections.get_mut(token.0) else {
             return;
@@ -175,7 +175,7 @@ impl<S: Stream, R: Register<S> + ?Sized> Served<'_, S, R> {
 
     /// Brings the registration, the timers, the memory budget and the close list in line
     /// with the connection's new state. Re-registers only when the interest changed.
-    #[inline]
+    #[inline(always)]
     pub(super) fn after_io(&mut self, token: Token) {
         let slot = &mut self.connections[token.0];
         let Some(wanted) = slot.conn.interest() else {

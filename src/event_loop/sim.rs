@@ -57,11 +57,15 @@ const TURN_COST: Duration = Duration::from_micros(20);
 
 /// The most calls the loop may make on one connection in one turn. One service of it
 /// reads at most `READ_BUDGET / READ_COST_FLOOR` times (and once more to find WouldBlock),
-/// answers at most `REPLY_BUDGET / REPLY_COST_FLOOR` batches with a write or two each, and
-/// a connection may be served three times a turn (an event, the ready list, a deadline).
-/// More than this is the loop spending itself on a connection it cannot advance.
-const CALLS_PER_SERVICE: u32 =
-    3 * (READ_BUDGET / READ_COST_FLOOR + 2 * REPLY_BUDGET / REPLY_COST_FLOOR + 4) as u32;
+/// answers each read in one batch and its held input in at most `REPLY_BUDGET /
+/// REPLY_COST_FLOOR` more, with a write or two each; a connection may be served three
+/// times a turn (an event, the ready list, a deadline). More than this is the loop spending
+/// itself on a connection it cannot advance.
+const CALLS_PER_SERVICE: u32 = {
+    let reads = READ_BUDGET / READ_COST_FLOOR + 1;
+    let batches = reads + REPLY_BUDGET / REPLY_COST_FLOOR;
+    3 * (reads + 2 * batches) as u32
+};
 
 /// An honest client is greeted, and each of its lines answered, within this many turns
 /// and this much simulated time.

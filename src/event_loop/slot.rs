@@ -40,8 +40,8 @@ pub(super) struct Slot<S> {
     pub(super) queued: bool,
     /// What this connection's buffers held when last counted in the memory budget.
     pub(super) accounted: usize,
-    /// What the connection's deadline depended on when `scheduled` was last checked
-    /// against it (see [`Connection::deadline_basis`]).
+    /// What could move the connection's deadline earlier when `scheduled` was last
+    /// checked against it (see [`Connection::deadline_basis`]).
     pub(super) scheduled_basis: DeadlineBasis,
 }
 
@@ -74,9 +74,9 @@ impl<S: Stream> Slot<S> {
 
     /// Makes sure `timers` holds an entry no later than this connection's deadline. Called
     /// after every event, so it must be cheap: the deadline is asked for only when nothing
-    /// is scheduled or what it depends on, besides the last progress, changed (a change of
-    /// state, a line starting; see [`Connection::deadline_basis`]). Progress only ever moves
-    /// it later (every message moves the idle deadline): then the entry already scheduled
+    /// is scheduled or what can move it earlier changed (a change of state, a line starting
+    /// where none was held; see [`Connection::deadline_basis`]). Everything else moves it
+    /// later (every message moves the idle deadline): then the entry already scheduled
     /// fires early, finds nothing due, and is scheduled again for the new time.
     #[inline]
     pub(super) fn schedule(&mut self, key: usize, timers: &mut Timers, config: &ServerConfig) {
