@@ -67,6 +67,11 @@ const CALLS_PER_SERVICE: u32 = {
     3 * (reads + 2 * batches) as u32
 };
 
+/// The most reads in a row of one byte from a socket that holds more: a connection read a
+/// byte at a time makes a call per byte and keeps the loop awake for as long as its client
+/// sends.
+const BYTE_READS: u32 = 16;
+
 /// An honest client is greeted, and each of its lines answered, within this many turns
 /// and this much simulated time.
 const ANSWER_TURNS: u64 = 32;
@@ -129,6 +134,8 @@ struct Socket {
     queued: bool,
     /// The server's calls on it this turn.
     calls: u32,
+    /// Reads in a row that asked for one byte while it held more.
+    byte_reads: u32,
 }
 
 impl Socket {
@@ -159,6 +166,11 @@ impl Read for SimStream {
             } else {
                 Err(io::ErrorKind::WouldBlock.into())
             };
+        }
+        if buf.len() == 1 && s.to_server.len() > 1 {
+            s.byte_reads += 1;
+        } else {
+            s.byte_reads = 0;
         }
         let n = buf.len().min(s.to_server.len());
         for (to, from) in buf[..n].iter_mut().zip(s.to_server.drain(..n)) {
@@ -804,23 +816,28 @@ impl Sim {
         let mut calls = 0;
         let mut busiest = None;
         for (token, slot) in self.connections.iter_mut() {
-            let on_it = slot.conn.stream().0.borrow().calls;
+            let (on_it, byte_reads) = {
+                let s = slot.conn.stream().0.borrow();
+                (s.calls, s.byte_reads)
+            };
             calls += on_it;
-            if on_it > CALLS_PER_SERVICE {
+            if on_it > CALLS_PER_SERVICE || byte_reads > BYTE_READS {
                 let socket = &slot.conn.stream().0;
                 let kind = self
                     .clients
                     .iter()
                     .find(|c| c.socket.as_ref().is_some_and(|s| Rc::ptr_eq(s, socket)))
                     .map(|c| c.kind);
-                busiest = Some((token, on_it, slot.conn.state(), slot.conn.holds(), kind));
+                let state = slot.conn.state();
+                busiest = Some((token, on_it, byte_reads, state, slot.conn.holds(), kind));
             }
         }
         self.clock += TURN_COST + CALL_COST * calls;
-        if let Some((token, on_it, state, holds, kind)) = busiest {
+        if let Some((token, on_it, byte_reads, state, holds, kind)) = busiest {
             self.fail(format_args!(
                 "the loop made {on_it} calls on connection {token} (a {kind:?} client, \
-                 {state:?}, holds {holds} bytes, share {}) in one turn",
+                 {state:?}, holds {holds} bytes, share {}) in one turn, the last {byte_reads} \
+                 of its reads one byte each",
                 self.budget.share(self.open),
             ));
         }
