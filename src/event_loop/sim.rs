@@ -852,14 +852,14 @@ impl Sim {
 
     /// What moved: bytes in and out, and every connection's state.
     fn progress(&self) -> (u64, u64, u64) {
+        use std::hash::{Hash, Hasher};
         let stats = &self.scratch.stats;
-        let mut states = 0u64;
+        let mut states = std::collections::hash_map::DefaultHasher::new();
         for (key, slot) in self.connections.iter() {
-            states = states
-                .wrapping_mul(31)
-                .wrapping_add(key as u64 ^ format!("{:?}", slot.conn.state()).len() as u64);
+            key.hash(&mut states);
+            std::mem::discriminant(&slot.conn.state()).hash(&mut states);
         }
-        (stats.bytes_in, stats.bytes_out, states)
+        (stats.bytes_in, stats.bytes_out, states.finish())
     }
 
     /// The listener: admits the clients waiting in the backlog, as the loop does.
