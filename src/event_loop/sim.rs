@@ -136,6 +136,8 @@ struct Socket {
     calls: u32,
     /// Reads in a row that asked for one byte while it held more.
     byte_reads: u32,
+    /// Bytes the server took from it and gave it, ever: what a turn moved.
+    moved: u64,
 }
 
 impl Socket {
@@ -173,6 +175,7 @@ impl Read for SimStream {
             s.byte_reads = 0;
         }
         let n = buf.len().min(s.to_server.len());
+        s.moved += n as u64;
         for (to, from) in buf[..n].iter_mut().zip(s.to_server.drain(..n)) {
             *to = from;
         }
@@ -195,6 +198,7 @@ impl Write for SimStream {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         s.to_client.extend(&buf[..n]);
+        s.moved += n as u64;
         Ok(n)
     }
 
@@ -230,9 +234,17 @@ impl Drop for SimStream {
 #[derive(Default)]
 struct SimPoll {
     pending: RefCell<VecDeque<Shared>>,
+    /// Readiness changes a client made: what a turn may be woken for.
+    client_changes: std::cell::Cell<u64>,
 }
 
 impl SimPoll {
+    /// A client changed something on `socket`: new data, room, a FIN or a reset.
+    fn client_changed(&self, socket: &Shared) {
+        self.client_changes.set(self.client_changes.get() + 1);
+        self.notify(socket);
+    }
+
     fn notify(&self, socket: &Shared) {
         let mut s = socket.borrow_mut();
         let Some(interest) = s.interest else {
@@ -373,8 +385,10 @@ struct Sim {
     clients: Vec<Client>,
     /// Clients that connected and wait in the listen backlog.
     backlog: VecDeque<usize>,
-    /// The last turn made no progress though it did not wait.
+    /// The last turn made no progress though nothing new woke it.
     idle_spin: bool,
+    /// `SimPoll::client_changes` when the last turn began.
+    changes_seen: u64,
     log: String,
 }
 
@@ -459,6 +473,7 @@ impl Sim {
             clients,
             backlog: VecDeque::new(),
             idle_spin: false,
+            changes_seen: 0,
             log: String::new(),
         }
     }
@@ -512,7 +527,13 @@ impl Sim {
                 self.clock = self.clock.max(next);
             }
             self.clients_act();
-            self.server_turn();
+            // The loop sleeps in `poll` unless an event, a ready source, a client in the
+            // backlog or a deadline is there for it.
+            let due = self.timers.next() <= Some(self.now());
+            if due || !self.ready.is_empty() || self.poll.has_pending() || !self.backlog.is_empty()
+            {
+                self.server_turn();
+            }
             self.check();
         }
     }
@@ -543,7 +564,7 @@ impl Sim {
             n > 0
         };
         if moved {
-            poll.notify(socket);
+            poll.client_changed(socket);
         }
     }
 
@@ -561,7 +582,7 @@ impl Sim {
     fn half_close(client: &mut Client, poll: &SimPoll) {
         if let Some(socket) = &client.socket {
             socket.borrow_mut().client_fin = true;
-            poll.notify(socket);
+            poll.client_changed(socket);
         }
         client.half_closed = true;
     }
@@ -574,6 +595,8 @@ impl Sim {
         if client.socket.is_none() {
             client.socket = Some(Rc::default());
             self.backlog.push_back(i);
+            let changes = &self.poll.client_changes;
+            changes.set(changes.get() + 1);
             if client.kind == Kind::Honest {
                 client.waiting = Some((turn, now));
             }
@@ -654,7 +677,7 @@ impl Sim {
                     client.outbox.extend(b"unfinished");
                 } else if let Some(socket) = &client.socket {
                     socket.borrow_mut().reset = true;
-                    self.poll.notify(socket);
+                    self.poll.client_changed(socket);
                     client.done = true;
                 }
                 rng.millis(1, 500)
@@ -676,7 +699,7 @@ impl Sim {
         };
         if !bytes.is_empty() {
             // Room freed: the server's WRITABLE edge.
-            poll.notify(&socket);
+            poll.client_changed(&socket);
         }
         client.inbox.extend_from_slice(&bytes);
         while let Some(end) = client.inbox.iter().position(|&b| b == b'\n') {
@@ -757,7 +780,7 @@ impl Sim {
             }
             // It has our EOF: it closes too, which ends our lingering.
             socket.borrow_mut().client_fin = true;
-            poll.notify(&socket);
+            poll.client_changed(&socket);
         } else if server_reset && !client.eof {
             if client.kind == Kind::Honest && !client.refused {
                 return Err(format!("honest client {} reset by the server", client.id));
@@ -792,7 +815,10 @@ impl Sim {
             slot.conn.stream().0.borrow_mut().calls = 0;
         }
         let before = self.progress();
-        let waited = self.ready.is_empty() && !self.poll.has_pending();
+        // Woken by something new: a client's doing, or a deadline.
+        let changes = self.poll.client_changes.get();
+        let woken = changes != self.changes_seen || self.timers.next() <= Some(self.now());
+        self.changes_seen = changes;
         let events = self.poll.poll();
         let mut served = self.served();
         for (token, readiness) in events {
@@ -841,25 +867,45 @@ impl Sim {
                 self.budget.share(self.open),
             ));
         }
-        // A turn that did not wait and moved nothing must not be followed by another.
+        // A turn that nothing new woke and that moved nothing must not be followed by
+        // another: the loop would be turning for nothing.
         let moved = before != self.progress() || accepted > 0 || removed > 0;
-        let spins = !waited && !moved;
+        let spins = !woken && !moved;
         if spins && self.idle_spin {
-            self.fail("two turns in a row made no progress without waiting: the loop spins");
+            let mut queued = String::new();
+            for ready in &self.ready {
+                if let Ready::Connection(token, _) = ready {
+                    if let Some(slot) = self.connections.get(token.0) {
+                        let _ = write!(
+                            queued,
+                            "{token:?} {:?} holds {}; ",
+                            slot.conn.state(),
+                            slot.conn.holds()
+                        );
+                    }
+                }
+            }
+            self.fail(format!(
+                "two turns in a row that nothing new woke made no progress: the loop spins (ready: {queued}{} events pending)",
+                self.poll.pending.borrow().len()
+            ));
         }
         self.idle_spin = spins;
     }
 
-    /// What moved: bytes in and out, and every connection's state.
-    fn progress(&self) -> (u64, u64, u64) {
+    /// What moved: bytes read (discarded ones too) and written, messages answered, and
+    /// every connection's state.
+    fn progress(&mut self) -> (u64, u64) {
         use std::hash::{Hash, Hasher};
-        let stats = &self.scratch.stats;
+        let mut moved = 0;
         let mut states = std::collections::hash_map::DefaultHasher::new();
-        for (key, slot) in self.connections.iter() {
+        for (key, slot) in self.connections.iter_mut() {
             key.hash(&mut states);
             std::mem::discriminant(&slot.conn.state()).hash(&mut states);
+            let answered = slot.conn.messages();
+            moved += slot.conn.stream().0.borrow().moved + answered;
         }
-        (stats.bytes_in, stats.bytes_out, states.finish())
+        (moved, states.finish())
     }
 
     /// The listener: admits the clients waiting in the backlog, as the loop does.
