@@ -109,8 +109,9 @@ pub struct ServerArgs {
     /// Every TCP connection begins with a PROXY protocol header (version 1 or 2, as a
     /// load balancer such as HAProxy sends with `send-proxy` or `send-proxy-v2`); the
     /// client address in it is used for logs and --max-connections-per-ip. A connection
-    /// without a valid header within 3 seconds is closed without a greeting. UDP is
-    /// unaffected.
+    /// without a valid header within 3 seconds is closed without a greeting. With
+    /// --tls-cert the header comes first and the TLS handshake after it (HAProxy in TCP
+    /// mode in front). UDP is unaffected.
     #[arg(long)]
     pub proxy_protocol: bool,
 
@@ -227,18 +228,18 @@ impl ServerArgs {
 }
 
 impl ServerArgs {
-    /// `--tls-cert` and `--tls-key`, both or neither, loaded and checked against each other.
+    /// `--tls-cert` and `--tls-key`, both or neither. The server reads and checks the files
+    /// when it binds, and says there, in one line, what is wrong with them.
     #[cfg(feature = "tls")]
-    fn tls(&self) -> Result<Option<crate::tls::Identity>, String> {
+    fn tls(&self) -> Result<Option<crate::config::TlsFiles>, String> {
         match (&self.tls_cert, &self.tls_key) {
             (None, None) => Ok(None),
             (Some(_), None) => Err("--tls-cert needs --tls-key (both or neither)".into()),
             (None, Some(_)) => Err("--tls-key needs --tls-cert (both or neither)".into()),
-            // A balancer's PROXY header would come before the ClientHello; not handled yet.
-            (Some(_), Some(_)) if self.proxy_protocol => {
-                Err("--proxy-protocol and --tls-cert cannot be used together yet".into())
-            }
-            (Some(cert), Some(key)) => crate::tls::Identity::load(cert, key).map(Some),
+            (Some(cert), Some(key)) => Ok(Some(crate::config::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
         }
     }
 }

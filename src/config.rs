@@ -2,6 +2,7 @@
 //! defaults the README gives. Plain data: parsing flags is `cli.rs`'s job.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::protocol::ProtocolConfig;
@@ -34,6 +35,18 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// delivered before the server closes everything anyway.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Where the TLS certificate chain and its private key are (`--tls-cert`, `--tls-key`):
+/// the files, not what they hold. The server reads them when it binds, and again at SIGHUP
+/// (see [`tls::Identity`](crate::tls)), so what it serves lives beside its accept, and this
+/// config stays plain data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The PEM certificate chain, the server's certificate first.
+    pub cert: PathBuf,
+    /// The PEM private key of that certificate.
+    pub key: PathBuf,
+}
+
 /// Everything a server needs to start.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -63,10 +76,11 @@ pub struct ServerConfig {
     /// Every TCP connection begins with a PROXY protocol header (see [`crate::proxy`]),
     /// whose client address stands for the connection's.
     pub proxy_protocol: bool,
-    /// `--tls-cert`, `--tls-key`: every TCP connection is TLS, with this certificate
-    /// (see [`crate::tls`]); `None` serves plain TCP.
+    /// `--tls-cert`, `--tls-key`: every TCP connection is TLS, with the certificate in
+    /// these files, read when the server binds and again at SIGHUP; `None` serves plain
+    /// TCP.
     #[cfg(feature = "tls")]
-    pub tls: Option<crate::tls::Identity>,
+    pub tls: Option<TlsFiles>,
     /// A TLS handshake not complete this long after the accept closes the connection.
     pub handshake_timeout: Duration,
     /// Independent single-threaded loops sharing the port via SO_REUSEPORT.

@@ -20,8 +20,8 @@
 //! shutdown; `event_loop/tests.rs`.
 
 use std::io;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,19 +29,21 @@ use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
+use crate::admission::{Admission, LingeringQueue, Refusal};
 use crate::budget::MemoryBudget;
 use crate::config::ServerConfig;
 use crate::connection::{Connection, HeaderRead, State};
 use crate::metrics::{LoopMetrics, OpenConnections, MAX_METRICS_CLIENTS};
-use crate::net::{self, ConnectionsPerAddress, ACCEPT_BACKOFF, SHORT_READ_DRAINS};
-use crate::protocol::{SERVER_BUSY, TOO_MANY_FROM_ADDRESS};
+use crate::net::{self, ACCEPT_BACKOFF};
+use crate::protocol::TOO_MANY_FROM_ADDRESS;
 use crate::restart::{Handover, Restart};
 use crate::signals::LoopSignals;
 use crate::stats::Stats;
-use crate::timers::Timers;
+use crate::timers::{Due, Timers};
 use crate::transport::Transport;
 use crate::udp::UdpEndpoint;
 
+use serve::{Readiness, Served};
 use slot::{Ready, Scratch, Slot};
 
 // Fixed tokens for the loop's own sources. Connections take theirs from the slab, which
@@ -70,16 +72,22 @@ const _: () = assert!(READ_BUFFER >= net::MAX_DATAGRAM);
 /// at once, one per 256 events.
 const EVENTS_CAPACITY: usize = 256;
 
-/// Deadlines acted on per turn (15,000 dribblers cut off at once would otherwise be one
-/// long turn); the rest are due at once and the next `poll` does not block.
-const DEADLINES_PER_TURN: usize = 256;
-
-/// Sources resumed from the ready list per turn; the rest wait for the next turn, after a
-/// `poll` that does not block.
-const READY_PER_TURN: usize = 256;
-
 /// Connections accepted per listener event before other sources get a turn.
 const ACCEPT_BUDGET: usize = 256;
+
+/// What every loop of a server shares: built once, and a clone handed to each loop.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    /// The settings.
+    pub(crate) config: Arc<ServerConfig>,
+    /// Set, and every loop woken, to stop the server.
+    pub(crate) stop_requested: Arc<AtomicBool>,
+    /// `--max-connections` and `--max-connections-per-ip`, across every loop (and
+    /// [`Running::open_connections`](crate::Running::open_connections)).
+    pub(crate) admission: Arc<Admission>,
+    /// Bytes held in connection buffers across every loop, for `--max-buffer-memory`.
+    pub(crate) budget: Arc<MemoryBudget>,
+}
 
 /// One single-threaded loop with its own poll, slab, listener and UDP socket, serving its
 /// TCP connections over `S`: the socket itself, or TLS. A server runs one kind or the
@@ -97,20 +105,20 @@ pub(crate) struct EventLoop<S: Transport = TcpStream> {
     /// What an accepted socket is wrapped with: nothing, or the TLS certificate.
     acceptor: S::Acceptor,
     next_serial: u64,
-    /// Every connection's next deadline, nearest first.
+    /// Every deadline the loop keeps, nearest first: each connection's and the loop's own.
     timers: Timers,
     ready: Vec<Ready>,
     /// Connections closed during this turn, removed from the slab after the event batch.
     closed: Vec<Token>,
-    accept_paused_until: Option<Instant>,
     /// Set when accept fails for want of resources, until the backlog is drained again:
     /// one warning per episode, however many retries it takes.
     accept_starved: bool,
-    /// Open connections across every loop of the server, for `--max-connections` and
-    /// [`Running::open_connections`](crate::Running::open_connections).
-    open_connections: Arc<AtomicUsize>,
-    /// Connections per client address across every loop, for `--max-connections-per-ip`.
-    per_address: Arc<ConnectionsPerAddress>,
+    /// `--max-connections` and `--max-connections-per-ip`, across every loop of the
+    /// server; each slot holds its connection's permit.
+    admission: Arc<Admission>,
+    /// This loop's connections that owe nothing and wait only for their peer's EOF, oldest
+    /// first: closed at a limit to admit a new client. Keyed by slab key and serial.
+    lingering: LingeringQueue<(usize, u64)>,
     /// Bytes held in connection buffers across every loop, for `--max-buffer-memory`.
     budget: Arc<MemoryBudget>,
     /// This turn's equal share of the memory budget among the open connections.
@@ -119,12 +127,11 @@ pub(crate) struct EventLoop<S: Transport = TcpStream> {
     /// at most once, however many times it used up its budget.
     listener_queued: bool,
     udp_queued: bool,
-    shutdown_deadline: Option<Instant>,
     /// Restarting: SIGUSR2 starts a successor on this loop's sockets (first loop only).
+    /// Once a successor took the sockets over ([`Due::Drain`] is set) there is no more
+    /// accepting; the loop ends when its last connection closes, or shuts down gracefully
+    /// at that deadline.
     handover: Handover,
-    /// Set once a successor took the sockets over: no more accepting; the loop ends when
-    /// its last connection closes, or shuts down gracefully at this deadline.
-    drain_deadline: Option<Instant>,
     signals_seen: usize,
     greeting: Vec<u8>,
     scratch: Scratch,
@@ -136,21 +143,20 @@ pub(crate) struct EventLoop<S: Transport = TcpStream> {
 
 impl<S: Transport> EventLoop<S> {
     /// Registers the bound sockets (and, if the config says so, SIGINT/SIGTERM) with a new
-    /// poll. `stop_requested`, `open_connections` and `per_address` are shared with the
-    /// other loops.
-    // Each argument is something the loop shares with the other loops or is handed once;
-    // a struct to carry them would be built in one place and taken apart in this one.
-    #[allow(clippy::too_many_arguments)]
+    /// poll. `shared` is what this loop shares with the server's other loops; `metrics` is
+    /// its part in them, and `acceptor` what its accepted sockets are wrapped with.
     pub(crate) fn new(
         bound: net::Bound,
-        config: Arc<ServerConfig>,
-        stop_requested: Arc<AtomicBool>,
-        open_connections: Arc<AtomicUsize>,
-        per_address: Arc<ConnectionsPerAddress>,
-        budget: Arc<MemoryBudget>,
+        shared: Shared,
         mut metrics: Option<LoopMetrics>,
         acceptor: S::Acceptor,
     ) -> io::Result<EventLoop<S>> {
+        let Shared {
+            config,
+            stop_requested,
+            admission,
+            budget,
+        } = shared;
         let poll = Poll::new()?;
         let registry = poll.registry();
         let waker = Arc::new(Waker::new(registry, WAKER)?);
@@ -181,6 +187,7 @@ impl<S: Transport> EventLoop<S> {
 
         let mut greeting = Vec::new();
         config.protocol.greeting(&mut greeting);
+        let share = budget.share(admission.open());
         Ok(EventLoop {
             poll,
             waker,
@@ -195,17 +202,14 @@ impl<S: Transport> EventLoop<S> {
             timers: Timers::new(),
             ready: Vec::new(),
             closed: Vec::new(),
-            accept_paused_until: None,
             accept_starved: false,
-            open_connections,
-            per_address,
+            admission,
+            lingering: LingeringQueue::default(),
             budget,
-            share: 0,
+            share,
             listener_queued: false,
             udp_queued: false,
-            shutdown_deadline: None,
             handover: Handover::default(),
-            drain_deadline: None,
             signals_seen: 0,
             greeting,
             scratch: Scratch {
@@ -263,9 +267,7 @@ impl<S: Transport> EventLoop<S> {
             Err(e) => return Err(e),
         }
         self.now = Instant::now();
-        self.share = self
-            .budget
-            .share(self.open_connections.load(Ordering::Relaxed));
+        self.share = self.budget.share(self.admission.open());
         let mut handed_over = 0;
         for event in events.iter() {
             handed_over += 1;
@@ -280,7 +282,9 @@ impl<S: Transport> EventLoop<S> {
                 }
                 SIGNALS => self.on_signals(),
                 SUCCESSOR => self.check_successor(),
-                // A connection's, or else one of the metrics endpoint's (see there).
+                // The metrics endpoint's listener and its clients' places, below the other
+                // fixed tokens and far above any slab key.
+                token if token.0 >= METRICS_CLIENTS => self.serve_metrics(token),
                 token => self.serve_connection(token, event),
             }
         }
@@ -292,9 +296,7 @@ impl<S: Transport> EventLoop<S> {
         self.sweep_closed();
         if let Some(metrics) = &mut self.metrics {
             let connections = &self.connections;
-            metrics.end_of_turn(self.now, self.poll.registry(), &self.scratch.stats, || {
-                count_open(connections)
-            });
+            metrics.end_of_turn(&self.scratch.stats, || count_open(connections));
         }
         let turn = self.now.elapsed();
         let stats = &mut self.scratch.stats;
@@ -344,22 +346,16 @@ impl<S: Transport> EventLoop<S> {
         if !self.ready.is_empty() {
             return Some(Duration::ZERO);
         }
-        [
-            self.timers.next(),
-            self.accept_paused_until,
-            self.shutdown_deadline,
-            self.handover.deadline(),
-            self.drain_deadline,
-            self.metrics.as_ref().and_then(LoopMetrics::next_deadline),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+        self.timers
+            .next()
+            .map(|deadline| deadline.saturating_duration_since(Instant::now()))
     }
 
     fn finished(&self) -> bool {
-        match (self.shutdown_deadline, self.drain_deadline) {
+        match (
+            self.timers.get(Due::ShutdownGrace),
+            self.timers.get(Due::Drain),
+        ) {
             (Some(deadline), _) => self.connections.is_empty() || self.now >= deadline,
             (None, Some(_)) => self.connections.is_empty(),
             (None, None) => false,
@@ -368,7 +364,7 @@ impl<S: Transport> EventLoop<S> {
 
     /// Accepts until WouldBlock, the budget, or running out of descriptors.
     fn accept(&mut self) {
-        if self.accept_paused_until.is_some() {
+        if self.timers.get(Due::AcceptBackoff).is_some() {
             return;
         }
         for _ in 0..ACCEPT_BUDGET {
@@ -399,7 +395,8 @@ impl<S: Transport> EventLoop<S> {
                             self.connections.len()
                         );
                     }
-                    self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
+                    let retry = self.now + ACCEPT_BACKOFF;
+                    self.timers.set(Due::AcceptBackoff, Some(retry));
                     return;
                 }
             }
@@ -408,23 +405,35 @@ impl<S: Transport> EventLoop<S> {
     }
 
     fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
-        // The count is shared by every loop, so `--max-connections` holds for the whole
-        // server with `--threads` too (two loops admitting at the same instant may overshoot
-        // by one each; the limit is a safety valve, not an exact quota).
-        if self.open_connections.load(Ordering::Relaxed) >= self.config.max_connections {
-            net::refuse(socket2::SockRef::from(&stream), SERVER_BUSY);
-            self.scratch.stats.refused += 1;
-            log::debug!("refused {peer}: at --max-connections");
-            return;
-        }
         // Behind a balancer the address to count is in the PROXY header, not known yet.
         let counted = (!self.config.proxy_protocol).then(|| peer.ip());
-        if counted.is_some_and(|ip| !self.per_address.admit(ip)) {
-            net::refuse(socket2::SockRef::from(&stream), TOO_MANY_FROM_ADDRESS);
-            self.scratch.stats.refused_per_ip += 1;
-            log::debug!("refused {peer}: its address is at --max-connections-per-ip");
-            return;
-        }
+        // The counts are shared by every loop, so the limits hold for the whole server with
+        // `--threads` too; the lingering connections closed to make room are this loop's.
+        let admission = Arc::clone(&self.admission);
+        let mut served = self.served();
+        let admitted =
+            admission.admit_or_reclaim(counted, |refusal| served.reclaim_oldest(refusal, counted));
+        let permit = match admitted {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                net::refuse(
+                    socket2::SockRef::from(&stream),
+                    S::refusal(refusal.message()),
+                );
+                let why = match refusal {
+                    Refusal::Busy => {
+                        self.scratch.stats.refused += 1;
+                        "at --max-connections"
+                    }
+                    Refusal::TooManyFromAddress => {
+                        self.scratch.stats.refused_per_ip += 1;
+                        "its address is at --max-connections-per-ip"
+                    }
+                };
+                log::debug!("refused {peer}: {why}");
+                return;
+            }
+        };
         // Replies are small and written whole; waiting for Nagle's algorithm to coalesce
         // them would only add latency.
         if let Err(e) = stream.set_nodelay(true) {
@@ -436,7 +445,6 @@ impl<S: Transport> EventLoop<S> {
             Ok(stream) => stream,
             Err(e) => {
                 log::warn!("cannot serve {peer}: {e}");
-                counted.inspect(|&ip| self.per_address.release(ip));
                 return;
             }
         };
@@ -448,72 +456,37 @@ impl<S: Transport> EventLoop<S> {
         };
         let Some(registered) = conn.interest() else {
             log::debug!("{peer} failed before its greeting was written");
-            counted.inspect(|&ip| self.per_address.release(ip));
             return;
         };
-        let entry = self.connections.vacant_entry();
-        let token = Token(entry.key());
         let serial = self.next_serial;
         self.next_serial += 1;
-        let slot = entry.insert(Slot {
-            conn,
-            serial,
-            peer: counted,
-            registered,
-            scheduled: None,
-            queued: false,
-            accounted: 0,
-            scheduled_at_change: 0,
-        });
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(slot.conn.stream(), token, registered)
-        {
-            log::warn!("cannot register {peer}: {e}");
-            self.connections.remove(token.0);
-            counted.inspect(|&ip| self.per_address.release(ip));
-            return;
-        }
-        self.open_connections.fetch_add(1, Ordering::Relaxed);
-        slot.schedule(token.0, &mut self.timers, &self.config);
+        let token = match self.served().insert(conn, Some(permit), serial, registered) {
+            Ok(token) => token,
+            Err(e) => {
+                log::warn!("cannot register {peer}: {e}");
+                return;
+            }
+        };
         log::debug!("accepted {peer} as {token:?}");
     }
 
     fn serve_connection(&mut self, token: Token, event: &mio::event::Event) {
         let Some(slot) = self.connections.get_mut(token.0) else {
-            // The metrics endpoint's tokens lie far above any slab key, so they land here,
-            // where the slab has already said no: sorting them out costs the connections
-            // nothing (an arm of their own in `turn` costs two instructions per event).
-            if token.0 >= METRICS_CLIENTS {
-                self.serve_metrics(token);
-            }
             return;
         };
         // A slot closed earlier in this batch stays until the sweep; ignore its events.
         match slot.conn.state() {
-            State::Closed => return,
-            State::ProxyHeader => return self.serve_proxy_header(token),
-            _ => {}
+            State::Closed => {}
+            State::ProxyHeader => self.serve_proxy_header(token),
+            _ => self.served().serve(token, Readiness::of(event)),
         }
-        let mut ctx = self
-            .scratch
-            .context(&self.config, &self.greeting, self.now, self.share);
-        if event.is_writable() {
-            let progress = slot.conn.on_writable(&mut ctx);
-            slot.follow(progress, token, &mut self.ready);
-        }
-        if event.is_readable() || event.is_read_closed() || event.is_error() {
-            let drains = SHORT_READ_DRAINS && !event.is_read_closed() && !event.is_error();
-            let progress = slot.conn.on_readable(&mut ctx, drains);
-            slot.follow(progress, token, &mut self.ready);
-        }
-        self.after_io(token);
     }
 
-    /// `--proxy-protocol`: reads the header and, once it is whole, admits the client it
-    /// names as [`admit`](Self::admit) admits a direct one (`--max-connections-per-ip`
-    /// counts that address), then greets it. Only then is the client served.
+    /// `--proxy-protocol`: the connection reads the header and, once it is whole, the
+    /// client it names is admitted as [`admit`](Self::admit) admits a direct one
+    /// (`--max-connections-per-ip` counts that address). The connection then goes on to its
+    /// TLS handshake or its greeting, or writes its refusal: it, not the loop, touches its
+    /// socket.
     // Once per connection, never per message: kept out of line so that it does not weigh
     // on the per-event path it branches off.
     #[cold]
@@ -523,7 +496,7 @@ impl<S: Transport> EventLoop<S> {
             .scratch
             .context(&self.config, &self.greeting, self.now, self.share);
         let read = slot.conn.read_proxy_header(&mut ctx);
-        let balancer = slot.conn.stream().socket().peer_addr().ok();
+        let balancer = slot.conn.peer();
         let via = balancer.map_or_else(|| "a client gone already".into(), |a| a.to_string());
         match read {
             HeaderRead::Waiting => {}
@@ -533,17 +506,23 @@ impl<S: Transport> EventLoop<S> {
                 let client = source.or(balancer);
                 let ip = client.map(|a| a.ip());
                 let who = client.map_or_else(|| via.clone(), |a| a.to_string());
-                if ip.is_some_and(|ip| !self.per_address.admit(ip)) {
-                    let socket = socket2::SockRef::from(slot.conn.stream().socket());
-                    net::refuse(socket, TOO_MANY_FROM_ADDRESS);
+                let admitted = match ip {
+                    Some(ip) => self.count_address(token, ip),
+                    None => true,
+                };
+                let slot = &mut self.connections[token.0];
+                let mut ctx =
+                    self.scratch
+                        .context(&self.config, &self.greeting, self.now, self.share);
+                if !admitted {
                     ctx.stats.refused_per_ip += 1;
-                    slot.conn.close_now(self.now);
                     log::debug!("refused {who} (via {via}): at --max-connections-per-ip");
+                    let progress = slot.conn.refuse(TOO_MANY_FROM_ADDRESS, &mut ctx);
+                    slot.follow(progress, token, &mut self.ready);
                 } else {
-                    slot.peer = ip;
                     ctx.stats.connections += 1;
                     log::debug!("accepted {who} (PROXY header from {via}) as {token:?}");
-                    let progress = slot.conn.greet(&mut ctx);
+                    let progress = slot.conn.admitted(&mut ctx);
                     slot.follow(progress, token, &mut self.ready);
                 }
             }
@@ -551,34 +530,49 @@ impl<S: Transport> EventLoop<S> {
         self.after_io(token);
     }
 
-    /// Brings the poll registration, the timers and the close list in line with the
-    /// connection's new state. Re-registers only when the interest changed.
-    fn after_io(&mut self, token: Token) {
-        let slot = &mut self.connections[token.0];
-        let Some(wanted) = slot.conn.interest() else {
-            self.closed.push(token);
-            return;
+    /// `--proxy-protocol`: counts the client a PROXY header named against its address,
+    /// closing this loop's oldest lingering connection from that address if it is at
+    /// `--max-connections-per-ip`. False when it stays refused.
+    fn count_address(&mut self, token: Token, ip: IpAddr) -> bool {
+        // Out of its slot while other slots may be closed; never one that lingers itself.
+        let Some(mut permit) = self.connections[token.0].permit.take() else {
+            return false;
         };
-        if wanted != slot.registered {
-            if let Err(e) = self
-                .poll
-                .registry()
-                .reregister(slot.conn.stream(), token, wanted)
-            {
-                log::debug!("reregister {token:?}: {e}");
-                slot.conn.close_now(self.now);
-                self.closed.push(token);
-                return;
-            }
-            slot.registered = wanted;
+        let mut served = self.served();
+        let counted =
+            permit.count_address_or_reclaim(ip, |refusal| served.reclaim_oldest(refusal, Some(ip)));
+        self.connections[token.0].permit = Some(permit);
+        counted.is_ok()
+    }
+
+    /// Brings the poll registration, the timers and the close list in line with the
+    /// connection's new state (see [`Served::after_io`]); a connection that has just begun
+    /// lingering joins the queue of those a new client may displace.
+    fn after_io(&mut self, token: Token) {
+        self.served().after_io(token);
+    }
+
+    /// The parts of the loop its policy for connections works on, for one step of a turn.
+    fn served(&mut self) -> Served<'_, S, mio::Registry> {
+        Served {
+            connections: &mut self.connections,
+            timers: &mut self.timers,
+            ready: &mut self.ready,
+            closed: &mut self.closed,
+            lingering: &mut self.lingering,
+            scratch: &mut self.scratch,
+            registry: self.poll.registry(),
+            budget: &self.budget,
+            config: &self.config,
+            greeting: &self.greeting,
+            now: self.now,
+            share: self.share,
         }
-        slot.account(&self.budget);
-        slot.schedule(token.0, &mut self.timers, &self.config);
     }
 
     fn serve_metrics(&mut self, token: Token) {
         if let Some(metrics) = &mut self.metrics {
-            metrics.on_event(token, self.poll.registry(), self.now);
+            metrics.on_event(token, self.poll.registry(), self.now, &mut self.timers);
         }
     }
 
@@ -609,14 +603,9 @@ impl<S: Transport> EventLoop<S> {
     }
 
     /// Serves the sources that stopped before WouldBlock on an earlier turn, at most
-    /// [`READY_PER_TURN`] of them, oldest first.
+    /// [`READY_PER_TURN`](serve::READY_PER_TURN) of them, oldest first.
     fn resume_ready(&mut self) {
-        let batch: Vec<Ready> = if self.ready.len() > READY_PER_TURN {
-            self.ready.drain(..READY_PER_TURN).collect()
-        } else {
-            std::mem::take(&mut self.ready)
-        };
-        for ready in batch {
+        for ready in serve::ready_batch(&mut self.ready) {
             match ready {
                 Ready::Listener => {
                     self.listener_queued = false;
@@ -626,113 +615,63 @@ impl<S: Transport> EventLoop<S> {
                     self.udp_queued = false;
                     self.serve_udp(true, false);
                 }
-                Ready::Connection(token, serial) => {
-                    let Some(slot) = self.connections.get_mut(token.0) else {
-                        continue;
-                    };
-                    if slot.serial != serial {
-                        continue;
-                    }
-                    slot.queued = false;
-                    // No event told us the socket is drained: read until WouldBlock.
-                    let mut ctx =
-                        self.scratch
-                            .context(&self.config, &self.greeting, self.now, self.share);
-                    let progress = slot.conn.on_readable(&mut ctx, false);
-                    slot.follow(progress, token, &mut self.ready);
-                    self.after_io(token);
-                }
+                Ready::Connection(token, serial) => self.served().resume(token, serial),
             }
         }
     }
 
-    /// Lets every connection whose deadline passed act on it (see
-    /// [`Connection::on_deadline`]), and resumes accepting after a backoff.
+    /// Acts on the deadlines that passed: each connection's (see
+    /// [`Connection::on_deadline`], through [`Served::fire_timers`]) and the loop's own.
     fn fire_timers(&mut self) {
-        if self.accept_paused_until.is_some_and(|t| t <= self.now) {
-            self.resume_accepting();
-        }
-        if self.handover.deadline().is_some_and(|t| t <= self.now) {
-            self.check_successor();
-        }
-        if self.drain_deadline.is_some_and(|t| t <= self.now) && self.shutdown_deadline.is_none() {
-            log::info!("drain timeout: shutting down the connections still open");
-            self.begin_shutdown();
-        }
-        let mut fired = 0;
-        while fired < DEADLINES_PER_TURN {
-            let Some(timer) = self.timers.pop_due(self.now) else {
-                break;
-            };
-            fired += 1;
-            let Some(slot) = self.connections.get_mut(timer.key) else {
-                continue;
-            };
-            if slot.serial != timer.serial || slot.scheduled != Some(timer.at) {
-                continue;
+        let mut own = Vec::new();
+        self.served().fire_timers(
+            |slot, before| {
+                if before == State::ProxyHeader && slot.conn.state() == State::Closed {
+                    let peer = slot.conn.peer();
+                    log::info!(
+                        "{}: closed without a greeting: no whole PROXY header within {:?}",
+                        peer.map_or_else(|| "a client gone already".into(), |a| a.to_string()),
+                        crate::proxy::HEADER_TIMEOUT
+                    );
+                }
+            },
+            |timer| own.push(timer),
+        );
+        for timer in own {
+            match timer.due {
+                Due::AcceptBackoff => self.resume_accepting(),
+                Due::Successor => self.check_successor(),
+                Due::Drain if self.timers.get(Due::ShutdownGrace).is_none() => {
+                    log::info!("drain timeout: shutting down the connections still open");
+                    self.begin_shutdown();
+                }
+                // The turn ends the loop once the grace is over (`finished`).
+                Due::Drain | Due::ShutdownGrace => {}
+                Due::MetricsAccept | Due::MetricsClient { .. } => {
+                    if let Some(metrics) = &mut self.metrics {
+                        metrics.on_deadline(timer, self.poll.registry(), &mut self.timers);
+                    }
+                }
+                Due::Connection { .. } => {}
             }
-            slot.scheduled = None;
-            let token = Token(timer.key);
-            let mut ctx = self
-                .scratch
-                .context(&self.config, &self.greeting, self.now, self.share);
-            let awaited_header = slot.conn.state() == State::ProxyHeader;
-            let progress = slot.conn.on_deadline(&mut ctx);
-            if awaited_header && slot.conn.state() == State::Closed {
-                let peer = slot.conn.stream().socket().peer_addr();
-                log::info!(
-                    "{}: closed without a greeting: no whole PROXY header within {:?}",
-                    peer.map_or_else(|_| "a client gone already".into(), |a| a.to_string()),
-                    crate::proxy::HEADER_TIMEOUT
-                );
-            }
-            slot.follow(progress, token, &mut self.ready);
-            self.after_io(token);
-        }
-        // Stale entries are skipped when they come due; prune them if they outnumber live
-        // connections, so churn cannot grow the heap without bound.
-        if self.timers.len() > 2 * self.connections.len() + 64 {
-            let connections = &self.connections;
-            self.timers.retain(|timer| {
-                connections
-                    .get(timer.key)
-                    .is_some_and(|s| s.serial == timer.serial && s.scheduled == Some(timer.at))
-            });
         }
     }
 
-    /// Removes the connections that closed this turn. Done after the event batch so that no
-    /// event of this batch can land on a slot reused by a connection accepted meanwhile.
+    /// Removes the connections that closed this turn (see [`Served::sweep`]); their
+    /// permits give back what was counted for them across the loops.
     fn sweep_closed(&mut self) {
         if self.closed.is_empty() {
             return;
         }
-        for token in std::mem::take(&mut self.closed) {
-            if self
-                .connections
-                .get(token.0)
-                .is_some_and(|slot| slot.conn.state() == State::Closed)
-            {
-                // Dropping the stream closes the descriptor, which also removes it from the
-                // epoll set: no deregister call needed.
-                let slot = self.connections.remove(token.0);
-                if let Some(ip) = slot.peer {
-                    self.per_address.release(ip);
-                }
-                self.budget.change(slot.accounted, 0);
-                self.scratch.stats.messages += slot.conn.messages();
-                self.open_connections.fetch_sub(1, Ordering::Relaxed);
-                log::debug!("closed {token:?}");
-            }
-        }
-        if self.accept_paused_until.is_some() {
+        self.served().sweep();
+        if self.timers.get(Due::AcceptBackoff).is_some() {
             // A descriptor was just freed: accept again now rather than at the deadline.
             self.resume_accepting();
         }
     }
 
     fn resume_accepting(&mut self) {
-        self.accept_paused_until = None;
+        self.timers.set(Due::AcceptBackoff, None);
         self.listener_ready();
     }
 }
@@ -750,6 +689,9 @@ fn count_open<S: Transport>(connections: &Slab<Slot<S>>) -> OpenConnections {
     open
 }
 
+mod serve;
+#[cfg(test)]
+mod sim;
 mod slot;
 mod stopping;
 #[cfg(test)]

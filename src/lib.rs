@@ -20,18 +20,20 @@
 //! bench need (reading `/proc`, the bench's arithmetic, the tokio peer) is the `harness`
 //! crate (`harness/`).
 //!
-//! [`config`], [`stats`], [`budget`], [`net`], [`proxy`] (the PROXY protocol header, as
+//! [`config`], [`stats`], [`admission`] (the connection limits, and the permit that
+//! holds a place under them), [`budget`], [`net`], [`proxy`] (the PROXY protocol header, as
 //! free of I/O as [`protocol`]), `tls` (TLS with rustls: the certificate, and the TLS state
 //! over a socket that a connection drives as it drives a socket), `transport` (a socket, or
-//! a socket with TLS: what the loop is generic over), `signals`, [`systemd`], [`restart`] (a successor on the
-//! same sockets at SIGUSR2), `cli` (the binaries' flags, with the default feature `cli`)
-//! and [`running`] are the plumbing the binaries share.
+//! a socket with TLS: what the loop is generic over), `signals`, [`systemd`], [`restart`] (a
+//! successor on the same sockets at SIGUSR2), `cli` (the binaries' flags, with the default
+//! feature `cli`) and [`running`] are the plumbing the binaries share.
 //!
 //! Layering: each numbered module uses only those above it, [`metrics`] and the plumbing;
 //! the plumbing uses nothing but itself and [`protocol`].
 
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod budget;
 #[cfg(feature = "cli")]
 pub mod cli;

@@ -5,10 +5,8 @@
 //! a busy client is turned away, how accept errors back off, how large a datagram can be,
 //! and when a short read means the socket is drained. Nothing here runs per message.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, UdpSocket};
-use std::sync::Mutex;
+use std::net::{Shutdown, SocketAddr, TcpListener, UdpSocket};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
@@ -72,56 +70,6 @@ pub(crate) fn refuse(socket: SockRef<'_>, message: &[u8]) {
         match (&*socket).read(&mut scratch) {
             Ok(n) if n > 0 => {}
             _ => break,
-        }
-    }
-}
-
-/// `--max-connections-per-ip`: how many connections each client address holds, shared by
-/// every loop (or every thread) of a server. It is touched once when a connection is
-/// accepted and once when it closes, never per message; with no limit it is not touched
-/// at all.
-#[derive(Debug, Default)]
-pub struct ConnectionsPerAddress {
-    limit: usize,
-    counts: Mutex<HashMap<IpAddr, usize>>,
-}
-
-impl ConnectionsPerAddress {
-    /// At most `limit` connections per address; 0 means no limit.
-    pub fn new(limit: usize) -> ConnectionsPerAddress {
-        ConnectionsPerAddress {
-            limit,
-            counts: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Counts one more connection from `ip`, or returns false (counting nothing) if `ip`
-    /// already holds the limit.
-    pub fn admit(&self, ip: IpAddr) -> bool {
-        if self.limit == 0 {
-            return true;
-        }
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts.entry(ip).or_insert(0);
-        if *count >= self.limit {
-            return false;
-        }
-        *count += 1;
-        true
-    }
-
-    /// A connection that [`admit`](Self::admit) counted has closed. An address whose count
-    /// reaches zero is forgotten, so the map holds only addresses with open connections.
-    pub fn release(&self, ip: IpAddr) {
-        if self.limit == 0 {
-            return;
-        }
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = counts.get_mut(&ip) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&ip);
-            }
         }
     }
 }
@@ -309,27 +257,6 @@ pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn connections_per_address_hold_the_limit_for_each_address_apart() {
-        let a: IpAddr = [127, 0, 0, 2].into();
-        let b: IpAddr = [127, 0, 0, 3].into();
-        let per = ConnectionsPerAddress::new(2);
-        assert!(per.admit(a) && per.admit(a));
-        assert!(!per.admit(a), "a third from the same address");
-        assert!(per.admit(b), "another address is not affected");
-        per.release(a);
-        assert!(per.admit(a), "a slot freed by a close is usable again");
-        per.release(a);
-        per.release(a);
-        per.release(b);
-        assert!(
-            per.counts.lock().unwrap().is_empty(),
-            "closed addresses are forgotten"
-        );
-        let unlimited = ConnectionsPerAddress::new(0);
-        assert!((0..1000).all(|_| unlimited.admit(a)));
-    }
 
     #[test]
     fn tcp_and_udp_share_a_port_chosen_by_the_kernel() {

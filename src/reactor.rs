@@ -3,21 +3,22 @@
 //!
 //! This module owns what spans loops: binding the sockets before any loop starts (so port 0
 //! is resolved and the addresses can be reported), the stop handle that wakes every loop,
-//! the connection count `--max-connections` checks across loops, the metrics listener and
+//! the admission every loop admits under (`--max-connections`, `--max-connections-per-ip`), the metrics listener and
 //! the hub every loop counts in for it, and adding up what each loop did. It must not serve a socket itself: the loop is in
 //! [`event_loop`](crate::event_loop), which is the file to read first.
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use mio::net::TcpStream;
 use mio::Waker;
 
+use crate::admission::Admission;
 use crate::budget::MemoryBudget;
 use crate::config::ServerConfig;
-use crate::event_loop::EventLoop;
+use crate::event_loop::{EventLoop, Shared};
 use crate::metrics::{Hub, LoopMetrics};
 use crate::net;
 use crate::running::{Running, StopHandle};
@@ -42,6 +43,14 @@ impl Stop {
     }
 }
 
+/// What every loop's accept wraps a socket with: with `--tls-cert`, the certificate, read
+/// once at bind and shared by the loops (a SIGHUP reload through one reaches them all);
+/// `None` serves plain TCP.
+#[cfg(feature = "tls")]
+type Acceptor = Option<crate::tls::Identity>;
+#[cfg(not(feature = "tls"))]
+type Acceptor = Option<std::convert::Infallible>;
+
 /// One loop, of the kind the config asks for: plain TCP, or TLS on every connection. The
 /// choice is made once here, never per connection or per message.
 enum AnyLoop {
@@ -51,43 +60,18 @@ enum AnyLoop {
 }
 
 impl AnyLoop {
+    #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
     fn new(
         bound: net::Bound,
-        config: &Arc<ServerConfig>,
-        requested: &Arc<AtomicBool>,
-        open_connections: &Arc<AtomicUsize>,
-        per_address: &Arc<net::ConnectionsPerAddress>,
-        budget: &Arc<MemoryBudget>,
+        shared: &Shared,
         metrics: Option<LoopMetrics>,
+        acceptor: &Acceptor,
     ) -> io::Result<AnyLoop> {
-        let (config, requested) = (Arc::clone(config), Arc::clone(requested));
-        let (open, per_address) = (Arc::clone(open_connections), Arc::clone(per_address));
-        let budget = Arc::clone(budget);
         #[cfg(feature = "tls")]
-        if let Some(identity) = config.tls.clone() {
-            return EventLoop::new(
-                bound,
-                config,
-                requested,
-                open,
-                per_address,
-                budget,
-                metrics,
-                identity,
-            )
-            .map(AnyLoop::Tls);
+        if let Some(identity) = acceptor.clone() {
+            return EventLoop::new(bound, shared.clone(), metrics, identity).map(AnyLoop::Tls);
         }
-        EventLoop::new(
-            bound,
-            config,
-            requested,
-            open,
-            per_address,
-            budget,
-            metrics,
-            (),
-        )
-        .map(AnyLoop::Plain)
+        EventLoop::new(bound, shared.clone(), metrics, ()).map(AnyLoop::Plain)
     }
 
     fn waker(&self) -> Arc<Waker> {
@@ -129,13 +113,22 @@ pub struct Reactor {
     tcp: SocketAddr,
     udp: Option<SocketAddr>,
     stop: Stop,
-    open_connections: Arc<AtomicUsize>,
+    admission: Arc<Admission>,
     metrics: Option<SocketAddr>,
 }
 
 impl Reactor {
     /// Binds the sockets (port 0 resolved) and sets up one loop per `config.threads`.
     pub fn bind(config: ServerConfig) -> io::Result<Reactor> {
+        // Read before anything is bound: bad files are the first thing to say.
+        #[cfg(feature = "tls")]
+        let acceptor = config
+            .tls
+            .as_ref()
+            .map(crate::tls::Identity::from_files)
+            .transpose()?;
+        #[cfg(not(feature = "tls"))]
+        let acceptor = None;
         let threads = config.threads.max(1);
         let reuse_port = threads > 1;
         let first = net::bind(config.listen, config.udp, config.backlog, reuse_port)?;
@@ -146,10 +139,7 @@ impl Reactor {
             bound.push(net::bind(tcp, udp, config.backlog, true)?);
         }
         let requested = Arc::new(AtomicBool::new(false));
-        let open_connections = Arc::new(AtomicUsize::new(0));
-        let per_address = Arc::new(net::ConnectionsPerAddress::new(
-            config.max_connections_per_ip,
-        ));
+        let admission = Admission::new(config.max_connections, config.max_connections_per_ip);
         let budget = Arc::new(MemoryBudget::new(config.max_buffer_memory));
         // The first loop serves the metrics endpoint; every loop counts for it.
         let mut metrics_listener = config.metrics.map(crate::metrics::bind).transpose()?;
@@ -158,10 +148,15 @@ impl Reactor {
             .map(|l| l.local_addr())
             .transpose()?;
         let hub = metrics.map(|_| {
-            let (open, budget) = (Arc::clone(&open_connections), Arc::clone(&budget));
-            Hub::new(threads, open, budget, config.max_buffer_memory)
+            let (admission, budget) = (Arc::clone(&admission), Arc::clone(&budget));
+            Hub::new(threads, admission, budget, config.max_buffer_memory)
         });
-        let config = Arc::new(config);
+        let shared = Shared {
+            config: Arc::new(config),
+            stop_requested: Arc::clone(&requested),
+            admission: Arc::clone(&admission),
+            budget,
+        };
         let loops = bound
             .into_iter()
             .enumerate()
@@ -170,15 +165,7 @@ impl Reactor {
                     .as_ref()
                     .map(|hub| LoopMetrics::new(Arc::clone(hub), i, metrics_listener.take()))
                     .transpose()?;
-                AnyLoop::new(
-                    b,
-                    &config,
-                    &requested,
-                    &open_connections,
-                    &per_address,
-                    &budget,
-                    metrics,
-                )
+                AnyLoop::new(b, &shared, metrics, &acceptor)
             })
             .collect::<io::Result<Vec<_>>>()?;
         // The first loop reloads the certificate at SIGHUP, for every loop (they share it).
@@ -194,7 +181,7 @@ impl Reactor {
             tcp,
             udp,
             stop: Stop { requested, wakers },
-            open_connections,
+            admission,
             metrics,
         })
     }
@@ -215,8 +202,8 @@ impl Reactor {
     }
 
     /// Open TCP connections right now, across every loop.
-    pub fn open_connections(&self) -> Arc<AtomicUsize> {
-        Arc::clone(&self.open_connections)
+    pub fn open_connections(&self) -> usize {
+        self.admission.open()
     }
 
     /// Lets SIGUSR2 hand the sockets to a successor and drain (see [`crate::restart`]);
@@ -264,11 +251,11 @@ pub fn spawn(config: ServerConfig) -> io::Result<Running> {
     let server = Reactor::bind(config)?;
     let (tcp, udp) = (server.tcp_addr(), server.udp_addr());
     let handle = server.stop_handle();
-    let open = server.open_connections();
+    let admission = Arc::clone(&server.admission);
     let thread = std::thread::Builder::new()
         .name("reactor".into())
         .spawn(move || server.run())?;
     let stop = Box::new(move || handle.stop());
-    let open = Box::new(move || open.load(Ordering::Relaxed));
+    let open = Box::new(move || admission.open());
     Ok(Running::new(tcp, udp, stop, open, thread))
 }

@@ -12,6 +12,12 @@ pub struct Stats {
     pub refused: u64,
     /// TCP connections refused because their address was at `--max-connections-per-ip`.
     pub refused_per_ip: u64,
+    /// Lingering connections (owing nothing, waiting only for their peer's EOF) closed at
+    /// `--max-connections` to admit a new client.
+    pub lingering_closed: u64,
+    /// Lingering connections closed at `--max-connections-per-ip` to admit a new client
+    /// from the same address.
+    pub lingering_closed_per_ip: u64,
     /// Messages answered, TCP and UDP.
     pub messages: u64,
     /// Bytes read from clients, TCP and UDP.
@@ -45,6 +51,8 @@ impl Stats {
         self.connections += other.connections;
         self.refused += other.refused;
         self.refused_per_ip += other.refused_per_ip;
+        self.lingering_closed += other.lingering_closed;
+        self.lingering_closed_per_ip += other.lingering_closed_per_ip;
         self.messages += other.messages;
         self.bytes_in += other.bytes_in;
         self.bytes_out += other.bytes_out;
@@ -64,6 +72,13 @@ impl std::fmt::Display for Stats {
             "served {} connections ({} refused busy, {} refused per address), {} messages, {} bytes in, {} bytes out, {} udp replies dropped",
             self.connections, self.refused, self.refused_per_ip, self.messages, self.bytes_in, self.bytes_out, self.udp_dropped
         )?;
+        let lingering_closed = self.lingering_closed + self.lingering_closed_per_ip;
+        if lingering_closed > 0 {
+            write!(
+                f,
+                ", {lingering_closed} lingering closed to admit new clients"
+            )?;
+        }
         if self.proxy_rejected > 0 {
             write!(f, ", {} without a valid PROXY header", self.proxy_rejected)?;
         }

@@ -2,7 +2,9 @@
 //! for UDP, and the same [`crate::protocol`] code as the reactor.
 //!
 //! This module owns the server as a whole: binding, the accept loop and the admission of
-//! each connection (`--max-connections`, `--max-connections-per-ip`, the thread ceiling),
+//! each connection (`--max-connections`, `--max-connections-per-ip` under
+//! [`Admission`], the thread ceiling, and closing the oldest lingering connection to make
+//! room at a limit),
 //! the registry of live connections that graceful shutdown walks, the stop handle, the
 //! signal thread and the summary. What happens on one connection once its thread starts is
 //! `threaded/connection.rs` (through `threaded/channel.rs`, and with `--tls-cert`
@@ -32,8 +34,9 @@ use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 
+use crate::admission::{Admission, LingeringQueue, Permit, Refusal};
 use crate::config::ServerConfig;
-use crate::net::{self, ConnectionsPerAddress, ACCEPT_BACKOFF};
+use crate::net::{self, ACCEPT_BACKOFF};
 use crate::protocol;
 use crate::running::Running;
 use crate::signals::ThreadSignals;
@@ -47,7 +50,7 @@ mod tls;
 mod udp;
 
 use ceiling::{thread_ceiling, CONNECTION_STACK_SIZE};
-use channel::tls_config;
+use channel::{tls_config, Acceptor};
 use connection::{SocketSettings, Start};
 use udp::{serve_udp, UDP_STOP_CHECK};
 
@@ -59,6 +62,12 @@ const CUT_OFF_WAIT: Duration = Duration::from_millis(500);
 /// thread; [`spawn`] does both on a thread of its own.
 pub struct Server {
     config: ServerConfig,
+    /// The most connection threads that may run at once (see `threaded/ceiling.rs`):
+    /// beyond `--max-connections` only by threads of connections closed to make room that
+    /// have not ended yet.
+    thread_limit: usize,
+    /// What connections' TLS sessions begin with; SIGHUP reloads it for the next accept.
+    acceptor: Acceptor,
     shared: Arc<Shared>,
     udp: Option<UdpSocket>,
     tcp_addr: SocketAddr,
@@ -83,13 +92,17 @@ struct Shared {
     listener: TcpListener,
     /// Where to send the datagram that wakes the UDP thread.
     udp_wake: Option<SocketAddr>,
-    /// Every connection whose thread is running, so shutdown can wake them. It is also the
-    /// count `--max-connections` checks.
+    /// Every connection whose thread is running, so shutdown can wake them, and so can
+    /// closing a lingering one to make room.
     connections: Mutex<HashMap<u64, Arc<TcpStream>>>,
     /// Signalled whenever `connections` becomes empty.
     all_closed: Condvar,
-    /// Connections per client address, for `--max-connections-per-ip`.
-    per_address: ConnectionsPerAddress,
+    /// `--max-connections` and `--max-connections-per-ip`; each connection's thread holds
+    /// its permit.
+    admission: Arc<Admission>,
+    /// Connections in their lingering close, oldest first, by id, each with the permit its
+    /// thread handed over when it began to linger; its thread takes it back when done.
+    lingering: Mutex<LingeringQueue<(u64, Permit)>>,
     totals: Totals,
 }
 
@@ -101,6 +114,9 @@ struct Totals {
     bytes_out: AtomicU64,
     udp_dropped: AtomicU64,
     refused_per_ip: AtomicU64,
+    /// Lingering connections closed to admit a new client, at each limit.
+    lingering_closed: AtomicU64,
+    lingering_closed_per_ip: AtomicU64,
     /// `--proxy-protocol`: connections closed for want of a valid PROXY header.
     proxy_rejected: AtomicU64,
     /// Connections that got a thread but were never greeted (no valid PROXY header, or
@@ -142,6 +158,60 @@ impl Shared {
             .wait_timeout_while(guard, timeout, |live| !live.is_empty())
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         guard.len()
+    }
+
+    /// Admits a client under the limits, closing the oldest lingering connection to make
+    /// room at one (see [`Admission::admit_or_reclaim`]).
+    fn admit(&self, address: Option<std::net::IpAddr>) -> Result<Permit, Refusal> {
+        self.admission.admit_or_reclaim(address, |refusal| {
+            self.close_oldest_lingering(refusal, address)
+        })
+    }
+
+    /// At a limit: takes the permit of the oldest lingering connection (from `address`, at
+    /// the per-address limit), which gives its place back now, and shuts its socket down,
+    /// which wakes its thread from the lingering read to end. False if none lingers.
+    fn close_oldest_lingering(&self, refusal: Refusal, address: Option<std::net::IpAddr>) -> bool {
+        let oldest = self
+            .lingering
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take_oldest(refusal, address, |_| true);
+        let Some((id, permit)) = oldest else {
+            return false;
+        };
+        drop(permit);
+        if let Some(stream) = self.connections().get(&id) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        let count = match refusal {
+            Refusal::Busy => &self.totals.lingering_closed,
+            Refusal::TooManyFromAddress => &self.totals.lingering_closed_per_ip,
+        };
+        count.fetch_add(1, Ordering::Relaxed);
+        debug!("closed lingering conn-{id} to admit a new client ({refusal:?})");
+        true
+    }
+
+    /// A connection's thread begins its lingering close: its permit may now be taken to
+    /// make room for a new client.
+    fn linger(&self, id: u64, permit: Permit) {
+        let address = permit.address();
+        self.lingering
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(address, (id, permit));
+    }
+
+    /// The lingering close of connection `id` is over: its permit, unless taken already,
+    /// is given back.
+    fn done_lingering(&self, id: u64) {
+        let permit = self
+            .lingering
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take(|&(lingering, _)| lingering == id);
+        drop(permit);
     }
 
     /// Shuts down `how` on every live connection.
@@ -191,14 +261,8 @@ impl Server {
     /// Binds the TCP listener (with `config.backlog`) and, unless disabled, the UDP socket,
     /// and registers the signal handlers if `config.handle_signals`.
     pub fn bind(config: ServerConfig) -> io::Result<Server> {
-        // As `cli.rs` says for the flags: a balancer's PROXY header would come before the
-        // ClientHello, which the TLS session would read as garbage.
-        if config.tls_enabled() && config.proxy_protocol {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "--proxy-protocol and --tls-cert cannot be used together yet",
-            ));
-        }
+        // Read before anything is bound: bad files are the first thing to say.
+        let acceptor = channel::acceptor(&config)?;
         let bound = net::bind(config.listen, config.udp, config.backlog, false)?;
         let tcp_addr = bound.tcp.local_addr()?;
         let udp_addr = match &bound.udp {
@@ -210,17 +274,33 @@ impl Server {
         } else {
             None
         };
+        let mut config = config;
+        let mut thread_limit = usize::MAX;
+        if let Some((max_map_count, ceiling)) = thread_ceiling() {
+            thread_limit = ceiling;
+            if config.max_connections > ceiling {
+                warn!(
+                    "--max-connections {} needs more threads than vm.max_map_count {max_map_count} \
+                     leaves room for: connections beyond {ceiling} will be refused",
+                    config.max_connections
+                );
+                config.max_connections = ceiling;
+            }
+        }
         let shared = Arc::new(Shared {
             stopping: AtomicBool::new(false),
             listener: bound.tcp,
             udp_wake: udp_addr.map(reachable),
             connections: Mutex::new(HashMap::new()),
             all_closed: Condvar::new(),
-            per_address: ConnectionsPerAddress::new(config.max_connections_per_ip),
+            admission: Admission::new(config.max_connections, config.max_connections_per_ip),
+            lingering: Mutex::new(LingeringQueue::default()),
             totals: Totals::default(),
         });
         Ok(Server {
             config,
+            thread_limit,
+            acceptor,
             shared,
             udp: bound.udp,
             tcp_addr,
@@ -260,22 +340,11 @@ impl Server {
                 self.config.threads
             );
         }
-        if let Some((max_map_count, ceiling)) = thread_ceiling() {
-            if self.config.max_connections > ceiling {
-                warn!(
-                    "--max-connections {} needs more threads than vm.max_map_count {max_map_count} \
-                     leaves room for: connections beyond {ceiling} will be refused",
-                    self.config.max_connections
-                );
-                self.config.max_connections = ceiling;
-            }
-        }
+        // Without TLS the acceptor is an empty `Option`, which is `Copy`.
+        #[cfg_attr(not(feature = "tls"), allow(clippy::clone_on_copy))]
+        let acceptor = self.acceptor.clone();
         let signal_watch = match self.signals.take() {
-            Some(signals) => Some(watch_signals(
-                signals,
-                self.stop_handle(),
-                self.config.clone(),
-            )?),
+            Some(signals) => Some(watch_signals(signals, self.stop_handle(), acceptor)?),
             None => None,
         };
         let udp_thread = match self.udp.take() {
@@ -331,6 +400,8 @@ impl Server {
             tls_rejected: totals.tls_rejected.load(Ordering::Relaxed),
             refused,
             refused_per_ip: totals.refused_per_ip.load(Ordering::Relaxed),
+            lingering_closed: totals.lingering_closed.load(Ordering::Relaxed),
+            lingering_closed_per_ip: totals.lingering_closed_per_ip.load(Ordering::Relaxed),
             messages: totals.messages.load(Ordering::Relaxed),
             bytes_in: totals.bytes_in.load(Ordering::Relaxed),
             bytes_out: totals.bytes_out.load(Ordering::Relaxed),
@@ -371,49 +442,70 @@ impl Server {
             };
             next_id += 1;
             match self.start_connection(next_id, stream, peer) {
-                Admission::Served => served += 1,
-                Admission::Busy => refused += 1,
-                Admission::TooManyFromAddress => {}
+                Outcome::Served => served += 1,
+                Outcome::Busy => refused += 1,
+                Outcome::TooManyFromAddress => {}
             }
         }
         (served, refused)
     }
 
+    /// What a client turned away at the accept is sent in place of `message`.
+    fn refusal(&self, message: &'static [u8]) -> &'static [u8] {
+        channel::refusal(self.acceptor.is_some(), message)
+    }
+
     /// Registers the connection and starts its thread, or refuses it.
-    fn start_connection(&self, id: u64, stream: TcpStream, peer: SocketAddr) -> Admission {
+    fn start_connection(&self, id: u64, stream: TcpStream, peer: SocketAddr) -> Outcome {
         let stream = Arc::new(stream);
         // Behind a balancer the address to count is in the PROXY header, read by the
         // connection's thread.
         let counted = (!self.config.proxy_protocol).then(|| peer.ip());
-        if counted.is_some_and(|ip| !self.shared.per_address.admit(ip)) {
-            debug!("refusing {peer}: its address is at --max-connections-per-ip");
-            net::refuse(
-                socket2::SockRef::from(&*stream),
-                protocol::TOO_MANY_FROM_ADDRESS,
-            );
-            self.shared
-                .totals
-                .refused_per_ip
-                .fetch_add(1, Ordering::Relaxed);
-            return Admission::TooManyFromAddress;
-        }
-        {
-            let mut live = self.shared.connections();
-            if live.len() >= self.config.max_connections {
-                drop(live);
+        let permit = match self.shared.admit(counted) {
+            Ok(permit) => permit,
+            Err(Refusal::TooManyFromAddress) => {
+                debug!("refusing {peer}: its address is at --max-connections-per-ip");
+                net::refuse(
+                    socket2::SockRef::from(&*stream),
+                    self.refusal(protocol::TOO_MANY_FROM_ADDRESS),
+                );
+                self.shared
+                    .totals
+                    .refused_per_ip
+                    .fetch_add(1, Ordering::Relaxed);
+                return Outcome::TooManyFromAddress;
+            }
+            Err(Refusal::Busy) => {
                 debug!(
                     "refusing {peer}: at --max-connections {}",
                     self.config.max_connections
                 );
-                net::refuse(socket2::SockRef::from(&*stream), protocol::SERVER_BUSY);
-                counted.inspect(|&ip| self.shared.per_address.release(ip));
-                return Admission::Busy;
+                net::refuse(
+                    socket2::SockRef::from(&*stream),
+                    self.refusal(protocol::SERVER_BUSY),
+                );
+                return Outcome::Busy;
+            }
+        };
+        {
+            let mut live = self.shared.connections();
+            let threads = live.len();
+            if threads >= self.thread_limit {
+                drop(live);
+                // Only while threads of connections closed to make room are still ending.
+                debug!("refusing {peer}: {threads} connection threads, the ceiling");
+                net::refuse(
+                    socket2::SockRef::from(&*stream),
+                    self.refusal(protocol::SERVER_BUSY),
+                );
+                return Outcome::Busy;
             }
             live.insert(id, Arc::clone(&stream));
         }
         let start = Start {
+            id,
             peer,
-            counted,
+            permit,
             proxied: self.config.proxy_protocol,
             protocol: self.config.protocol.clone(),
             settings: SocketSettings {
@@ -422,7 +514,7 @@ impl Server {
                 send_buffer: self.config.send_buffer,
                 recv_buffer: self.config.recv_buffer,
             },
-            tls: tls_config(&self.config),
+            tls: tls_config(&self.acceptor),
             // `--handshake-timeout` counts from here, as in the reactor: the thread may start a
             // moment later.
             accepted: Instant::now(),
@@ -443,23 +535,25 @@ impl Server {
         match spawned {
             Ok(_detached) => {
                 debug!("{peer}: connected");
-                Admission::Served
+                Outcome::Served
             }
             // Out of memory or threads (RLIMIT_NPROC, kernel.threads-max): this client is
             // turned away, the ones already served are not disturbed.
             Err(e) => {
                 warn!("cannot start a thread for {peer}: {e}; refusing it");
                 self.shared.connections().remove(&id);
-                net::refuse(socket2::SockRef::from(&*stream), protocol::SERVER_BUSY);
-                counted.inspect(|&ip| self.shared.per_address.release(ip));
-                Admission::Busy
+                net::refuse(
+                    socket2::SockRef::from(&*stream),
+                    self.refusal(protocol::SERVER_BUSY),
+                );
+                Outcome::Busy
             }
         }
     }
 }
 
 /// What became of an accepted connection.
-enum Admission {
+enum Outcome {
     Served,
     /// Told `ERR server busy`: at `--max-connections` or out of threads.
     Busy,
@@ -488,7 +582,7 @@ impl Drop for Registration<'_> {
 fn watch_signals(
     signals: ThreadSignals,
     stop: StopHandle,
-    config: ServerConfig,
+    acceptor: Acceptor,
 ) -> io::Result<crate::signals::Watch> {
     signals.watch(
         move |seen, name, code| {
@@ -503,17 +597,17 @@ fn watch_signals(
         },
         // The certificate is shared with every accept (see `crate::tls::Identity`), so a
         // reload here reaches the next connection's thread.
-        move || reload_on_sighup(&config),
+        move || reload_on_sighup(&acceptor),
     )
 }
 
 /// SIGHUP: the TLS certificate and key read again for new connections, as in the reactor.
-fn reload_on_sighup(config: &ServerConfig) {
+fn reload_on_sighup(acceptor: &Acceptor) {
     #[cfg(feature = "tls")]
-    if let Some(identity) = &config.tls {
+    if let Some(identity) = acceptor {
         return identity.reload_on_sighup();
     }
-    let _ = config;
+    let _ = acceptor;
     info!("SIGHUP ignored: plain TCP has no certificate to reload");
 }
 

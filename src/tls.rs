@@ -15,7 +15,9 @@
 //!    bound does that).
 //!
 //! This module owns that order, what rustls holds and how much ([`Stream::unsent`],
-//! [`Stream::unread`]), and the session's end (`close_notify`). The connection's state
+//! [`Stream::unread`]), the session's beginning (with the bytes that came behind a PROXY
+//! header, read from the socket beneath it) and its end (`close_notify`), and what a TLS
+//! client is refused with ([`REFUSAL`]). The connection's state
 //! machine owns when: `Handshaking` before the greeting, `close_notify` after the last
 //! reply, and the bounds, which count what rustls holds as they count the connection's own
 //! buffers. It must not know about the poll or read the clock.
@@ -31,6 +33,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConnection;
 
+use crate::config::TlsFiles;
 use crate::connection::Stream;
 use crate::transport::Transport;
 
@@ -48,6 +51,17 @@ const RECORD_PAYLOAD: usize = 16 * 1024;
 /// no more than a plain one. 64 KiB is a few socket writes' worth, enough to keep a fast
 /// reader busy between two events.
 const SEND_LIMIT: usize = 64 * 1024;
+
+/// What a client that expects TLS is turned away with before its handshake, at
+/// `--max-connections` or `--max-connections-per-ip`: one record holding a fatal
+/// `internal_error` alert (RFC 8446, section 6), which any TLS client reads where it expects
+/// the server's first record, while the plain refusal's `ERR server busy` would read to it
+/// as a record of no known version. TLS has no alert for "busy": `internal_error` is the one
+/// for a failure that is not the peer's, and the server's log says which limit it was. The
+/// record version is TLS 1.2's, which TLS 1.3 also writes on its records.
+// The bytes: content type 21 (alert), record version 3.3, length 2; level 2 (fatal),
+// description 80 (internal_error).
+pub const REFUSAL: [u8; 7] = [21, 3, 3, 0, 2, 2, 80];
 
 /// A certificate chain and its private key, loaded and checked against each other, as
 /// rustls serves them; with the files' paths, to read them again. Clones share what is
@@ -127,6 +141,13 @@ impl Identity {
         })
     }
 
+    /// [`load`](Identity::load) for a server that binds: the files the config names, and
+    /// what is wrong with them as an error of kind `InvalidInput`.
+    pub fn from_files(files: &TlsFiles) -> io::Result<Identity> {
+        Identity::load(&files.cert, &files.key)
+            .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))
+    }
+
     /// The same files read again (a renewed certificate) and checked as at startup. On
     /// success every clone serves them from its next connection on; on an error (one line
     /// naming the file, as at startup) nothing changes and the old pair stays in use.
@@ -172,7 +193,7 @@ impl TlsStream {
     }
 
     /// Who is at the other end, for a log line.
-    fn peer(&self) -> String {
+    fn peer_name(&self) -> String {
         self.socket
             .peer_addr()
             .map_or_else(|_| "a client gone already".into(), |a| a.to_string())
@@ -231,7 +252,7 @@ impl Read for TlsStream {
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                     log::info!(
                         "{}: TCP EOF without a TLS close_notify: a truncated session",
-                        self.peer()
+                        self.peer_name()
                     );
                     return Ok(0);
                 }
@@ -265,6 +286,10 @@ impl Write for TlsStream {
 }
 
 impl Stream for TlsStream {
+    fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.socket.peer_addr().ok()
+    }
+
     /// The socket's write side; `close_notify` went out before (see
     /// [`end_session`](Stream::end_session)).
     fn shutdown_write(&self) -> io::Result<()> {
@@ -301,7 +326,7 @@ impl Stream for TlsStream {
     }
 
     fn log_handshake_failure(&self, why: &dyn fmt::Display) {
-        log::info!("{}: TLS handshake failed, closing: {why}", self.peer());
+        log::info!("{}: TLS handshake failed, closing: {why}", self.peer_name());
     }
 
     fn unsent(&self) -> usize {
@@ -325,10 +350,29 @@ impl Stream for TlsStream {
         }
     }
 
-    /// After `close_notify`, or a failed handshake, the session is over: lingering drops
-    /// the socket's bytes without decrypting them.
-    fn discard(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Before the session (a PROXY header), and after `close_notify` or a failed handshake
+    /// (lingering drops the socket's bytes without decrypting them): the socket itself.
+    fn read_beneath(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         (&self.socket).read(buf)
+    }
+
+    /// The bytes that came behind a PROXY header are the first of the session's: each
+    /// `read_tls` from them is processed as one from the socket would be (an alert is sent
+    /// for plaintext). A header is at most `proxy::MAX_HEADER` bytes, so these are fewer,
+    /// well within what rustls buffers.
+    fn begin_session(&mut self, early: &[u8]) -> io::Result<()> {
+        let mut rest = early;
+        while !rest.is_empty() {
+            self.session.read_tls(&mut rest)?;
+            self.process()?;
+        }
+        Ok(())
+    }
+
+    /// [`REFUSAL`], beneath the session, which has not begun: a TLS client reads it where
+    /// it expects the server's first record.
+    fn refuse(&mut self, _message: &[u8]) -> io::Result<usize> {
+        (&self.socket).write(&REFUSAL)
     }
 }
 
@@ -363,8 +407,8 @@ impl Transport for TlsStream {
         TlsStream::new(socket, identity)
     }
 
-    fn socket(&self) -> &TcpStream {
-        &self.socket
+    fn refusal(_message: &'static [u8]) -> &'static [u8] {
+        &REFUSAL
     }
 
     fn reload(identity: &Identity) {

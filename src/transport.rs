@@ -20,8 +20,10 @@ pub trait Transport: Stream + mio::event::Source + Sized {
     /// Wraps a freshly accepted socket.
     fn accept(socket: TcpStream, acceptor: &Self::Acceptor) -> io::Result<Self>;
 
-    /// The socket underneath, for its addresses and its socket options.
-    fn socket(&self) -> &TcpStream;
+    /// What a client turned away at the accept is sent in place of `message` (`ERR server
+    /// busy`): the message itself, or for TLS an alert ([`tls::REFUSAL`](crate::tls)),
+    /// which a client that expects a TLS record can read.
+    fn refusal(message: &'static [u8]) -> &'static [u8];
 
     /// SIGHUP: reads again what [`accept`](Transport::accept) wraps a socket with, for the
     /// connections accepted from now on, and logs in one line what came of it.
@@ -37,8 +39,8 @@ impl Transport for TcpStream {
     }
 
     #[inline]
-    fn socket(&self) -> &TcpStream {
-        self
+    fn refusal(message: &'static [u8]) -> &'static [u8] {
+        message
     }
 
     fn reload(_: &()) {

@@ -321,8 +321,10 @@ fn the_pitfalls_name_tests_that_exist() {
     assert!(named >= 15, "each pitfall names its test ({named})");
 }
 
-const TRIGGERS: [Trigger; 9] = [
+const TRIGGERS: [Trigger; 11] = [
     Trigger::HeaderReceived,
+    Trigger::HandshakeBegun,
+    Trigger::Refused,
     Trigger::HandshakeDone,
     Trigger::Flushed,
     Trigger::AboveHighWater,
@@ -338,6 +340,8 @@ const TRIGGERS: [Trigger; 9] = [
 fn every_trigger_is_listed(trigger: Trigger) {
     match trigger {
         Trigger::HeaderReceived
+        | Trigger::HandshakeBegun
+        | Trigger::Refused
         | Trigger::HandshakeDone
         | Trigger::Flushed
         | Trigger::AboveHighWater

@@ -1,6 +1,7 @@
 //! `--proxy-protocol` against real sockets: the PROXY header by hand against both servers,
 //! then a real HAProxy (`send-proxy-v2`) in front of two reactor binaries, driven by
-//! loadgen from several loopback addresses.
+//! loadgen from several loopback addresses, and in front of each server with `--tls-cert`
+//! too, with `openssl s_client` through it.
 
 // This crate uses the line client, the server starter and the binary helper only.
 #[allow(dead_code)]
@@ -153,6 +154,89 @@ mod threaded {
     proxy_suite!(evloop::threaded::spawn);
 }
 
+/// HAProxy in TCP mode, sending `send-proxy-v2` to its backends, on a front socket of
+/// its own. The front end's socket is bound here, on port 0, and handed to HAProxy as
+/// descriptor 3 (`bind fd@3`): no port to guess, and connections made before HAProxy is up
+/// wait in its backlog.
+#[cfg(target_os = "linux")]
+struct Balancer {
+    child: std::process::Child,
+    front: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+#[cfg(target_os = "linux")]
+impl Balancer {
+    fn start(name: &str, backends: &[SocketAddr]) -> Balancer {
+        use std::io::Write;
+        use std::os::unix::process::CommandExt;
+        use std::process::{Command, Stdio};
+
+        let haproxy = "haproxy";
+        if Command::new(haproxy).arg("-v").output().is_err() {
+            panic!("this test needs HAProxy: `apt-get install haproxy` (Debian's package)");
+        }
+        let front = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let front_addr = front.local_addr().unwrap();
+        let dir =
+            std::env::temp_dir().join(format!("evloop-haproxy-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("haproxy.cfg");
+        let mut cfg = std::fs::File::create(&config).unwrap();
+        write!(
+            cfg,
+            "global\n    maxconn 1000\n\n\
+             defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n\n\
+             frontend clients\n    bind fd@3\n    default_backend servers\n\n\
+             backend servers\n    balance roundrobin\n"
+        )
+        .unwrap();
+        for (i, backend) in backends.iter().enumerate() {
+            writeln!(cfg, "    server s{i} {backend} send-proxy-v2").unwrap();
+        }
+        drop(cfg);
+
+        let mut command = Command::new(haproxy);
+        command
+            .args(["-f", config.to_str().unwrap(), "-db"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&front);
+        // SAFETY: between fork and exec only dup2 and fcntl run, which are async-signal-safe.
+        // dup2 onto another number clears close-on-exec; onto the same number it would not,
+        // so that case clears the flag itself.
+        unsafe {
+            command.pre_exec(move || {
+                if fd == 3 {
+                    let flags = libc::fcntl(3, libc::F_GETFD);
+                    if flags < 0 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(fd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("start haproxy");
+        Balancer {
+            child,
+            front: front_addr,
+            dir,
+        }
+    }
+
+    /// Stops HAProxy and returns what it logged.
+    fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut log = String::new();
+        let _ = std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut log);
+        let _ = std::fs::remove_dir_all(&self.dir);
+        log
+    }
+}
+
 /// HAProxy in front of two reactors, as the README's snippet configures it, driven by
 /// loadgen from three loopback addresses with 10 connections each. Each reactor allows 10
 /// connections per address: without the headers all 30 would come from HAProxy's one
@@ -160,16 +244,9 @@ mod threaded {
 #[cfg(target_os = "linux")]
 #[test]
 fn haproxy_in_front_of_two_reactors() {
-    use std::io::Write;
     use std::net::Ipv4Addr;
-    use std::os::unix::process::CommandExt;
-    use std::process::{Command, Stdio};
     use std::time::Duration;
 
-    let haproxy = "haproxy";
-    if Command::new(haproxy).arg("-v").output().is_err() {
-        panic!("this test needs HAProxy: `apt-get install haproxy` (Debian's package)");
-    }
     let backends: Vec<common::Binary> = (0..2)
         .map(|_| {
             common::Binary::start_with_env(
@@ -184,53 +261,8 @@ fn haproxy_in_front_of_two_reactors() {
             )
         })
         .collect();
-
-    // The front end's socket is bound here, on port 0, and handed to HAProxy as
-    // descriptor 3 (`bind fd@3`): no port to guess, and connections made before HAProxy
-    // is up wait in its backlog.
-    let front = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let front_addr = front.local_addr().unwrap();
-    let dir = std::env::temp_dir().join(format!("evloop-haproxy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("haproxy.cfg");
-    let mut cfg = std::fs::File::create(&config).unwrap();
-    write!(
-        cfg,
-        "global\n    maxconn 1000\n\n\
-         defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n\n\
-         frontend clients\n    bind fd@3\n    default_backend reactors\n\n\
-         backend reactors\n    balance roundrobin\n\
-         \x20   server r1 {} send-proxy-v2\n\
-         \x20   server r2 {} send-proxy-v2\n",
-        backends[0].tcp, backends[1].tcp
-    )
-    .unwrap();
-    drop(cfg);
-
-    let mut command = Command::new(haproxy);
-    command
-        .args(["-f", config.to_str().unwrap(), "-db"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&front);
-    // SAFETY: between fork and exec only dup2 and fcntl run, which are async-signal-safe.
-    // dup2 onto another number clears close-on-exec; onto the same number it would not,
-    // so that case clears the flag itself.
-    unsafe {
-        command.pre_exec(move || {
-            if fd == 3 {
-                let flags = libc::fcntl(3, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut balancer = command.spawn().expect("start haproxy");
-    drop(front);
+    let balancer = Balancer::start("plain", &[backends[0].tcp, backends[1].tcp]);
+    let front_addr = balancer.front;
 
     let sources: Vec<std::net::IpAddr> =
         (2..5).map(|i| Ipv4Addr::new(127, 0, 0, i).into()).collect();
@@ -244,14 +276,7 @@ fn haproxy_in_front_of_two_reactors() {
         ..loadgen::Options::default()
     })
     .expect("loadgen through haproxy");
-    let _ = balancer.kill();
-    let haproxy_log = {
-        let _ = balancer.wait();
-        let mut log = String::new();
-        let _ = std::io::Read::read_to_string(&mut balancer.stderr.take().unwrap(), &mut log);
-        log
-    };
-    let _ = std::fs::remove_dir_all(&dir);
+    let haproxy_log = balancer.stop();
     assert_eq!(report.errors(), 0, "{report:?}\nhaproxy: {haproxy_log}");
     assert_eq!(report.connected, 30);
     assert_eq!(report.messages, 6_000);
@@ -291,4 +316,103 @@ fn haproxy_in_front_of_two_reactors() {
         seen, expected,
         "the reactors saw the clients' own addresses"
     );
+}
+
+/// HAProxy in TCP mode (`send-proxy-v2`) in front of a server run with `--proxy-protocol`
+/// and `--tls-cert`, as a TLS backend is deployed behind a balancer: the PROXY header comes
+/// first on the socket, then the TLS handshake. `openssl s_client` through HAProxy is
+/// served; `--max-connections-per-ip 1` counts the address in the header, and a second
+/// client from an address already served is refused in TLS terms.
+#[cfg(all(target_os = "linux", feature = "tls"))]
+fn haproxy_in_front_of_a_tls_server(exe: &str, name: &str) {
+    use std::io::{BufReader, Write};
+    use std::net::TcpStream;
+    use std::process::Command;
+
+    use common::tls::{client_connection, line, read_to_eof, run, tls_client_over, tool};
+
+    let openssl = tool("openssl", "openssl");
+    let cert = common::tls::Certificate::new();
+    let mut args = cert.args();
+    args.extend(
+        [
+            "--no-udp",
+            "--proxy-protocol",
+            "--max-connections-per-ip",
+            "1",
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = common::Binary::start_with_env(exe, &args, &[("RUST_LOG", "evloop=debug")]);
+    let balancer = Balancer::start(name, &[server.tcp]);
+    let front = balancer.front;
+    // A connection to HAProxy from the loopback address `source`.
+    let from = |source: [u8; 4]| -> TcpStream {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::from((source, 0)).into())
+            .expect("bind a loopback source address");
+        socket.connect(&front.into()).expect("connect to haproxy");
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(common::IO_TIMEOUT)).unwrap();
+        stream
+    };
+
+    // A client from 127.0.0.2 holds its address's one connection.
+    let mut held = BufReader::new(tls_client_over(from([127, 0, 0, 2]), &cert));
+    assert_eq!(line(&mut held), "Welcome!\n");
+
+    // openssl s_client, from 127.0.0.1: another address, served.
+    let (ok, out) = run(
+        Command::new(openssl).args([
+            "s_client",
+            "-connect",
+            &front.to_string(),
+            "-ign_eof",
+            "-CAfile",
+            cert.cert.to_str().unwrap(),
+        ]),
+        b"through\nexit\n",
+    );
+    assert!(ok, "s_client through haproxy failed:\n{out}");
+    assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+    let greeted = out.find("Welcome!\n").expect("the greeting");
+    let answered = out.find("Hello, through!\n").expect("the reply");
+    assert!(greeted < answered, "{out}");
+
+    // A second client from 127.0.0.2 begins its handshake and is sent one alert record,
+    // then a clean EOF.
+    let mut refused = from([127, 0, 0, 2]);
+    let mut hello = Vec::new();
+    client_connection(&cert).write_tls(&mut hello).unwrap();
+    refused.write_all(&hello).unwrap();
+    assert_eq!(read_to_eof(&mut refused), evloop::tls::REFUSAL);
+
+    // The held one is still served.
+    held.get_mut().write_all(b"held\n").unwrap();
+    assert_eq!(line(&mut held), "Hello, held!\n");
+    drop((held, refused));
+    let haproxy_log = balancer.stop();
+    server.signal(libc::SIGTERM);
+    let (code, log) = server.wait();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("(0 refused busy, 1 refused per address)"),
+        "{log}\nhaproxy: {haproxy_log}"
+    );
+    assert!(!log.contains("TLS handshake failed"), "{log}");
+}
+
+#[cfg(all(target_os = "linux", feature = "tls"))]
+#[test]
+fn haproxy_in_front_of_a_tls_reactor() {
+    haproxy_in_front_of_a_tls_server(env!("CARGO_BIN_EXE_reactor"), "tls-reactor");
+}
+
+#[cfg(all(target_os = "linux", feature = "tls"))]
+#[test]
+fn haproxy_in_front_of_a_tls_threaded_server() {
+    haproxy_in_front_of_a_tls_server(env!("CARGO_BIN_EXE_threaded"), "tls-threaded");
 }

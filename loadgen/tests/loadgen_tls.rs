@@ -116,7 +116,7 @@ fn loadgen_speaks_tls_to_a_server_it_did_not_write() {
 fn loadgen_over_tls_against_the_reactors_own_tls() {
     let cert = Certificate::new();
     let mut config = evloop::ServerConfig::ephemeral();
-    config.tls = Some(cert.identity());
+    config.tls = Some(cert.files());
     let server = evloop::reactor::spawn(config).unwrap();
     let tls = || Some(ClientTls::new(Some(&cert.cert), "localhost").unwrap());
     let lockstep = loadgen::run(&Options {
@@ -197,7 +197,10 @@ fn expired_certificate(dir: &Path) -> (PathBuf, PathBuf) {
 /// The reactor serving TLS with this certificate and key.
 fn tls_reactor(cert: &Path, key: &Path) -> evloop::Running {
     let mut config = evloop::ServerConfig::ephemeral();
-    config.tls = Some(evloop::tls::Identity::load(cert, key).unwrap());
+    config.tls = Some(evloop::config::TlsFiles {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+    });
     evloop::reactor::spawn(config).unwrap()
 }
 

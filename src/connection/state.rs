@@ -15,11 +15,13 @@ use crate::proxy;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
     /// `--proxy-protocol`: waiting for the PROXY header, which must come whole within
-    /// [`proxy::HEADER_TIMEOUT`] of the accept. Nothing is written and no line is read
-    /// until it has; the loop decides, from the address in it, whether to greet.
+    /// [`proxy::HEADER_TIMEOUT`] of the accept. It is read from the socket itself, before
+    /// any TLS. Nothing is written and no line is read until it has; the loop decides,
+    /// from the address in it, whether to go on (to the handshake or the greeting) or to
+    /// refuse the client.
     ProxyHeader,
     /// `--tls-cert`: the TLS handshake is under way, and must be complete within
-    /// `--handshake-timeout` of the accept. Nothing is greeted or read as a line until it
+    /// `--handshake-timeout` of the accept (of the PROXY header's admission, behind one). Nothing is greeted or read as a line until it
     /// is; the stream moves the handshake's bytes ([`Stream::handshake`]).
     Handshaking,
     /// The greeting is not fully written yet (it almost always is at once: a new socket's
@@ -56,6 +58,11 @@ pub enum State {
 pub enum Trigger {
     /// A whole, valid PROXY header has arrived and the loop admitted its client.
     HeaderReceived,
+    /// The same over TLS: the handshake begins, with the bytes that came behind the header.
+    HandshakeBegun,
+    /// A whole, valid PROXY header has arrived and the loop turned its client away
+    /// (`--max-connections-per-ip`); the refusal is written.
+    Refused,
     /// The TLS handshake is complete.
     HandshakeDone,
     /// Everything owed has been written, and no input is held unanswered.
@@ -87,6 +94,9 @@ impl State {
             // Nobody was greeted, so nothing is owed.
             (ProxyHeader, InputEnded | PeerEof) => Closed,
             (ProxyHeader, HeaderReceived) => Greeting,
+            (ProxyHeader, HandshakeBegun) => Handshaking,
+            // The refusal is all that is owed: linger, so that it is not lost to a reset.
+            (ProxyHeader, Refused) => Lingering,
             (Handshaking, HandshakeDone) => Greeting,
             // A failed handshake (its alert is owed) or shutdown: what is owed is written,
             // then the close is the usual one.

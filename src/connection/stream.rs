@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::Shutdown;
+use std::net::{Shutdown, SocketAddr};
 
 /// A byte stream the connection can drive: a non-blocking socket in the reactor, a TLS
 /// session over one ([`TlsStream`](crate::tls::TlsStream)), an in-memory fake in tests.
@@ -13,6 +13,9 @@ use std::net::Shutdown;
 /// are a socket's, which has none: they do nothing and compile away, so plain TCP runs the
 /// same instructions as if they were not there.
 pub trait Stream: Read + Write {
+    /// The peer's address, for a log line; `None` if the socket cannot tell.
+    fn peer(&self) -> Option<SocketAddr>;
+
     /// Shuts down the write side: the peer reads EOF after the bytes already sent.
     fn shutdown_write(&self) -> io::Result<()>;
 
@@ -53,14 +56,34 @@ pub trait Stream: Read + Write {
     /// Queues the end of the session (TLS `close_notify`) behind everything written.
     fn end_session(&mut self) {}
 
-    /// Reads bytes to be dropped unread (lingering): for TLS, from the socket, since the
-    /// session is over.
-    fn discard(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Reads the socket beneath any session: the bytes that come before the session begins
+    /// (a PROXY header), and those dropped unread after it ended (lingering).
+    fn read_beneath(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.read(buf)
+    }
+
+    /// Begins the session with `early`, bytes read from the socket before it (what came
+    /// behind a PROXY header: the start of a ClientHello), and moves the handshake on as far
+    /// as they take it. Called only while [`handshaking`](Stream::handshaking). An error is
+    /// the handshake's.
+    fn begin_session(&mut self, _early: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Turns away a client not served yet (its PROXY header named an address at its
+    /// limit): writes `message` on the socket, or what a client of the session reads in
+    /// its place (for TLS an alert, [`tls::REFUSAL`](crate::tls)); returns how much the
+    /// socket took. A new connection's empty send buffer takes it whole.
+    fn refuse(&mut self, message: &[u8]) -> io::Result<usize> {
+        self.write(message)
     }
 }
 
 impl Stream for mio::net::TcpStream {
+    fn peer(&self) -> Option<SocketAddr> {
+        self.peer_addr().ok()
+    }
+
     fn shutdown_write(&self) -> io::Result<()> {
         self.shutdown(Shutdown::Write)
     }

@@ -18,6 +18,9 @@ struct FakeStream {
     written: Vec<u8>,
     accept: usize,
     shut_down: std::cell::Cell<bool>,
+    /// Plays a session layer whose handshake is under way: what `begin_session` was given
+    /// (`Some` once it was called), and the handshake never completes.
+    session: Option<Option<Vec<u8>>>,
 }
 
 impl Read for FakeStream {
@@ -53,9 +56,34 @@ impl Write for FakeStream {
 }
 
 impl Stream for FakeStream {
+    fn peer(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
+
     fn shutdown_write(&self) -> io::Result<()> {
         self.shut_down.set(true);
         Ok(())
+    }
+
+    fn handshaking(&self) -> bool {
+        self.session.is_some()
+    }
+
+    fn handshake(&mut self) -> io::Result<bool> {
+        Ok(self.session.is_none())
+    }
+
+    fn begin_session(&mut self, early: &[u8]) -> io::Result<()> {
+        self.session = Some(Some(early.to_vec()));
+        Ok(())
+    }
+
+    fn refuse(&mut self, message: &[u8]) -> io::Result<usize> {
+        let refusal = match self.session {
+            Some(_) => b"ALERT".as_slice(),
+            None => message,
+        };
+        self.write(refusal)
     }
 }
 
@@ -142,6 +170,8 @@ fn the_transition_table() {
     );
     assert_eq!(Lingering.on(PeerEof), Closed);
     assert_eq!(ProxyHeader.on(HeaderReceived), Greeting);
+    assert_eq!(ProxyHeader.on(HandshakeBegun), Handshaking);
+    assert_eq!(ProxyHeader.on(Refused), Lingering);
     assert_eq!(ProxyHeader.on(PeerEof), Closed);
     assert_eq!(ProxyHeader.on(InputEnded), Closed);
     assert_eq!(ProxyHeader.on(Flushed), ProxyHeader);
@@ -595,7 +625,7 @@ fn a_proxy_header_is_read_whole_before_anything_is_written() {
             conn.stream.written.is_empty(),
             "the loop decides whether to greet"
         );
-        assert_eq!(conn.greet(&mut h.ctx()), Progress::ReadAgain);
+        assert_eq!(conn.admitted(&mut h.ctx()), Progress::ReadAgain);
         assert_eq!(conn.stream.written, b"Welcome!\n");
         conn.on_readable(&mut h.ctx(), false);
         assert_eq!(
@@ -666,11 +696,74 @@ fn input_behind_a_header_waits_for_a_greeting_the_socket_did_not_take() {
         conn.read_proxy_header(&mut h.ctx()),
         HeaderRead::Received(_)
     ));
-    conn.greet(&mut h.ctx());
+    conn.admitted(&mut h.ctx());
     assert_eq!(conn.state(), State::Greeting);
     assert_eq!(conn.stream.written, b"Welc");
     conn.stream.accept = 1000;
     assert_eq!(conn.on_writable(&mut h.ctx()), Progress::ReadAgain);
     conn.on_readable(&mut h.ctx(), false);
     assert_eq!(conn.stream.written, b"Welcome!\nHello, x!\n");
+}
+
+/// A session stream whose handshake is under way, with `reads` scripted.
+fn session_stream(reads: &[&[u8]]) -> FakeStream {
+    FakeStream {
+        session: Some(None),
+        ..stream(reads, 1000)
+    }
+}
+
+#[test]
+fn over_tls_the_header_comes_first_then_the_handshake_reads_what_came_behind_it() {
+    let mut h = Harness::new();
+    let input = [proxy_header(proxy::Version::V2), b"CLIENT HELLO".to_vec()].concat();
+    let mut conn = Connection::accept_proxied(session_stream(&[&input]), h.now);
+    assert_eq!(conn.state(), State::ProxyHeader);
+    assert!(matches!(
+        conn.read_proxy_header(&mut h.ctx()),
+        HeaderRead::Received(Some(_))
+    ));
+    h.now += Duration::from_secs(1);
+    assert_eq!(conn.admitted(&mut h.ctx()), Progress::Wait);
+    assert_eq!(conn.state(), State::Handshaking);
+    assert_eq!(
+        conn.stream.session,
+        Some(Some(b"CLIENT HELLO".to_vec())),
+        "what came behind the header is the session's, not a line"
+    );
+    assert!(
+        conn.stream.written.is_empty(),
+        "no greeting before the handshake"
+    );
+    assert_eq!(
+        conn.deadline(&h.config),
+        Some(h.now + h.config.handshake_timeout),
+        "the handshake's time counts from the admission"
+    );
+}
+
+#[test]
+fn a_client_refused_after_its_header_is_told_so_then_lingered_on() {
+    for tls in [false, true] {
+        let mut h = Harness::new();
+        let input = [proxy_header(proxy::Version::V1), b"more".to_vec()].concat();
+        let fake = match tls {
+            true => session_stream(&[&input]),
+            false => stream(&[&input], 1000),
+        };
+        let mut conn = Connection::accept_proxied(fake, h.now);
+        assert!(matches!(
+            conn.read_proxy_header(&mut h.ctx()),
+            HeaderRead::Received(_)
+        ));
+        conn.refuse(b"ERR busy\n", &mut h.ctx());
+        let expected: &[u8] = if tls { b"ALERT" } else { b"ERR busy\n" };
+        assert_eq!(conn.stream.written, expected, "tls {tls}");
+        assert_eq!(conn.state(), State::Lingering);
+        assert!(conn.stream.shut_down.get(), "our FIN after the refusal");
+        assert_eq!(conn.messages(), 0, "nothing behind the header was answered");
+        conn.stream.reads.push_back(Ok(Vec::new()));
+        conn.on_readable(&mut h.ctx(), false);
+        assert_eq!(conn.state(), State::Closed, "closed at the peer's EOF");
+    }
 }

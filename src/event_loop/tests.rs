@@ -1,5 +1,6 @@
-//! The loop's own unit test: what only a whole loop can show (a late ready entry after a
-//! slab key is reused), with a real socket on 127.0.0.1.
+//! The loop's own unit tests: what only a whole loop can show (a late ready entry after a
+//! slab key is reused; which lingering connection makes room at the limit), with real
+//! sockets on 127.0.0.1.
 
 use super::*;
 use std::io::Write;
@@ -8,17 +9,13 @@ fn event_loop() -> (EventLoop, SocketAddr) {
     let any: SocketAddr = ([127, 0, 0, 1], 0).into();
     let bound = net::bind(any, None, 16, false).unwrap();
     let addr = bound.tcp.local_addr().unwrap();
-    let event_loop = EventLoop::new(
-        bound,
-        Arc::new(ServerConfig::ephemeral()),
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(ConnectionsPerAddress::new(0)),
-        Arc::new(MemoryBudget::new(usize::MAX)),
-        None,
-        (),
-    )
-    .unwrap();
+    let shared = Shared {
+        config: Arc::new(ServerConfig::ephemeral()),
+        stop_requested: Arc::new(AtomicBool::new(false)),
+        admission: Admission::new(usize::MAX, 0),
+        budget: Arc::new(MemoryBudget::new(usize::MAX)),
+    };
+    let event_loop = EventLoop::new(bound, shared, None, ()).unwrap();
     (event_loop, addr)
 }
 
@@ -46,4 +43,49 @@ fn a_late_entry_for_a_closed_connection_never_reaches_the_one_that_reused_its_ke
     lp.ready.push(Ready::Connection(Token(0), old_serial + 1));
     lp.resume_ready();
     assert_eq!(lp.scratch.stats.bytes_in, 3);
+}
+
+#[test]
+fn at_the_limit_the_oldest_lingering_connection_makes_room_for_a_new_client() {
+    let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let bound = net::bind(any, None, 16, false).unwrap();
+    let addr = bound.tcp.local_addr().unwrap();
+    let admission = Admission::new(3, 0);
+    let shared = Shared {
+        config: Arc::new(ServerConfig::ephemeral()),
+        stop_requested: Arc::new(AtomicBool::new(false)),
+        admission: Arc::clone(&admission),
+        budget: Arc::new(MemoryBudget::new(usize::MAX)),
+    };
+    let mut lp: EventLoop = EventLoop::new(bound, shared, None, ()).unwrap();
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let client = std::net::TcpStream::connect(addr).unwrap();
+            lp.accept();
+            client
+        })
+        .collect();
+    assert_eq!(admission.open(), 3);
+    // The second and then the first client are given up on (as an idle timeout would):
+    // each owes nothing, so each goes straight to lingering.
+    for key in [1, 0] {
+        let slot = &mut lp.connections[key];
+        let mut ctx = lp
+            .scratch
+            .context(&lp.config, &lp.greeting, lp.now, lp.share);
+        let _ = slot.conn.close_gracefully(&mut ctx);
+        assert_eq!(slot.conn.state(), State::Lingering);
+        lp.after_io(Token(key));
+    }
+
+    let _fresh = std::net::TcpStream::connect(addr).unwrap();
+    lp.accept();
+    assert_eq!(lp.scratch.stats.refused, 0, "admitted");
+    assert_eq!(lp.scratch.stats.lingering_closed, 1);
+    assert_eq!(lp.connections[1].conn.state(), State::Closed, "the oldest");
+    assert_eq!(lp.connections[0].conn.state(), State::Lingering);
+    assert_eq!(admission.open(), 3, "its place was given back at once");
+    lp.sweep_closed();
+    assert_eq!(lp.connections.len(), 3);
+    drop(clients);
 }

@@ -8,12 +8,13 @@
 //! client or write text: the endpoint asks it, and the text format is `text.rs`'s. Every
 //! lock here is held only to copy a few integers.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use mio::Waker;
 
+use crate::admission::Admission;
 use crate::budget::MemoryBudget;
 use crate::stats::Stats;
 
@@ -56,7 +57,8 @@ pub(crate) struct Hub {
     /// Every loop's waker, in loop order; the first loop serves the endpoint. Set once all
     /// the loops exist, which is after the hub.
     wakers: OnceLock<Vec<Arc<Waker>>>,
-    pub(super) open_connections: Arc<AtomicUsize>,
+    /// What `--max-connections` counts: the open connections.
+    pub(super) admission: Arc<Admission>,
     pub(super) budget: Arc<MemoryBudget>,
     /// `--max-buffer-memory`.
     pub(super) buffer_budget: usize,
@@ -68,7 +70,7 @@ impl Hub {
     /// A hub for `loops` loops sharing these gauges.
     pub(crate) fn new(
         loops: usize,
-        open_connections: Arc<AtomicUsize>,
+        admission: Arc<Admission>,
         budget: Arc<MemoryBudget>,
         buffer_budget: usize,
     ) -> Arc<Hub> {
@@ -76,7 +78,7 @@ impl Hub {
             requested: AtomicU64::new(0),
             slots: (0..loops).map(|_| Mutex::default()).collect(),
             wakers: OnceLock::new(),
-            open_connections,
+            admission,
             budget,
             buffer_budget,
             started: SystemTime::now()
@@ -176,7 +178,7 @@ mod tests {
     fn a_scrape_is_answered_once_every_loop_has_published_or_ended() {
         let hub = Hub::new(
             3,
-            Arc::new(AtomicUsize::new(0)),
+            Admission::new(usize::MAX, 0),
             Arc::new(MemoryBudget::new(1)),
             1,
         );

@@ -133,6 +133,20 @@ pub(super) fn render(scrape: &Scrape) -> String {
     text.sample(refused, "{reason=\"busy\"}", stats.refused);
     text.sample(refused, "{reason=\"per_address\"}", stats.refused_per_ip);
     text.sample(refused, "{reason=\"proxy_header\"}", stats.proxy_rejected);
+    let lingering = "evloop_lingering_closed_total";
+    text.family(
+        lingering,
+        "counter",
+        "Lingering connections (owing nothing, waiting only for their client's EOF) closed \
+         to admit a new client: busy (at --max-connections), per_address (at \
+         --max-connections-per-ip, one from the same address).",
+    );
+    text.sample(lingering, "{reason=\"busy\"}", stats.lingering_closed);
+    text.sample(
+        lingering,
+        "{reason=\"per_address\"}",
+        stats.lingering_closed_per_ip,
+    );
     text.single(
         "evloop_tls_handshakes_failed_total",
         "counter",
@@ -301,6 +315,8 @@ mod tests {
                     connections: 12,
                     refused: 3,
                     refused_per_ip: 4,
+                    lingering_closed: 8,
+                    lingering_closed_per_ip: 9,
                     proxy_rejected: 6,
                     messages: 1000,
                     bytes_in: 17_000,
@@ -355,6 +371,8 @@ mod tests {
                 "evloop_connections_refused_total{reason=\"proxy_header\"}",
                 "6",
             ),
+            ("evloop_lingering_closed_total{reason=\"busy\"}", "8"),
+            ("evloop_lingering_closed_total{reason=\"per_address\"}", "9"),
             ("evloop_connections_paused", "2"),
             ("evloop_messages_total", "1000"),
             ("evloop_received_bytes_total", "17000"),
@@ -434,7 +452,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(families, 16);
+        assert_eq!(families, 17);
         assert!(text.ends_with('\n'));
     }
 
@@ -445,6 +463,8 @@ mod tests {
             connections: u64::MAX,
             refused: u64::MAX,
             refused_per_ip: u64::MAX,
+            lingering_closed: u64::MAX,
+            lingering_closed_per_ip: u64::MAX,
             proxy_rejected: u64::MAX,
             messages: u64::MAX,
             bytes_in: u64::MAX,

@@ -30,8 +30,17 @@ pub(super) enum Channel<'a> {
     Tls(tls::TlsChannel<'a>),
 }
 
-/// What a connection thread needs to begin a TLS session: rustls's config, shared by every
-/// connection; `None` serves plain TCP.
+/// What the accept loop begins connections' TLS sessions with: with `--tls-cert`, the
+/// certificate, read at bind and read again at SIGHUP; `None` serves plain TCP.
+#[cfg(feature = "tls")]
+pub(super) type Acceptor = Option<crate::tls::Identity>;
+
+/// Built without the `tls` feature, every connection is plain TCP: always `None`.
+#[cfg(not(feature = "tls"))]
+pub(super) type Acceptor = Option<std::convert::Infallible>;
+
+/// What a connection thread needs to begin a TLS session: rustls's config as of its
+/// accept, shared by every connection; `None` serves plain TCP.
 #[cfg(feature = "tls")]
 pub(super) type TlsConfig = Option<Arc<rustls::ServerConfig>>;
 
@@ -39,14 +48,38 @@ pub(super) type TlsConfig = Option<Arc<rustls::ServerConfig>>;
 #[cfg(not(feature = "tls"))]
 pub(super) type TlsConfig = Option<std::convert::Infallible>;
 
-#[cfg(feature = "tls")]
-pub(super) fn tls_config(config: &ServerConfig) -> TlsConfig {
-    config.tls.as_ref().map(crate::tls::Identity::config)
+/// Reads the certificate `config` names, if any: once, when the server binds.
+pub(super) fn acceptor(config: &ServerConfig) -> io::Result<Acceptor> {
+    #[cfg(feature = "tls")]
+    return config
+        .tls
+        .as_ref()
+        .map(crate::tls::Identity::from_files)
+        .transpose();
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = config;
+        Ok(None)
+    }
 }
 
-#[cfg(not(feature = "tls"))]
-pub(super) fn tls_config(_config: &ServerConfig) -> TlsConfig {
-    None
+/// The session config for a connection accepted now.
+pub(super) fn tls_config(acceptor: &Acceptor) -> TlsConfig {
+    #[cfg(feature = "tls")]
+    return acceptor.as_ref().map(crate::tls::Identity::config);
+    #[cfg(not(feature = "tls"))]
+    acceptor.map(|never| match never {})
+}
+
+/// What a client turned away before it is served is sent in place of `message`: the
+/// message, or over TLS an alert a TLS client can read ([`crate::tls::REFUSAL`]).
+pub(super) fn refusal(tls: bool, message: &'static [u8]) -> &'static [u8] {
+    #[cfg(feature = "tls")]
+    if tls {
+        return &crate::tls::REFUSAL;
+    }
+    let _ = tls;
+    message
 }
 
 impl<'a> Channel<'a> {
@@ -59,6 +92,25 @@ impl<'a> Channel<'a> {
             return tls::TlsChannel::new(socket, config).map(Channel::Tls);
         }
         Ok(Channel::Plain(socket))
+    }
+
+    /// The socket's bytes that arrived before the session began (behind a PROXY header):
+    /// over TLS they are the start of the ClientHello, which the session reads first, and
+    /// nothing is left; on a plain socket they are the client's first input, returned.
+    pub(super) fn begin(&mut self, early: Vec<u8>) -> Vec<u8> {
+        match self {
+            Channel::Plain(_) => early,
+            #[cfg(feature = "tls")]
+            Channel::Tls(session) => {
+                session.begin(early);
+                Vec::new()
+            }
+        }
+    }
+
+    /// What a client turned away before it is served is sent in place of `message`.
+    pub(super) fn refusal(&self, message: &'static [u8]) -> &'static [u8] {
+        refusal(!matches!(self, Channel::Plain(_)), message)
     }
 
     /// TLS: completes the handshake within `timeout` of `accepted`, or says why not (a

@@ -13,7 +13,7 @@
 //! `Channel` offers.
 
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use log::{debug, info, warn};
 
 use super::channel::{Channel, TlsConfig};
 use super::Shared;
+use crate::admission::Permit;
 use crate::net::{self, LINGER_TIMEOUT};
 use crate::protocol::{self, Flow, ProtocolConfig, Session};
 use crate::proxy;
@@ -35,16 +36,20 @@ const OUTPUT_KEEP_CAPACITY: usize = 2 * READ_BUFFER_SIZE;
 
 /// What the accept loop hands a connection's thread: who the client is and how to serve it.
 pub(super) struct Start {
+    /// The connection's id in the server's registry.
+    pub(super) id: u64,
     pub(super) peer: SocketAddr,
-    /// The address counted under `--max-connections-per-ip` at accept; `None` behind a
-    /// balancer, where the address to count is in the PROXY header.
-    pub(super) counted: Option<IpAddr>,
+    /// The connection's place under the limits, counted against its address already
+    /// unless that is in a PROXY header still to come. Given back when this thread drops it,
+    /// or by the accept loop if it takes it from a lingering connection to make room.
+    pub(super) permit: Permit,
     /// `--proxy-protocol`: a PROXY header comes before anything else.
     pub(super) proxied: bool,
     pub(super) protocol: ProtocolConfig,
     pub(super) settings: SocketSettings,
     pub(super) tls: TlsConfig,
-    /// When the connection was accepted, which `--handshake-timeout` counts from.
+    /// When the connection was accepted, which `--handshake-timeout` counts from (behind a
+    /// PROXY header, from the admission of the client it names).
     pub(super) accepted: Instant,
     pub(super) handshake_timeout: Duration,
 }
@@ -64,8 +69,9 @@ pub(super) struct SocketSettings {
 /// logged here; none of them ends any other connection.
 pub(super) fn serve_thread(shared: &Shared, socket: &TcpStream, start: Start) {
     let Start {
+        id,
         peer,
-        counted,
+        mut permit,
         proxied,
         protocol,
         settings,
@@ -79,45 +85,48 @@ pub(super) fn serve_thread(shared: &Shared, socket: &TcpStream, start: Start) {
         Err(e) => {
             warn!("cannot serve {peer}: {e}");
             shared.totals.not_greeted.fetch_add(1, Ordering::Relaxed);
-            counted.inspect(|&ip| shared.per_address.release(ip));
             return;
         }
     };
     let mut connection = Connection::new(socket, channel, &protocol);
-    let mut counted = counted;
+    // The preamble, in order on the raw socket: the PROXY header and the admission of the
+    // client it names, then the TLS handshake (below), then the greeting.
     let mut early = Vec::new();
+    let mut handshake_from = accepted;
     if proxied {
-        match connection.admit_proxied(peer, shared, &mut early) {
-            Some(ip) => counted = Some(ip),
-            None => {
-                shared.totals.not_greeted.fetch_add(1, Ordering::Relaxed);
-                shared
-                    .totals
-                    .add(0, connection.bytes_in, connection.bytes_out);
-                return;
-            }
+        if !connection.admit_proxied(peer, shared, &mut permit, &mut early) {
+            shared.totals.not_greeted.fetch_add(1, Ordering::Relaxed);
+            shared
+                .totals
+                .add(0, connection.bytes_in, connection.bytes_out);
+            return;
         }
+        // As in the reactor: the handshake's time counts from the admission.
+        handshake_from = Instant::now();
     }
+    // Over TLS, what came behind the header is the start of the ClientHello.
+    let early = connection.channel.begin(early);
     if let Err(e) = connection.set_socket_options(settings) {
         debug!("{peer}: {e}");
-    } else if let Err(why) = connection.channel.handshake(accepted, handshake_timeout) {
+    } else if let Err(why) = connection
+        .channel
+        .handshake(handshake_from, handshake_timeout)
+    {
         shared.totals.tls_rejected.fetch_add(1, Ordering::Relaxed);
         info!("{peer}: TLS handshake failed, closing: {why}");
-    } else if let Err(e) = connection.serve(settings, &shared.stopping, &early) {
+    } else if let Err(e) = connection.serve(peer, settings, &shared.stopping, &early) {
         debug!("{peer}: {e}");
     }
-    // An EOF we caused at stop (shutdown(SHUT_RD)) is no truncation.
-    if connection.channel.truncated() && !shared.is_stopping() {
-        info!("{peer}: TCP EOF without a TLS close_notify: a truncated session");
-    }
     connection.channel.end_session();
+    // Everything owed is out: from here a new client may take this one's place.
+    shared.linger(id, permit);
     let lingered = close_politely(socket, &mut connection.read_buffer);
+    shared.done_lingering(id);
     shared.totals.add(
         connection.session.messages(),
         connection.bytes_in + lingered,
         connection.bytes_out,
     );
-    counted.inspect(|&ip| shared.per_address.release(ip));
     debug!("{peer}: closed");
 }
 
@@ -156,36 +165,42 @@ impl<'a> Connection<'a> {
     }
 
     /// `--proxy-protocol`: reads the PROXY header (within [`proxy::HEADER_TIMEOUT`] of
-    /// now), then admits the client it names under `--max-connections-per-ip`. Returns the
-    /// address counted, or `None` when the connection is to close ungreeted (logged).
-    /// Bytes that came behind the header go to `early`, to be answered after the greeting.
+    /// now), then counts the client it names against its address in `permit`
+    /// (`--max-connections-per-ip`). False when the connection is to close ungreeted
+    /// (logged). Bytes that came behind the header go to `early`, to be answered after the
+    /// greeting.
     fn admit_proxied(
         &mut self,
         balancer: SocketAddr,
         shared: &Shared,
+        permit: &mut Permit,
         early: &mut Vec<u8>,
-    ) -> Option<std::net::IpAddr> {
+    ) -> bool {
         let source = match self.read_proxy_header(early) {
             Ok(source) => source,
             Err(why) => {
                 shared.totals.proxy_rejected.fetch_add(1, Ordering::Relaxed);
                 info!("{balancer}: closed without a greeting: {why}");
-                return None;
+                return false;
             }
         };
         // No address in the header (LOCAL, a health check): the balancer stands.
         let client = source.unwrap_or(balancer);
-        if !shared.per_address.admit(client.ip()) {
+        let ip = client.ip();
+        let counted = permit.count_address_or_reclaim(ip, |refusal| {
+            shared.close_oldest_lingering(refusal, Some(ip))
+        });
+        if counted.is_err() {
             debug!("refused {client} (via {balancer}): at --max-connections-per-ip");
             net::refuse(
                 socket2::SockRef::from(self.socket),
-                protocol::TOO_MANY_FROM_ADDRESS,
+                self.channel.refusal(protocol::TOO_MANY_FROM_ADDRESS),
             );
             shared.totals.refused_per_ip.fetch_add(1, Ordering::Relaxed);
-            return None;
+            return false;
         }
         debug!("{client}: connected (PROXY header from {balancer})");
-        Some(client.ip())
+        true
     }
 
     /// Reads until `input` begins with a whole PROXY header; leaves in it what followed.
@@ -250,6 +265,7 @@ impl<'a> Connection<'a> {
     /// ends this connection only.
     fn serve(
         &mut self,
+        peer: SocketAddr,
         settings: SocketSettings,
         stopping: &AtomicBool,
         early: &[u8],
@@ -300,6 +316,11 @@ impl<'a> Connection<'a> {
                     if stopping.load(Ordering::Acquire) {
                         return Ok(());
                     }
+                    // Said before the last replies go out, so the line is in the log by
+                    // the time the client has them.
+                    if self.channel.truncated() {
+                        info!("{peer}: TCP EOF without a TLS close_notify: a truncated session");
+                    }
                     self.session.on_eof(self.protocol, &mut self.pending_output)
                 }
                 Ok(n) => {
@@ -349,6 +370,8 @@ impl<'a> Connection<'a> {
             return Ok(());
         }
         self.channel.write_all(&self.pending_output)?;
+        // Over TLS, every record out to the socket, or the error that stopped it.
+        self.channel.flush()?;
         self.bytes_out += self.pending_output.len() as u64;
         self.pending_output.clear();
         // One read of empty lines owes up to nine times its size in replies; do not keep

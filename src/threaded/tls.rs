@@ -1,33 +1,84 @@
-//! TLS for the threaded baseline (`--tls-cert`, `--tls-key`): a rustls session over a
-//! connection thread's blocking socket, which the thread reads and writes as it would the
-//! socket itself.
+//! TLS for the threaded baseline (`--tls-cert`, `--tls-key`): rustls's own blocking stream,
+//! [`rustls::StreamOwned`], over a connection thread's socket, which the thread reads and
+//! writes as it would the socket itself.
 //!
-//! The calls are the reactor's, in the reactor's order (see `crate::tls`): `read_tls`,
-//! `process_new_packets`, then `write_tls` while rustls wants to write. What differs is what
-//! a blocking socket makes simple: a read waits for its bytes (up to the socket's read
-//! timeout) instead of returning WouldBlock, and a write waits until the socket has taken
-//! every record, so rustls never holds more than one write's worth of ciphertext and no
-//! plaintext waits without the thread knowing. The thread's own timeouts are the socket's
-//! timeouts, as over plain TCP; only the handshake has a deadline of its own.
+//! A blocking socket is what `StreamOwned` is made for: a read waits for its bytes (up to
+//! the socket's read timeout, whose WouldBlock it passes on), and a write waits until the
+//! socket has taken its records. So the thread's own timeouts are the socket's timeouts,
+//! as over plain TCP, and no plaintext waits inside rustls without the thread knowing. What
+//! this module adds is what a server needs beyond it: a deadline for the handshake, bytes
+//! that came before the session (behind a PROXY header), a TCP EOF without `close_notify`
+//! told apart from a clean end, and `close_notify` sent before the lingering close.
 //!
-//! This module owns the handshake, the order of calls and `close_notify`. It must not frame
-//! lines or log: the connection thread decides what an error or a truncated session means.
+//! It must not frame lines or log: the connection thread decides what an error or a
+//! truncated session means.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::ServerConnection;
+use rustls::{ServerConnection, StreamOwned};
 
 use crate::net::LINGER_TIMEOUT;
 
 /// A TLS session, server side, over a connection's blocking socket.
 pub(super) struct TlsChannel<'a> {
-    socket: &'a TcpStream,
-    session: ServerConnection,
+    stream: StreamOwned<ServerConnection, Beneath<'a>>,
     /// The session ended with a TCP EOF and no `close_notify` before it.
     truncated: bool,
+}
+
+/// The socket as the session reads it: first the bytes that arrived before the session
+/// began (the start of a ClientHello, read with the PROXY header in front of it), then the
+/// socket itself. Writes go straight to the socket.
+///
+/// While a deadline is set (the handshake's), every read and write waits only for what is
+/// left of it. `complete_io` goes on reading for as long as bytes keep coming, so a
+/// timeout set once before it would restart with every byte of a client that dribbles.
+struct Beneath<'a> {
+    early: Vec<u8>,
+    socket: &'a TcpStream,
+    deadline: Option<Instant>,
+}
+
+impl Beneath<'_> {
+    /// Applies the deadline, if one is set, to the next read and write.
+    fn time_left(&self) -> io::Result<()> {
+        let Some(deadline) = self.deadline else {
+            return Ok(());
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.socket.set_read_timeout(Some(left))?;
+        self.socket.set_write_timeout(Some(left))
+    }
+}
+
+impl Read for Beneath<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.early.is_empty() {
+            self.time_left()?;
+            return (&mut self.socket).read(buf);
+        }
+        let n = buf.len().min(self.early.len());
+        buf[..n].copy_from_slice(&self.early[..n]);
+        self.early.drain(..n);
+        Ok(n)
+    }
+}
+
+impl Write for Beneath<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.time_left()?;
+        (&mut self.socket).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl<'a> TlsChannel<'a> {
@@ -37,41 +88,57 @@ impl<'a> TlsChannel<'a> {
         config: Arc<rustls::ServerConfig>,
     ) -> io::Result<TlsChannel<'a>> {
         let session = ServerConnection::new(config).map_err(io::Error::other)?;
-        Ok(TlsChannel {
+        let beneath = Beneath {
+            early: Vec::new(),
             socket,
-            session,
+            deadline: None,
+        };
+        Ok(TlsChannel {
+            stream: StreamOwned::new(session, beneath),
             truncated: false,
         })
+    }
+
+    /// Bytes read from the socket before the session began (what came behind a PROXY
+    /// header): the session reads them first.
+    pub(super) fn begin(&mut self, early: Vec<u8>) {
+        self.stream.sock.early = early;
     }
 
     /// Completes the handshake within `timeout` (`--handshake-timeout`) of `accepted`: each
     /// read and write may wait only for what is left of it, so a client that dribbles its
     /// ClientHello a byte at a time is closed at the deadline all the same. A client that
-    /// sent plaintext or garbage has been sent an alert when this returns its error.
+    /// sent plaintext or garbage has been sent an alert when this returns its error
+    /// (`complete_io` writes it before it reports the error).
     pub(super) fn handshake(&mut self, accepted: Instant, timeout: Duration) -> io::Result<()> {
         let deadline = accepted + timeout;
-        while self.session.is_handshaking() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+        self.stream.sock.deadline = Some(deadline);
+        let done = self.complete_handshake(deadline, timeout);
+        // From here on the thread's own timeouts (idle, line) are the socket's.
+        self.stream.sock.deadline = None;
+        done
+    }
+
+    fn complete_handshake(&mut self, deadline: Instant, timeout: Duration) -> io::Result<()> {
+        let StreamOwned { conn, sock } = &mut self.stream;
+        while conn.is_handshaking() {
+            if Instant::now() >= deadline {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("not complete within {timeout:?}"),
                 ));
             }
-            // Writes too: a client that does not read the server's flight is as stuck as
-            // one that does not send.
-            self.socket.set_read_timeout(Some(left))?;
-            self.socket.set_write_timeout(Some(left))?;
-            match self.session.read_tls(&mut self.socket) {
-                Ok(0) => {
+            match conn.complete_io(sock) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "the client closed in the middle of the handshake",
                     ))
                 }
-                Ok(_) => self.process()?,
-                // A read timeout (EAGAIN, which std calls WouldBlock): the deadline check
-                // above says whether that was the last of the time.
+                // A read or write that ran out of the handshake's time (EAGAIN, which std
+                // calls WouldBlock, or the deadline `Beneath` found passed): the check above
+                // says so.
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -85,44 +152,24 @@ impl<'a> TlsChannel<'a> {
         Ok(())
     }
 
-    /// `process_new_packets`, then whatever it queued goes out at once: the handshake's next
-    /// flight, an answer to a key update, or the alert that says why processing failed. A
-    /// TLS error comes back as `InvalidData`, after its alert was sent.
-    fn process(&mut self) -> io::Result<()> {
-        let processed = self.session.process_new_packets();
-        let sent = self.send();
-        processed.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        sent
-    }
-
-    /// `write_tls` until rustls has nothing left to write; each write blocks up to the
-    /// socket's write timeout.
-    fn send(&mut self) -> io::Result<()> {
-        while self.session.wants_write() {
-            match self.session.write_tls(&mut self.socket) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(_) => {}
-                // Retried here, not by the caller: the plaintext is in rustls already, and
-                // `write_all` retrying the whole write would send it twice.
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
     /// Queues `close_notify` behind the last reply and sends it, before the connection's
     /// lingering close sends FIN. Nothing after a failed handshake (its alert said enough;
     /// rustls sends nothing after a fatal alert). A client that has stopped reading must not
     /// hold the thread for another write timeout: this write waits [`LINGER_TIMEOUT`] at
     /// most, and a `close_notify` that cannot go out is only a less polite close.
     pub(super) fn end_session(&mut self) {
-        if self.session.is_handshaking() {
+        if self.stream.conn.is_handshaking() {
             return;
         }
-        self.session.send_close_notify();
-        if self.socket.set_write_timeout(Some(LINGER_TIMEOUT)).is_ok() {
-            let _ = self.send();
+        self.stream.conn.send_close_notify();
+        if self
+            .stream
+            .sock
+            .socket
+            .set_write_timeout(Some(LINGER_TIMEOUT))
+            .is_ok()
+        {
+            let _ = self.stream.flush();
         }
     }
 
@@ -133,39 +180,31 @@ impl<'a> TlsChannel<'a> {
 }
 
 impl Read for TlsChannel<'_> {
-    /// Plaintext: what rustls holds decrypted, else `read_tls` (which waits up to the
-    /// socket's read timeout and returns its WouldBlock) and its processing, until there is
-    /// plaintext or the session has ended. `Ok(0)` ends it: the client's `close_notify`, or a
-    /// TCP EOF without one, which [`truncated`](TlsChannel::truncated) then says.
+    /// Plaintext, as `StreamOwned` reads it (waiting up to the socket's read timeout, whose
+    /// WouldBlock it returns). `Ok(0)` ends the session: the client's `close_notify`, or a
+    /// TCP EOF without one, which rustls reports as `UnexpectedEof` and
+    /// [`truncated`](TlsChannel::truncated) then says.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            match self.session.reader().read(buf) {
-                // rustls's way of saying it holds no plaintext: read some ciphertext.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    self.truncated = true;
-                    return Ok(0);
-                }
-                done => return done,
+        match self.stream.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                self.truncated = true;
+                Ok(0)
             }
-            // Ok(0), the socket's EOF, is noted by rustls, and its reader reports it above.
-            self.session.read_tls(&mut self.socket)?;
-            self.process()?;
+            done => done,
         }
     }
 }
 
 impl Write for TlsChannel<'_> {
-    /// Plaintext in as records, and every record out to the socket before this returns, so
-    /// that a write that fails fails here and not on the next call. rustls takes at most
-    /// its buffer limit (64 KiB) per call; `write_all` calls again for the rest.
+    /// Plaintext in as records, written to the socket as far as it takes them; a write that
+    /// failed is reported by the next call, or by [`flush`](Write::flush), which the thread
+    /// calls after every batch of replies.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let accepted = self.session.writer().write(buf)?;
-        self.send()?;
-        Ok(accepted)
+        self.stream.write(buf)
     }
 
+    /// Every record out to the socket, or the error that stopped it.
     fn flush(&mut self) -> io::Result<()> {
-        self.send()
+        self.stream.flush()
     }
 }

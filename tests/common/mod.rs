@@ -13,8 +13,8 @@
 //! Every test crate that declares `mod common;` compiles all of it, and none uses all of
 //! it: a helper that some crates have no use for says so with an `#[allow(dead_code)]` of
 //! its own, and `tests/loadgen_servers.rs`, which needs only [`start`] and [`Spawn`], and
-//! `tests/metrics.rs`, which needs only [`Binary`] and [`Client`], allow dead code on their
-//! `mod common;`. Anything else unused is a warning, so a helper
+//! `tests/metrics.rs`, which needs only [`Binary`] and [`Client`], and `tests/admission.rs`,
+//! which needs only [`start`] and [`Client`], allow dead code on their `mod common;`. Anything else unused is a warning, so a helper
 //! that no test needs any more does not linger.
 
 use std::io::{self, BufRead, BufReader, Read, Write};

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 
-use evloop::tls::Identity;
+use evloop::config::TlsFiles;
 
 use super::IO_TIMEOUT;
 
@@ -58,8 +58,12 @@ impl Certificate {
         std::fs::read(&self.key).unwrap()
     }
 
-    pub fn identity(&self) -> Identity {
-        Identity::load(&self.cert, &self.key).unwrap()
+    /// The files, as a server's config names them.
+    pub fn files(&self) -> TlsFiles {
+        TlsFiles {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
     }
 }
 

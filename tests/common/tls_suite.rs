@@ -30,7 +30,7 @@ macro_rules! tls_suite {
             ) -> evloop::Running {
                 start($spawn, |c| {
                     c.udp = None;
-                    c.tls = Some(cert.identity());
+                    c.tls = Some(cert.files());
                     configure(c);
                 })
             }
@@ -99,6 +99,43 @@ macro_rules! tls_suite {
             assert!(ok, "socat failed:\n{out}");
             assert_eq!(out, "Welcome!\nHello, carol!\n");
             server.shutdown().unwrap();
+        }
+
+        /// At `--max-connections`, and at `--max-connections-per-ip`, a TLS client is turned
+        /// away with a TLS alert where it expects the server's first record: `openssl
+        /// s_client` reports the alert, not the "wrong version number" that plaintext
+        /// `ERR server busy` would make of it.
+        #[test]
+        fn a_tls_client_refused_at_the_limits_is_sent_an_alert_not_plaintext() {
+            use tls_suite::*;
+            let openssl = tool("openssl", "openssl");
+            let cert = Certificate::new();
+            for per_address in [false, true] {
+                let server = tls_server(&cert, |c| match per_address {
+                    true => c.max_connections_per_ip = 1,
+                    false => c.max_connections = 1,
+                });
+                let mut held = BufReader::new(tls_client(server.tcp, &cert));
+                assert_eq!(line(&mut held), "Welcome!\n");
+                let (ok, out) = run(
+                    Command::new(openssl).args([
+                        "s_client",
+                        "-connect",
+                        &server.tcp.to_string(),
+                        "-CAfile",
+                        cert.cert.to_str().unwrap(),
+                    ]),
+                    b"",
+                );
+                assert!(!ok, "s_client was served:\n{out}");
+                assert!(out.contains("alert internal error"), "{out}");
+                assert!(!out.contains("wrong version number"), "{out}");
+                drop(held);
+                let stats = server.shutdown().unwrap();
+                let refused = (stats.refused, stats.refused_per_ip);
+                let expected = if per_address { (0, 1) } else { (1, 0) };
+                assert_eq!(refused, expected, "{stats:?}");
+            }
         }
 
         #[test]
