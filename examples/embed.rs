@@ -16,7 +16,7 @@
 //! Ctrl-C instead, set `config.handle_signals = true` and replace the client part and
 //! `running.shutdown()` with `running.join()`: the loop then runs until SIGINT or SIGTERM
 //! and stops gracefully, delivering the replies it owes. Or, with no extra thread at all,
-//! `evloop::reactor::Server::bind(config)?.run()` on the main thread.
+//! `evloop::reactor::Reactor::bind(config)?.run()` on the main thread.
 
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};

@@ -281,7 +281,12 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
 /// Parses the command line; on a bad flag prints one line on stderr and exits with 2.
 /// `--help` and `--version` print as usual and exit 0.
 pub fn parse_or_exit<T: Parser>() -> T {
-    match T::try_parse() {
+    parse_from_or_exit(std::env::args_os())
+}
+
+/// [`parse_or_exit`] for a command line given as `args`, the program's name first.
+pub fn parse_from_or_exit<T: Parser>(args: impl IntoIterator<Item = std::ffi::OsString>) -> T {
+    match T::try_parse_from(args) {
         Ok(args) => args,
         Err(e) => match e.kind() {
             clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {

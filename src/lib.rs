@@ -14,49 +14,47 @@
 //! 6. [`reactor`]: one or more loops as a server (`--threads`, the stop handle).
 //! 7. [`threaded`]: the baseline, blocking I/O and one thread per connection, same protocol.
 //!
-//! Beside the lesson: [`metrics`] (the Prometheus endpoint a loop serves with `--metrics`)
-//! and [`loadgen`] (the client side: one poll loop driving many clients, checking every
-//! reply and measuring latency).
+//! Beside the lesson: [`metrics`] (the Prometheus endpoint a loop serves with `--metrics`).
+//! The client side, one poll loop driving many clients, checking every reply and measuring
+//! latency, is the `loadgen` crate beside this one (`loadgen/`); what only the tests and the
+//! bench need (reading `/proc`, the bench's arithmetic, the tokio peer) is the `harness`
+//! crate (`harness/`).
 //!
 //! [`config`], [`stats`], [`admission`] (the connection limits, and the permit that
 //! holds a place under them), [`budget`], [`net`], [`proxy`] (the PROXY protocol header, as
-//! free of I/O as [`protocol`]), `tls` (TLS with rustls: the certificate, and a TLS session
-//! a connection drives as it drives a socket), [`transport`] (a socket or a TLS session:
-//! what the loop is generic over), [`signals`], [`systemd`], [`restart`] (a successor on the
-//! same sockets at SIGUSR2), [`cli`] and [`running`] are the plumbing the binaries share;
-//! [`procfs`] measures a server process for the tests and benches, and [`measure`] is the
-//! arithmetic the bench's figures come from.
+//! free of I/O as [`protocol`]), `tls` (TLS with rustls: the certificate, and the TLS state
+//! over a socket that a connection drives as it drives a socket), `transport` (a socket, or
+//! a socket with TLS: what the loop is generic over), `signals`, [`systemd`], [`restart`] (a
+//! successor on the same sockets at SIGUSR2), `cli` (the binaries' flags, with the default
+//! feature `cli`) and [`running`] are the plumbing the binaries share.
 //!
 //! Layering: each numbered module uses only those above it, [`metrics`] and the plumbing;
-//! the plumbing uses nothing but itself and [`protocol`]; [`procfs`] and [`measure`] (which
-//! reads loadgen's report) serve the tests and benches and nothing in the servers uses them.
+//! the plumbing uses nothing but itself and [`protocol`].
 
 #![warn(missing_docs)]
 
 pub mod admission;
 pub mod budget;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod event_loop;
-pub mod loadgen;
-pub mod measure;
 pub mod metrics;
 pub mod net;
-pub mod procfs;
 pub mod protocol;
 pub mod proxy;
 pub mod reactor;
 pub mod restart;
 pub mod running;
-pub mod signals;
+pub(crate) mod signals;
 pub mod stats;
 pub mod systemd;
 pub mod threaded;
 pub mod timers;
 #[cfg(feature = "tls")]
 pub mod tls;
-pub mod transport;
+pub(crate) mod transport;
 pub mod udp;
 
 pub use config::ServerConfig;

@@ -43,7 +43,7 @@ pub const SHORT_READ_DRAINS: bool = cfg!(any(target_os = "linux", target_os = "a
 /// never reads, and thousands of such clients push the whole host to its `tcp_mem` limit,
 /// where the kernel starts dropping packets for every TCP user on the machine. A failure is
 /// logged and the connection served with the kernel's sizes.
-pub fn set_buffer_sizes(socket: SockRef<'_>, send: Option<usize>, recv: Option<usize>) {
+pub(crate) fn set_buffer_sizes(socket: SockRef<'_>, send: Option<usize>, recv: Option<usize>) {
     if let Some(bytes) = send {
         if let Err(e) = socket.set_send_buffer_size(bytes) {
             log::debug!("SO_SNDBUF {bytes}: {e}");
@@ -61,7 +61,7 @@ pub fn set_buffer_sizes(socket: SockRef<'_>, send: Option<usize>, recv: Option<u
 /// empty send buffer always has room for a one-line message. What the client already sent
 /// is read and discarded (bounded by what is queued right now), so that dropping the socket
 /// sends FIN, not an RST that could destroy the message before the client reads it.
-pub fn refuse(socket: SockRef<'_>, message: &[u8]) {
+pub(crate) fn refuse(socket: SockRef<'_>, message: &[u8]) {
     let _ = socket.set_nonblocking(true);
     let _ = (&*socket).write(message);
     let _ = socket.shutdown(Shutdown::Write);
@@ -76,7 +76,11 @@ pub fn refuse(socket: SockRef<'_>, message: &[u8]) {
 
 /// Binds a TCP listener with `backlog`, SO_REUSEADDR (restart without waiting out
 /// TIME_WAIT) and, when `reuse_port`, SO_REUSEPORT so several loops can share the address.
-pub fn tcp_listener(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<TcpListener> {
+pub(crate) fn tcp_listener(
+    addr: SocketAddr,
+    backlog: i32,
+    reuse_port: bool,
+) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if reuse_port {
@@ -106,7 +110,7 @@ fn set_reuse_port(socket: &Socket) -> io::Result<()> {
 }
 
 /// Binds a UDP socket, with SO_REUSEPORT when `reuse_port`.
-pub fn udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
+pub(crate) fn udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if reuse_port {
         set_reuse_port(&socket)?;

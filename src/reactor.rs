@@ -21,19 +21,19 @@ use crate::config::ServerConfig;
 use crate::event_loop::{EventLoop, Shared};
 use crate::metrics::{Hub, LoopMetrics};
 use crate::net;
-use crate::running::Running;
+use crate::running::{Running, StopHandle};
 use crate::stats::Stats;
 
-/// Stops a running reactor (all its loops) from any thread, as SIGTERM would.
+/// What stopping a reactor takes: the flag every loop checks, and each loop's waker.
 #[derive(Clone)]
-pub struct StopHandle {
+struct Stop {
     requested: Arc<AtomicBool>,
     wakers: Vec<Arc<Waker>>,
 }
 
-impl StopHandle {
+impl Stop {
     /// Requests a graceful shutdown and wakes every loop.
-    pub fn stop(&self) {
+    fn stop(&self) {
         self.requested.store(true, Ordering::SeqCst);
         for waker in &self.wakers {
             if let Err(e) = waker.wake() {
@@ -108,18 +108,18 @@ impl AnyLoop {
 }
 
 /// A bound reactor, ready to run: `threads` event loops sharing the port.
-pub struct Server {
+pub struct Reactor {
     loops: Vec<AnyLoop>,
     tcp: SocketAddr,
     udp: Option<SocketAddr>,
-    stop: StopHandle,
+    stop: Stop,
     admission: Arc<Admission>,
     metrics: Option<SocketAddr>,
 }
 
-impl Server {
+impl Reactor {
     /// Binds the sockets (port 0 resolved) and sets up one loop per `config.threads`.
-    pub fn bind(config: ServerConfig) -> io::Result<Server> {
+    pub fn bind(config: ServerConfig) -> io::Result<Reactor> {
         // Read before anything is bound: bad files are the first thing to say.
         #[cfg(feature = "tls")]
         let acceptor = config
@@ -176,11 +176,11 @@ impl Server {
             hub.set_wakers(loops.iter().map(AnyLoop::waker).collect());
         }
         let wakers = loops.iter().map(AnyLoop::waker).collect();
-        Ok(Server {
+        Ok(Reactor {
             loops,
             tcp,
             udp,
-            stop: StopHandle { requested, wakers },
+            stop: Stop { requested, wakers },
             admission,
             metrics,
         })
@@ -215,9 +215,10 @@ impl Server {
         }
     }
 
-    /// A handle that stops this server from another thread.
+    /// A handle that stops this reactor (every loop) from another thread, as SIGTERM would.
     pub fn stop_handle(&self) -> StopHandle {
-        self.stop.clone()
+        let stop = self.stop.clone();
+        StopHandle::new(move || stop.stop())
     }
 
     /// Serves until stopped (by the handle, or SIGINT/SIGTERM if the config says so), then
@@ -247,7 +248,7 @@ impl Server {
 
 /// Binds and runs a reactor on a new thread; the addresses are known when this returns.
 pub fn spawn(config: ServerConfig) -> io::Result<Running> {
-    let server = Server::bind(config)?;
+    let server = Reactor::bind(config)?;
     let (tcp, udp) = (server.tcp_addr(), server.udp_addr());
     let handle = server.stop_handle();
     let admission = Arc::clone(&server.admission);

@@ -5,9 +5,31 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::stats::Stats;
+
+/// Stops a running server, every loop or thread of it, from any thread, as SIGTERM would.
+/// It holds the server's own stop action, so one type serves both servers.
+#[derive(Clone)]
+pub struct StopHandle {
+    stop: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl StopHandle {
+    /// A handle whose [`stop`](Self::stop) calls `stop` (what each server passes in).
+    pub fn new(stop: impl Fn() + Send + Sync + 'static) -> StopHandle {
+        StopHandle {
+            stop: Arc::new(stop),
+        }
+    }
+
+    /// Requests a graceful shutdown and returns without waiting for it.
+    pub fn stop(&self) {
+        (self.stop)()
+    }
+}
 
 /// A running server. Dropping it does not stop the server; call [`Running::shutdown`].
 pub struct Running {

@@ -1,5 +1,5 @@
 //! What the reactor's loop serves on an accepted socket: the socket itself (plain TCP), or a
-//! TLS session over it ([`TlsStream`](crate::tls::TlsStream), with `--tls-cert`).
+//! rustls connection over it ([`TlsStream`](crate::tls::TlsStream), with `--tls-cert`).
 //!
 //! This module owns only that seam. The loop is generic over [`Transport`] and a server runs
 //! one kind of loop or the other, so plain TCP is compiled on its own: every TLS-only step a

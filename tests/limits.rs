@@ -14,10 +14,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{start, udp_client, udp_roundtrip, Binary, Client, IO_TIMEOUT};
-#[cfg(target_os = "linux")]
-use evloop::procfs;
 use evloop::protocol::Mode;
 use evloop::reactor;
+#[cfg(target_os = "linux")]
+use harness::procfs;
 
 const REACTOR: &str = env!("CARGO_BIN_EXE_reactor");
 

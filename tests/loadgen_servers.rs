@@ -7,9 +7,9 @@
 #[allow(dead_code)]
 mod common;
 
-use evloop::loadgen::{self, Options, Transport};
 use evloop::protocol::Mode;
 use evloop::{reactor, threaded, Running};
+use loadgen::{Options, SocketKind};
 
 fn drive(server: &Running, configure: impl FnOnce(&mut Options)) -> loadgen::Report {
     let mut options = Options {
@@ -32,13 +32,13 @@ fn zero_errors_against(spawn: common::Spawn) {
     drive(&server, |o| o.pipeline = 16);
     drive(&server, |o| o.threads = 3);
     drive(&server, |o| {
-        o.transport = Transport::Udp;
+        o.socket_kind = SocketKind::Udp;
         o.addr = server.udp.unwrap();
         o.connections = 10;
         o.messages = Some(2_000);
     });
     drive(&server, |o| {
-        o.transport = Transport::Udp;
+        o.socket_kind = SocketKind::Udp;
         o.addr = server.udp.unwrap();
         o.connections = 10;
         o.messages = Some(2_000);
@@ -72,7 +72,7 @@ fn zero_errors_against(spawn: common::Spawn) {
     drive(&templated, |o| o.mode = template());
     drive(&templated, |o| {
         o.mode = template();
-        o.transport = Transport::Udp;
+        o.socket_kind = SocketKind::Udp;
         o.addr = templated.udp.unwrap();
         o.connections = 10;
         o.messages = Some(2_000);

@@ -11,8 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use common::{Binary, Client, IO_TIMEOUT};
-use evloop::loadgen::{self, Options, Transport};
 use evloop::metrics::{MAX_METRICS_CLIENTS, MAX_REQUEST_HEAD, METRICS_DEADLINE};
+use loadgen::{Options, SocketKind};
 
 /// The reactor with `--metrics` on a free port, and where the metrics are: the line after
 /// the startup line.
@@ -141,7 +141,7 @@ fn scrapes_count_exactly_what_loadgen_did_across_every_loop() {
         duration: None,
         messages: Some(400),
         size,
-        transport: Transport::Udp,
+        socket_kind: SocketKind::Udp,
         timeout: IO_TIMEOUT,
         ..Options::default()
     };

@@ -266,14 +266,14 @@ fn haproxy_in_front_of_two_reactors() {
 
     let sources: Vec<std::net::IpAddr> =
         (2..5).map(|i| Ipv4Addr::new(127, 0, 0, i).into()).collect();
-    let report = evloop::loadgen::run(&evloop::loadgen::Options {
+    let report = loadgen::run(&loadgen::Options {
         addr: front_addr,
         connections: 30,
         duration: None,
         messages: Some(6_000),
         timeout: Duration::from_secs(5),
         sources: sources.clone(),
-        ..evloop::loadgen::Options::default()
+        ..loadgen::Options::default()
     })
     .expect("loadgen through haproxy");
     let haproxy_log = balancer.stop();

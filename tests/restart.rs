@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{udp_client, udp_roundtrip, Client, IO_TIMEOUT};
-use evloop::loadgen::{self, Options};
+use loadgen::Options;
 
 /// The lines a process writes to a pipe, read on a thread of their own so that a test
 /// can wait for one with a bound.

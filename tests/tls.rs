@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::tls::{line, raw, read_to_eof, tls_client, tls_client_over, Certificate};
 use common::{Binary, IO_TIMEOUT};
-use evloop::procfs;
+use harness::procfs;
 
 const REACTOR: &str = env!("CARGO_BIN_EXE_reactor");
 const THREADED: &str = env!("CARGO_BIN_EXE_threaded");

@@ -3,10 +3,10 @@
 //! every server marked `under_attack`. Their table (what the honest clients got, what the
 //! server cost, what became of the hostile clients, and for the reactor whether the row
 //! meets its targets) and the targets the reactor is held to, checked against the rows as
-//! measured. The limits themselves are arithmetic, in `evloop::measure`.
+//! measured. The limits themselves are arithmetic, in `harness::measure`.
 
 use evloop::budget::DEFAULT_MAX_BUFFER_MEMORY;
-use evloop::measure::{attack_p99_limit_us, slow_reader_rss_limit, LoadReport};
+use harness::measure::{attack_p99_limit_us, slow_reader_rss_limit, LoadReport};
 
 use crate::table::{msgs_per_sec, thousands, Summary, Table, MIB};
 

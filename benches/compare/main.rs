@@ -74,16 +74,16 @@
 //! other arguments. `cargo test` runs it without `--bench` (`test = true` in Cargo.toml),
 //! and then it checks instead, in a fraction of a second, that every server speaks the
 //! protocol byte for byte (see [`check`]). `--serve-tokio ADDR` makes it the tokio server,
-//! which is how the bench runs that server in a process of its own.
+//! and `--run-loadgen FLAGS` makes it loadgen: that is how the bench runs each in a process
+//! of its own.
 //!
 //! # Where things are
 //!
 //! This file runs the rows in order and writes what they found. [`plan`] says what to run
 //! (servers, workloads, the knobs above), [`processes`] starts the servers and loadgen,
 //! [`measuring`] turns one row or the idle test into figures, [`table`], [`attack`] and
-//! [`chart`] lay them out, [`tokio_server`] is the tokio server itself, and [`check`] is
-//! what `cargo test` runs. The arithmetic behind the figures is in the library,
-//! `evloop::measure`.
+//! [`chart`] lay them out, and [`check`] is what `cargo test` runs. The tokio server itself
+//! is `harness::tokio_peer`, and the arithmetic behind the figures is `harness::measure`.
 
 mod attack;
 mod certificate;
@@ -93,7 +93,6 @@ mod measuring;
 mod plan;
 mod processes;
 mod table;
-mod tokio_server;
 
 use std::fs;
 use std::io;
@@ -103,7 +102,7 @@ use std::time::Instant;
 use attack::{attack_table, reactor_targets};
 use measuring::{idle_rows, machine_description, run_row};
 use plan::Settings;
-use processes::{LISTEN, LOADGEN_TIMEOUT_SECS, SERVE_TOKIO};
+use processes::{LISTEN, LOADGEN_TIMEOUT_SECS, RUN_LOADGEN, SERVE_TOKIO};
 use table::{idle_table, results_csv, results_table, summaries, tls_lines};
 
 fn main() {
@@ -111,6 +110,10 @@ fn main() {
     if args.first().map(String::as_str) == Some(SERVE_TOKIO) {
         serve_tokio(args.get(1).map(String::as_str));
         return;
+    }
+    if args.first().map(String::as_str) == Some(RUN_LOADGEN) {
+        // `--run-loadgen` stands where loadgen's own name would be.
+        loadgen::command::main(std::env::args_os().skip(1));
     }
     if !args.iter().any(|a| a == "--bench") {
         // Run by `cargo test` (see "Command line" above).
@@ -141,7 +144,7 @@ fn serve_tokio(listen: Option<&str>) {
     let result = listen
         .parse()
         .map_err(|e| io::Error::other(format!("bad address {listen}: {e}")))
-        .and_then(tokio_server::main);
+        .and_then(harness::tokio_peer::serve);
     if let Err(e) = result {
         eprintln!("error: tokio server: {e}");
         std::process::exit(2);

@@ -8,8 +8,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use evloop::measure::{bytes_per_connection, cpu_us_per_message, CpuTicks, LoadReport};
-use evloop::procfs;
+use harness::measure::{bytes_per_connection, cpu_us_per_message, CpuTicks, LoadReport};
+use harness::procfs;
 
 use crate::plan::{ServerSpec, Settings, Workload};
 use crate::processes::{last_line, run_loadgen, start_server};

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use evloop::measure::{format_cpu_list, parse_cpu_list};
+use harness::measure::{format_cpu_list, parse_cpu_list};
 
 use crate::certificate::Certificate;
 use crate::processes::allowed_cpus;

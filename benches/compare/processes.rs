@@ -17,6 +17,11 @@ use crate::plan::{Program, ServerSpec, Settings, Workload};
 /// The first argument that makes this binary the tokio server instead of the bench.
 pub const SERVE_TOKIO: &str = "--serve-tokio";
 
+/// The first argument that makes this binary loadgen (`loadgen::command`) instead of the
+/// bench: loadgen is a crate of its own, so its binary is no `CARGO_BIN_EXE_` here, and the
+/// bench runs its command in a child process as it runs the tokio server.
+pub const RUN_LOADGEN: &str = "--run-loadgen";
+
 /// The address every server listens on: loopback only, port chosen by the kernel.
 pub const LISTEN: &str = "127.0.0.1:0";
 
@@ -181,8 +186,10 @@ pub fn run_loadgen(
     let json = logs.join(format!("{stem}.loadgen.json"));
     let log = logs.join(format!("{stem}.loadgen.log"));
     let file = |path: &Path| File::create(path).map_err(|e| format!("{}: {e}", path.display()));
-    let mut loadgen = Command::new(env!("CARGO_BIN_EXE_loadgen"));
+    let me = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let mut loadgen = Command::new(me);
     loadgen
+        .arg(RUN_LOADGEN)
         .arg("--addr")
         .arg(addr.to_string())
         .args(["--connections", &workload.connections.to_string()])

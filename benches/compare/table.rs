@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use evloop::measure::{median, median_ratio, ratio};
+use harness::measure::{median, median_ratio, ratio};
 
 use crate::measuring::{IdleRow, Measured, Row};
 use crate::plan::{Workload, BASELINE, TLS_CPU_TARGET, TLS_HANDSHAKES, TLS_TARGET_ROW};

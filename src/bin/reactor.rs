@@ -43,7 +43,7 @@ fn main() {
     let restart = Restart::recorded_at_startup(drain_timeout);
     let config = cli.server.to_config().unwrap_or_else(|e| cli::fail(e));
     let tls = config.tls_enabled();
-    let mut server = reactor::Server::bind(config).unwrap_or_else(|e| cli::fail(e));
+    let mut server = reactor::Reactor::bind(config).unwrap_or_else(|e| cli::fail(e));
     match restart {
         Ok(restart) => server.restart_on_sigusr2(restart),
         Err(e) => log::warn!("SIGUSR2 will not restart: cannot tell this executable's path: {e}"),

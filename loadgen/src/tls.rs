@@ -1,11 +1,11 @@
-//! loadgen's TLS (`--tls`): the client configuration, and a session over one non-blocking
+//! loadgen's TLS (`--tls`): the client configuration, and the TLS state over one non-blocking
 //! TCP connection that the TCP client reads and writes through as it would a socket.
 //!
 //! rustls does no I/O of its own. Every byte moves because a call here moved it:
-//! [`Session::read`] hands out the plaintext rustls already decrypted, and only when there
+//! [`TlsState::read`] hands out the plaintext rustls already decrypted, and only when there
 //! is none reads ciphertext (`read_tls`), decrypts it (`process_new_packets`) and sends
-//! what that queued (the handshake's replies, an alert); [`Session::write`] gives rustls
-//! plaintext and sends the records it makes; [`Session::flush`] sends what is queued until
+//! what that queued (the handshake's replies, an alert); [`TlsState::write`] gives rustls
+//! plaintext and sends the records it makes; [`TlsState::flush`] sends what is queued until
 //! the socket would block. So a client drives its handshake just by reading.
 //!
 //! Without the `tls` feature the types still exist but cannot be made: an
@@ -110,11 +110,11 @@ impl ClientTls {
         self.verified
     }
 
-    /// A session for one new connection: its ClientHello is queued, sent by the first
-    /// [`Session::flush`].
-    pub(super) fn session(&self) -> io::Result<Session> {
+    /// The TLS state for one new connection: its ClientHello is queued, sent by the first
+    /// [`TlsState::flush`].
+    pub(super) fn start(&self) -> io::Result<TlsState> {
         rustls::ClientConnection::new(self.config.clone(), self.server_name.clone())
-            .map(|conn| Session(Box::new(conn)))
+            .map(|conn| TlsState(Box::new(conn)))
             .map_err(io::Error::other)
     }
 }
@@ -126,7 +126,7 @@ impl ClientTls {
         match *self {}
     }
 
-    pub(super) fn session(&self) -> io::Result<Session> {
+    pub(super) fn start(&self) -> io::Result<TlsState> {
         match *self {}
     }
 }
@@ -284,7 +284,7 @@ pub(super) fn error_name(_: &io::Error) -> Option<String> {
 }
 
 /// `--tls-insecure`: accepts any certificate, and still checks the handshake's signatures
-/// (so the session is encrypted to whoever holds the certificate's key, whoever that is).
+/// (so the connection is encrypted to whoever holds the certificate's key, whoever that is).
 #[cfg(feature = "tls")]
 #[derive(Debug)]
 struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
@@ -335,16 +335,16 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
     }
 }
 
-/// One connection's TLS session (boxed: rustls's state is large, and a client that is not
+/// One connection's TLS state (boxed: rustls's state is large, and a client that is not
 /// using TLS should not carry its size).
 #[cfg(feature = "tls")]
-pub(super) struct Session(Box<rustls::ClientConnection>);
+pub(super) struct TlsState(Box<rustls::ClientConnection>);
 
 #[cfg(not(feature = "tls"))]
-pub(super) enum Session {}
+pub(super) enum TlsState {}
 
 #[cfg(feature = "tls")]
-impl Session {
+impl TlsState {
     /// Still handshaking: no plaintext can flow yet.
     pub(super) fn is_handshaking(&self) -> bool {
         self.0.is_handshaking()
@@ -365,7 +365,7 @@ impl Session {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 done => return done,
             }
-            // At the EOF rustls learns of it, and the reader says how the session ended.
+            // At the EOF rustls learns of it, and the reader says how the TLS connection ended.
             eof = self.0.read_tls(stream)? == 0;
             let processed = self.0.process_new_packets();
             // An alert rustls queued on an error is sent before the error is returned.
@@ -404,7 +404,7 @@ impl Session {
         Ok(())
     }
 
-    /// Ends the session cleanly: `close_notify`, sent before the TCP half-close.
+    /// Ends the TLS connection cleanly: `close_notify`, sent before the TCP half-close.
     pub(super) fn close(&mut self, stream: &mut TcpStream) -> io::Result<()> {
         self.0.send_close_notify();
         self.flush(stream)
@@ -412,7 +412,7 @@ impl Session {
 }
 
 #[cfg(not(feature = "tls"))]
-impl Session {
+impl TlsState {
     pub(super) fn is_handshaking(&self) -> bool {
         match *self {}
     }

@@ -6,7 +6,7 @@
 use std::io::Write;
 
 use super::options::Options;
-use crate::protocol::{self, Mode};
+use evloop::protocol::{self, Mode};
 
 /// What each client sends and must get back. Requests are a pure function of (client,
 /// sequence number), so a request in flight is remembered by its number alone and its

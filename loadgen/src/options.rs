@@ -7,16 +7,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::hostile::Hostile;
-use crate::protocol::Mode;
-use crate::proxy;
+use evloop::protocol::Mode;
+use evloop::proxy;
 
 /// The largest `size` a UDP request may have: the largest UDP payload over IPv4 (65,507
 /// bytes) less the 8 bytes `Hello, ` and `!` add to the reply.
 pub const MAX_UDP_SIZE: usize = 65_507 - 8;
 
-/// Which transport the clients use.
+/// What kind of socket each client opens: a TCP connection or a connected UDP socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
+pub enum SocketKind {
     /// One TCP connection per client, line framing.
     Tcp,
     /// One connected UDP socket per client, one datagram per request.
@@ -40,7 +40,7 @@ pub struct Options {
     /// Requests in flight per client; 1 is lockstep.
     pub pipeline: usize,
     /// TCP or UDP.
-    pub transport: Transport,
+    pub socket_kind: SocketKind,
     /// Which reply to expect; the expected bytes come from [`Mode::reply`], the very code
     /// the servers answer with.
     pub mode: Mode,
@@ -81,7 +81,7 @@ impl Default for Options {
             messages: None,
             size: 16,
             pipeline: 1,
-            transport: Transport::Tcp,
+            socket_kind: SocketKind::Tcp,
             mode: Mode::Hello,
             greeting: b"Welcome!".to_vec(),
             timeout: Duration::from_secs(2),
@@ -125,7 +125,7 @@ impl Options {
         if self.timeout.is_zero() {
             return Err("timeout must be more than zero".into());
         }
-        if self.transport == Transport::Udp && self.size > MAX_UDP_SIZE {
+        if self.socket_kind == SocketKind::Udp && self.size > MAX_UDP_SIZE {
             return Err(format!(
                 "size {} does not fit in one UDP datagram with its reply (at most {MAX_UDP_SIZE})",
                 self.size
@@ -133,7 +133,7 @@ impl Options {
         }
         match self.requests_per_connection {
             Some(0) => return Err("requests per connection must be at least 1".into()),
-            Some(_) if self.transport == Transport::Udp => {
+            Some(_) if self.socket_kind == SocketKind::Udp => {
                 return Err(
                     "requests per connection needs TCP: a UDP socket has no connection to reopen"
                         .into(),
@@ -141,7 +141,7 @@ impl Options {
             }
             _ => {}
         }
-        if self.tls.is_some() && self.transport == Transport::Udp {
+        if self.tls.is_some() && self.socket_kind == SocketKind::Udp {
             return Err("TLS is for TCP: UDP stays plain".into());
         }
         for (i, hostile) in self.hostile.iter().enumerate() {
@@ -159,7 +159,7 @@ impl Options {
                 self.addr
             ));
         }
-        if self.proxy_protocol.is_some() && self.transport == Transport::Udp {
+        if self.proxy_protocol.is_some() && self.socket_kind == SocketKind::Udp {
             return Err("a PROXY header is sent on TCP connections only".into());
         }
         if !self.hostile.is_empty() && !self.addr.ip().is_loopback() {
@@ -233,7 +233,7 @@ mod tests {
         };
         assert!(endless.validate().is_err());
         let huge_udp = Options {
-            transport: Transport::Udp,
+            socket_kind: SocketKind::Udp,
             size: MAX_UDP_SIZE + 1,
             ..Options::default()
         };
@@ -258,22 +258,22 @@ mod tests {
 
     #[test]
     fn reconnecting_needs_tcp_and_at_least_one_request_per_connection() {
-        let reconnecting = |n, transport| Options {
+        let reconnecting = |n, socket_kind| Options {
             requests_per_connection: Some(n),
-            transport,
+            socket_kind,
             ..Options::default()
         };
-        assert!(reconnecting(1, Transport::Tcp).validate().is_ok());
-        assert!(reconnecting(1000, Transport::Tcp).validate().is_ok());
-        let none = reconnecting(0, Transport::Tcp).validate().unwrap_err();
+        assert!(reconnecting(1, SocketKind::Tcp).validate().is_ok());
+        assert!(reconnecting(1000, SocketKind::Tcp).validate().is_ok());
+        let none = reconnecting(0, SocketKind::Tcp).validate().unwrap_err();
         assert!(none.contains("at least 1"), "{none}");
-        let udp = reconnecting(10, Transport::Udp).validate().unwrap_err();
+        let udp = reconnecting(10, SocketKind::Udp).validate().unwrap_err();
         assert!(udp.contains("TCP"), "{udp}");
         // A pipeline deeper than a connection's requests is fine: a connection sends only
         // what it has left.
         let deep = Options {
             pipeline: 64,
-            ..reconnecting(4, Transport::Tcp)
+            ..reconnecting(4, SocketKind::Tcp)
         };
         assert!(deep.validate().is_ok());
     }
@@ -281,14 +281,14 @@ mod tests {
     #[cfg(feature = "tls")]
     #[test]
     fn tls_is_for_tcp() {
-        let tls = Some(crate::loadgen::ClientTls::new(None, "127.0.0.1").unwrap());
+        let tls = Some(crate::ClientTls::new(None, "127.0.0.1").unwrap());
         let tcp = Options {
             tls: tls.clone(),
             ..Options::default()
         };
         assert!(tcp.validate().is_ok());
         let udp = Options {
-            transport: Transport::Udp,
+            socket_kind: SocketKind::Udp,
             ..tcp
         };
         assert!(udp.validate().unwrap_err().contains("TLS"));

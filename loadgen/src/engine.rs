@@ -326,7 +326,7 @@ pub(super) enum Failure {
     /// (`reply`, `greeting`, ...).
     Timeout(&'static str),
     /// The socket failed: refused, reset, closed early, not connected in time, or its TLS
-    /// session failed.
+    /// connection failed.
     Connection(io::Error),
 }
 

@@ -385,7 +385,7 @@ mod tests {
         for us in [40, 50, 60, 900] {
             latency.record(us).unwrap();
         }
-        let written = crate::loadgen::Report {
+        let written = loadgen::Report {
             messages: 4,
             duration: Duration::from_secs(2),
             connections: 2,
@@ -393,7 +393,7 @@ mod tests {
             mismatches: 1,
             timeouts: 0,
             connection_errors: 0,
-            causes: vec![crate::loadgen::Cause {
+            causes: vec![loadgen::Cause {
                 cause: "wrong reply".into(),
                 count: 1,
                 first: "client 1: wrong reply: expected \"Hello, a\", got \"b, c: {d}\"".into(),

@@ -1,7 +1,10 @@
-//! `loadgen`: drives a server speaking the protocol with many clients, checks every reply
-//! and reports throughput and latency. The engine is `evloop::loadgen`; this file parses
-//! flags, shows progress and prints the report.
+//! The `loadgen` command: drives a server speaking the protocol with many clients, checks
+//! every reply and reports throughput and latency. The engine is the rest of this crate;
+//! this module parses flags, shows progress and prints the report. It is in the library, not
+//! only in `main.rs`, so that the bench can run it in a child process of its own
+//! (`CARGO_BIN_EXE_loadgen` exists only inside this package).
 
+use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,9 +13,10 @@ use clap::builder::TypedValueParser;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use evloop::cli::{fail, init_logging, parse_addr, parse_or_exit, ModeArg};
-use evloop::loadgen::{self, Hostile, Options, Progress, Transport};
+use evloop::cli::{fail, init_logging, parse_addr, parse_from_or_exit, ModeArg};
 use evloop::protocol::Mode;
+
+use crate::{self as loadgen, Hostile, Options, Progress, SocketKind};
 
 /// Default run length when neither --duration nor --messages is given.
 const DEFAULT_DURATION_SECS: f64 = 10.0;
@@ -142,7 +146,7 @@ struct Args {
     )]
     tls_ca: Option<std::path::PathBuf>,
 
-    /// With --tls: accept any certificate, so the session is encrypted but the server is not
+    /// With --tls: accept any certificate, so the connection is encrypted but the server is not
     /// authenticated; the report says so. For tests and benches against a throwaway
     /// certificate.
     #[arg(long, requires = "tls")]
@@ -178,10 +182,10 @@ impl Args {
             messages: self.messages,
             size: self.size,
             pipeline: self.pipeline,
-            transport: if self.udp {
-                Transport::Udp
+            socket_kind: if self.udp {
+                SocketKind::Udp
             } else {
-                Transport::Tcp
+                SocketKind::Tcp
             },
             mode: self.reply.clone().unwrap_or_else(|| self.mode.into()),
             greeting: self.greeting.clone().into_bytes(),
@@ -240,8 +244,11 @@ fn progress_bar(args: &Args, options: &Options) -> ProgressBar {
     bar
 }
 
-fn main() {
-    let args: Args = parse_or_exit();
+/// Runs loadgen with the command line `args` (the program's name first, as
+/// [`std::env::args_os`] gives it) and exits: 0 when every request got its correct reply, 1
+/// when an error was counted, 2 on a bad flag or a run that could not start.
+pub fn main(args: impl IntoIterator<Item = OsString>) -> ! {
+    let args: Args = parse_from_or_exit(args);
     init_logging();
     let options = args.to_options().unwrap_or_else(|e| fail(e));
     if let Err(e) = options.validate() {
@@ -295,4 +302,5 @@ fn main() {
     if report.errors() > 0 {
         std::process::exit(1);
     }
+    std::process::exit(0)
 }

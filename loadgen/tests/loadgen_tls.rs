@@ -7,6 +7,7 @@
 // This crate uses the TLS helpers only: a certificate made by rcgen, and the check that a
 // program is installed.
 #[allow(dead_code)]
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -15,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::tls::{run, tool, Certificate};
-use evloop::loadgen::{self, ClientTls, Options};
+use loadgen::{self, ClientTls, Options};
 
 /// socat, killed on drop.
 struct Terminator(Child);

@@ -267,8 +267,8 @@ fn finite_or_zero(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loadgen::engine::Tally;
-    use crate::loadgen::hostile::{HostileKind, Outcome};
+    use crate::engine::Tally;
+    use crate::hostile::{HostileKind, Outcome};
 
     #[test]
     fn an_empty_report_is_valid_json_with_zeros() {

@@ -13,7 +13,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::protocol;
+use evloop::protocol;
 
 /// How a hostile client misbehaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

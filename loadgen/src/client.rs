@@ -18,10 +18,10 @@ use mio::net::{TcpStream, UdpSocket};
 use mio::{Interest, Registry, Token};
 
 use super::engine::{Failure, InFlight, Shared};
-use super::options::{Options, Transport};
+use super::options::{Options, SocketKind};
 use super::script::{compare, Match, Script};
-use super::tls::Session;
-use crate::proxy;
+use super::tls::TlsState;
+use evloop::proxy;
 
 /// One client, or the empty slot a failed one leaves. Slots are never reused, so a late
 /// event for a closed client finds `Closed` and is ignored.
@@ -75,11 +75,11 @@ impl Client {
 
     /// Opens client `token` (for TCP, starts a non-blocking connect) and registers it.
     pub(super) fn open(options: &Options, token: Token, registry: &Registry) -> io::Result<Client> {
-        Ok(match options.transport {
-            Transport::Tcp => {
+        Ok(match options.socket_kind {
+            SocketKind::Tcp => {
                 Client::Tcp(TcpClient::open(options, token, registry, Instant::now())?)
             }
-            Transport::Udp => Client::Udp(UdpClient::open(options, token, registry)?),
+            SocketKind::Udp => Client::Udp(UdpClient::open(options, token, registry)?),
         })
     }
 
@@ -148,8 +148,8 @@ pub(super) struct TcpClient {
     /// Requests queued and not yet accepted by the kernel, from `written` on.
     output: Vec<u8>,
     written: usize,
-    /// `--tls`: this connection's session, which every read and write goes through.
-    tls: Option<Session>,
+    /// `--tls`: this connection's TLS state, which every read and write goes through.
+    tls: Option<TlsState>,
 }
 
 impl TcpClient {
@@ -255,7 +255,7 @@ impl TcpClient {
         match &shared.options.tls {
             Some(tls) => {
                 // The ClientHello goes with the next flush; reading drives the rest.
-                self.tls = Some(tls.session().map_err(Failure::Connection)?);
+                self.tls = Some(tls.start().map_err(Failure::Connection)?);
                 self.phase = Phase::Handshaking;
                 self.phase_since = now;
             }
@@ -274,18 +274,18 @@ impl TcpClient {
         }
     }
 
-    /// Reads plaintext: from the socket, or through the TLS session. `short_read_drains`
+    /// Reads plaintext: from the socket, or through the TLS state. `short_read_drains`
     /// says a read that did not fill `buf` emptied the source (true of the socket where the
-    /// kernel says so; never of a TLS session, which may hold more records than one read
+    /// kernel says so; never of a TLS state, which may hold more records than one read
     /// hands out).
     fn read(&mut self, buf: &mut [u8]) -> (io::Result<usize>, bool) {
         match &mut self.tls {
-            None => (self.stream.read(buf), crate::net::SHORT_READ_DRAINS),
+            None => (self.stream.read(buf), evloop::net::SHORT_READ_DRAINS),
             Some(tls) => (tls.read(&mut self.stream, buf), false),
         }
     }
 
-    /// Writes plaintext: to the socket, or through the TLS session.
+    /// Writes plaintext: to the socket, or through the TLS state.
     fn write(&mut self, from: usize) -> io::Result<usize> {
         let bytes = &self.output[from..];
         match &mut self.tls {
@@ -325,7 +325,7 @@ impl TcpClient {
         loop {
             let (read, short_read_drains) = self.read(&mut shared.read_buffer);
             if self.phase == Phase::Handshaking
-                && !self.tls.as_ref().is_some_and(Session::is_handshaking)
+                && !self.tls.as_ref().is_some_and(TlsState::is_handshaking)
             {
                 if shared.may_send() {
                     shared.tally.handshakes += 1;

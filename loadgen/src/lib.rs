@@ -9,7 +9,7 @@
 //! client, matching each reply to its request, and counting what went wrong. It is built on
 //! the same kind of loop as the reactor so that it is not the bottleneck it measures: a
 //! thread per client would spend the machine's two cores switching between clients instead
-//! of loading the server. It never prints: the binary turns the [`Report`] into text.
+//! of loading the server. The engine never prints: [`command`] turns the [`Report`] into text.
 //!
 //! A run has two phases. First every client connects and reads its greeting, each with
 //! `timeout` to do so (at most 128 at a time, see [`MAX_SETUPS_IN_FLIGHT`]); only then does
@@ -46,18 +46,22 @@
 //!    counts.
 //! 5. `client.rs`: one client's state machine, a TCP connection or a UDP socket.
 //! 6. `script.rs`: the bytes each client sends and expects, with no I/O.
-//! 7. `tls.rs`: `--tls`: the client configuration, and the session a TCP client reads and
+//! 7. `tls.rs`: `--tls`: the client configuration, and the TLS state a TCP client reads and
 //!    writes through.
 //! 8. `hostile.rs`: the hostile kinds, their outcomes and what is counted of them, as data.
 //! 9. `attacker.rs`: the engine that drives the hostile clients.
 //! 10. `causes.rs`: every error counted under its cause, with its first message.
 //! 11. `certificate.rs`: what `--tls-ca` still checks of a certificate it pins.
+//! 12. [`command`]: the `loadgen` binary: flags, progress, the printed report.
+
+#![warn(missing_docs)]
 
 mod attacker;
 mod causes;
 #[cfg(feature = "tls")]
 mod certificate;
 mod client;
+pub mod command;
 mod driver;
 mod engine;
 mod hostile;
@@ -73,6 +77,6 @@ pub use hostile::{
     ErrLine, Hostile, HostileKind, HostileTally, Outcome, DRIBBLE_INTERVAL, MAX_PARTIAL_LINE_BYTES,
     PARTIAL_LINE_BYTES, PAUSED_AFTER,
 };
-pub use options::{Options, Transport, MAX_UDP_SIZE};
+pub use options::{Options, SocketKind, MAX_UDP_SIZE};
 pub use report::{Progress, Report};
 pub use tls::ClientTls;

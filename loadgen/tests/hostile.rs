@@ -9,6 +9,7 @@
 
 // Only `common::start` and its `Spawn` are used here.
 #[allow(dead_code)]
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::collections::HashMap;
@@ -20,8 +21,8 @@ use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
-use evloop::loadgen::{self, ErrLine, HostileKind, HostileTally, Options, Report};
 use evloop::{reactor, threaded, Running};
+use loadgen::{self, ErrLine, HostileKind, HostileTally, Options, Report};
 
 /// Honest load on `server` beside `hostile` (as `--hostile` takes it, space-separated),
 /// sized by `configure`.

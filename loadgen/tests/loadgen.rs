@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use evloop::loadgen::{self, Options, Report, Transport};
 use evloop::protocol::Mode;
+use loadgen::{self, Options, Report, SocketKind};
 
 /// What a test server does with line `n` (counting from 0) of a connection: the reply
 /// bytes to send, `None` to send nothing, or `Err(())` to close the connection.
@@ -376,7 +376,7 @@ fn a_refused_connection_is_a_connection_error() {
 #[test]
 fn udp_hello_gives_every_message() {
     let report = run(&Options {
-        transport: Transport::Udp,
+        socket_kind: SocketKind::Udp,
         pipeline: 2,
         ..options(udp_server(|_| false), 4, 2000)
     });
@@ -388,7 +388,7 @@ fn udp_hello_gives_every_message() {
 #[test]
 fn a_lost_datagram_is_one_timeout_and_the_socket_carries_on() {
     let report = run(&Options {
-        transport: Transport::Udp,
+        socket_kind: SocketKind::Udp,
         timeout: Duration::from_millis(150),
         ..options(udp_server(|n| n == 5), 2, 200)
     });
@@ -403,7 +403,7 @@ fn a_udp_server_that_stops_answering_ends_the_run_after_one_timeout() {
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
     let started = std::time::Instant::now();
     let report = run(&Options {
-        transport: Transport::Udp,
+        socket_kind: SocketKind::Udp,
         timeout: Duration::from_millis(100),
         ..options(silent.local_addr().unwrap(), 4, 1_000_000)
     });
@@ -421,7 +421,7 @@ fn udp_to_a_closed_port_is_a_connection_error() {
         .local_addr()
         .unwrap();
     let report = run(&Options {
-        transport: Transport::Udp,
+        socket_kind: SocketKind::Udp,
         ..options(addr, 3, 100)
     });
     assert_eq!(report.connection_errors, 3, "{report}");

@@ -36,7 +36,7 @@ const READ_BUFFER: usize = 8 * 1024;
 
 /// Binds TCP and UDP on `listen` (port 0: a free port, shared by both), prints the startup
 /// line every server prints, and serves until killed.
-pub fn main(listen: SocketAddr) -> io::Result<()> {
+pub fn serve(listen: SocketAddr) -> io::Result<()> {
     evloop::cli::init_logging();
     // The idle test holds 10,000 connections open; the default soft limit is often 1,024.
     evloop::net::raise_fd_limit()?;
