@@ -288,26 +288,25 @@ impl<'a> Connection<'a> {
         if flow == Flow::Close {
             return Ok(());
         }
-        // When the unfinished line held in the session began. While one is held, the read
-        // timeout is what is left of `--line-timeout` (or the idle timeout, if sooner), so a
-        // client dribbling bytes cannot stretch it; a whole line costs no extra syscall.
-        let mut line_started = (self.session.buffered() > 0).then(Instant::now);
+        self.session.note_input(Instant::now());
+        // While the session holds an unfinished line, the read timeout is what is left of
+        // its `--line-timeout` (or the idle timeout, if sooner), so a client dribbling bytes
+        // cannot stretch it; a whole line costs no extra syscall.
         let mut read_timeout = idle_timeout;
         loop {
-            let wanted = match (line_started, settings.line) {
-                (Some(started), Some(line)) => {
-                    let left = line
-                        .saturating_sub(started.elapsed())
+            let wanted = match self.session.line_deadline(settings.line) {
+                Some(deadline) => {
+                    let left = deadline
+                        .saturating_duration_since(Instant::now())
                         .max(Duration::from_millis(1));
                     Some(idle_timeout.map_or(left, |idle| idle.min(left)))
                 }
-                _ => idle_timeout,
+                None => idle_timeout,
             };
             if wanted != read_timeout {
                 self.socket.set_read_timeout(wanted)?;
                 read_timeout = wanted;
             }
-            let answered = self.session.messages();
             let limit = self.protocol.read_limit(self.read_buffer.len());
             let flow = match self.channel.read(&mut self.read_buffer[..limit]) {
                 Ok(0) => {
@@ -339,9 +338,10 @@ impl<'a> Connection<'a> {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    let line_over = line_started
-                        .zip(settings.line)
-                        .is_some_and(|(started, line)| started.elapsed() >= line);
+                    let line_over = self
+                        .session
+                        .line_deadline(settings.line)
+                        .is_some_and(|deadline| deadline <= Instant::now());
                     if !line_over {
                         return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
                     }
@@ -352,11 +352,7 @@ impl<'a> Connection<'a> {
                 }
                 Err(e) => return Err(e),
             };
-            if self.session.buffered() == 0 {
-                line_started = None;
-            } else if line_started.is_none() || self.session.messages() != answered {
-                line_started = Some(Instant::now());
-            }
+            self.session.note_input(Instant::now());
             self.flush()?;
             if flow == Flow::Close {
                 return Ok(());
