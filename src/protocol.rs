@@ -264,11 +264,18 @@ pub struct Session {
     closed: bool,
     messages: u64,
     /// When the unfinished line in `partial` began: the first [`note_input`] that found it
-    /// held. `None` when no line is held, and also from the moment a line is answered
-    /// until the next `note_input`, since what is held then is a newer line.
+    /// held. `None` when no line is held.
     ///
     /// [`note_input`]: Self::note_input
     line_started: Option<Instant>,
+    /// `messages` when `line_started` was set, in its low 32 bits: if it has changed since,
+    /// the line that was timed has been answered and what is held is a newer line. Kept
+    /// here rather than checked as lines are answered so that a connection whose reads end
+    /// on a line's end, the usual case, pays nothing for the clock but one test per input.
+    /// 32 bits fit beside `closed` in what the struct pads anyway; the low bits could only
+    /// come round to the same value if 2^32 lines were answered between two inputs, and one
+    /// input is one read.
+    line_messages: u32,
 }
 
 impl Session {
@@ -308,10 +315,13 @@ impl Session {
             self.line_started = None;
             return false;
         }
-        if self.line_started.is_some() {
+        // Truncating on purpose: see `line_messages`.
+        let answered = self.messages as u32;
+        if self.line_started.is_some() && self.line_messages == answered {
             return false;
         }
         self.line_started = Some(now);
+        self.line_messages = answered;
         true
     }
 
@@ -347,18 +357,12 @@ impl Session {
         if self.closed {
             return (Flow::Close, input.len());
         }
-        let answered = self.messages;
         let (flow, consumed) = match config.framing {
             Framing::Line => self.on_line_input(config, input, out, out_limit),
             Framing::Raw => (self.on_raw_message(config, input, out), input.len()),
         };
         if flow == Flow::Close {
             self.close();
-        }
-        // Once per input, not per line: whatever is held now began after the last line
-        // answered, so its clock starts at the next `note_input`.
-        if self.messages != answered {
-            self.line_started = None;
         }
         (flow, consumed)
     }
