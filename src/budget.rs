@@ -9,7 +9,9 @@
 //! reading and answering until its peer takes some of that output (its WRITABLE event
 //! resumes it); one that owes nothing is never refused its share, however much the others
 //! hold, so an honest client is served at full speed beside thousands of slow readers.
-//! Nothing is lost. (Redis's `maxmemory-clients` bounds the same thing, by closing the
+//! Nothing is lost. One that owes nothing but whose unfinished line alone fills its share
+//! could neither finish the line nor be answered: it is told `ERR line too long` and closed
+//! politely, as a line past `--max-line` is. (Redis's `maxmemory-clients` bounds the same thing, by closing the
 //! largest clients instead.)
 //!
 //! What every connection holds is also added up here (each reports a change of what its

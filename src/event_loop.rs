@@ -29,20 +29,21 @@ use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::admission::{Admission, LingeringQueue, Permit, Refusal};
+use crate::admission::{Admission, LingeringQueue, Refusal};
 use crate::budget::MemoryBudget;
 use crate::config::ServerConfig;
 use crate::connection::{Connection, HeaderRead, State};
 use crate::metrics::{LoopMetrics, OpenConnections, MAX_METRICS_CLIENTS};
-use crate::net::{self, ACCEPT_BACKOFF, SHORT_READ_DRAINS};
+use crate::net::{self, ACCEPT_BACKOFF};
 use crate::protocol::TOO_MANY_FROM_ADDRESS;
 use crate::restart::{Handover, Restart};
 use crate::signals::LoopSignals;
 use crate::stats::Stats;
-use crate::timers::Timers;
+use crate::timers::{Due, Timers};
 use crate::transport::Transport;
 use crate::udp::UdpEndpoint;
 
+use serve::{Readiness, Served};
 use slot::{Ready, Scratch, Slot};
 
 // Fixed tokens for the loop's own sources. Connections take theirs from the slab, which
@@ -71,16 +72,22 @@ const _: () = assert!(READ_BUFFER >= net::MAX_DATAGRAM);
 /// at once, one per 256 events.
 const EVENTS_CAPACITY: usize = 256;
 
-/// Deadlines acted on per turn (15,000 dribblers cut off at once would otherwise be one
-/// long turn); the rest are due at once and the next `poll` does not block.
-const DEADLINES_PER_TURN: usize = 256;
-
-/// Sources resumed from the ready list per turn; the rest wait for the next turn, after a
-/// `poll` that does not block.
-const READY_PER_TURN: usize = 256;
-
 /// Connections accepted per listener event before other sources get a turn.
 const ACCEPT_BUDGET: usize = 256;
+
+/// What every loop of a server shares: built once, and a clone handed to each loop.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    /// The settings.
+    pub(crate) config: Arc<ServerConfig>,
+    /// Set, and every loop woken, to stop the server.
+    pub(crate) stop_requested: Arc<AtomicBool>,
+    /// `--max-connections` and `--max-connections-per-ip`, across every loop (and
+    /// [`Running::open_connections`](crate::Running::open_connections)).
+    pub(crate) admission: Arc<Admission>,
+    /// Bytes held in connection buffers across every loop, for `--max-buffer-memory`.
+    pub(crate) budget: Arc<MemoryBudget>,
+}
 
 /// One single-threaded loop with its own poll, slab, listener and UDP socket, serving its
 /// TCP connections over `S`: the socket itself, or TLS. A server runs one kind or the
@@ -98,12 +105,11 @@ pub(crate) struct EventLoop<S: Transport = TcpStream> {
     /// What an accepted socket is wrapped with: nothing, or the TLS certificate.
     acceptor: S::Acceptor,
     next_serial: u64,
-    /// Every connection's next deadline, nearest first.
+    /// Every deadline the loop keeps, nearest first: each connection's and the loop's own.
     timers: Timers,
     ready: Vec<Ready>,
     /// Connections closed during this turn, removed from the slab after the event batch.
     closed: Vec<Token>,
-    accept_paused_until: Option<Instant>,
     /// Set when accept fails for want of resources, until the backlog is drained again:
     /// one warning per episode, however many retries it takes.
     accept_starved: bool,
@@ -121,12 +127,11 @@ pub(crate) struct EventLoop<S: Transport = TcpStream> {
     /// at most once, however many times it used up its budget.
     listener_queued: bool,
     udp_queued: bool,
-    shutdown_deadline: Option<Instant>,
     /// Restarting: SIGUSR2 starts a successor on this loop's sockets (first loop only).
+    /// Once a successor took the sockets over ([`Due::Drain`] is set) there is no more
+    /// accepting; the loop ends when its last connection closes, or shuts down gracefully
+    /// at that deadline.
     handover: Handover,
-    /// Set once a successor took the sockets over: no more accepting; the loop ends when
-    /// its last connection closes, or shuts down gracefully at this deadline.
-    drain_deadline: Option<Instant>,
     signals_seen: usize,
     greeting: Vec<u8>,
     scratch: Scratch,
@@ -138,19 +143,20 @@ pub(crate) struct EventLoop<S: Transport = TcpStream> {
 
 impl<S: Transport> EventLoop<S> {
     /// Registers the bound sockets (and, if the config says so, SIGINT/SIGTERM) with a new
-    /// poll. `stop_requested`, `admission` and `budget` are shared with the other loops.
-    // Each argument is something the loop shares with the other loops or is handed once;
-    // a struct to carry them would be built in one place and taken apart in this one.
-    #[allow(clippy::too_many_arguments)]
+    /// poll. `shared` is what this loop shares with the server's other loops; `metrics` is
+    /// its part in them, and `acceptor` what its accepted sockets are wrapped with.
     pub(crate) fn new(
         bound: net::Bound,
-        config: Arc<ServerConfig>,
-        stop_requested: Arc<AtomicBool>,
-        admission: Arc<Admission>,
-        budget: Arc<MemoryBudget>,
+        shared: Shared,
         mut metrics: Option<LoopMetrics>,
         acceptor: S::Acceptor,
     ) -> io::Result<EventLoop<S>> {
+        let Shared {
+            config,
+            stop_requested,
+            admission,
+            budget,
+        } = shared;
         let poll = Poll::new()?;
         let registry = poll.registry();
         let waker = Arc::new(Waker::new(registry, WAKER)?);
@@ -181,6 +187,7 @@ impl<S: Transport> EventLoop<S> {
 
         let mut greeting = Vec::new();
         config.protocol.greeting(&mut greeting);
+        let share = budget.share(admission.open());
         Ok(EventLoop {
             poll,
             waker,
@@ -195,17 +202,14 @@ impl<S: Transport> EventLoop<S> {
             timers: Timers::new(),
             ready: Vec::new(),
             closed: Vec::new(),
-            accept_paused_until: None,
             accept_starved: false,
             admission,
             lingering: LingeringQueue::default(),
             budget,
-            share: 0,
+            share,
             listener_queued: false,
             udp_queued: false,
-            shutdown_deadline: None,
             handover: Handover::default(),
-            drain_deadline: None,
             signals_seen: 0,
             greeting,
             scratch: Scratch {
@@ -278,7 +282,9 @@ impl<S: Transport> EventLoop<S> {
                 }
                 SIGNALS => self.on_signals(),
                 SUCCESSOR => self.check_successor(),
-                // A connection's, or else one of the metrics endpoint's (see there).
+                // The metrics endpoint's listener and its clients' places, below the other
+                // fixed tokens and far above any slab key.
+                token if token.0 >= METRICS_CLIENTS => self.serve_metrics(token),
                 token => self.serve_connection(token, event),
             }
         }
@@ -290,9 +296,7 @@ impl<S: Transport> EventLoop<S> {
         self.sweep_closed();
         if let Some(metrics) = &mut self.metrics {
             let connections = &self.connections;
-            metrics.end_of_turn(self.now, self.poll.registry(), &self.scratch.stats, || {
-                count_open(connections)
-            });
+            metrics.end_of_turn(&self.scratch.stats, || count_open(connections));
         }
         let turn = self.now.elapsed();
         let stats = &mut self.scratch.stats;
@@ -342,22 +346,16 @@ impl<S: Transport> EventLoop<S> {
         if !self.ready.is_empty() {
             return Some(Duration::ZERO);
         }
-        [
-            self.timers.next(),
-            self.accept_paused_until,
-            self.shutdown_deadline,
-            self.handover.deadline(),
-            self.drain_deadline,
-            self.metrics.as_ref().and_then(LoopMetrics::next_deadline),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+        self.timers
+            .next()
+            .map(|deadline| deadline.saturating_duration_since(Instant::now()))
     }
 
     fn finished(&self) -> bool {
-        match (self.shutdown_deadline, self.drain_deadline) {
+        match (
+            self.timers.get(Due::ShutdownGrace),
+            self.timers.get(Due::Drain),
+        ) {
             (Some(deadline), _) => self.connections.is_empty() || self.now >= deadline,
             (None, Some(_)) => self.connections.is_empty(),
             (None, None) => false,
@@ -366,7 +364,7 @@ impl<S: Transport> EventLoop<S> {
 
     /// Accepts until WouldBlock, the budget, or running out of descriptors.
     fn accept(&mut self) {
-        if self.accept_paused_until.is_some() {
+        if self.timers.get(Due::AcceptBackoff).is_some() {
             return;
         }
         for _ in 0..ACCEPT_BUDGET {
@@ -397,7 +395,8 @@ impl<S: Transport> EventLoop<S> {
                             self.connections.len()
                         );
                     }
-                    self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
+                    let retry = self.now + ACCEPT_BACKOFF;
+                    self.timers.set(Due::AcceptBackoff, Some(retry));
                     return;
                 }
             }
@@ -410,16 +409,10 @@ impl<S: Transport> EventLoop<S> {
         let counted = (!self.config.proxy_protocol).then(|| peer.ip());
         // The counts are shared by every loop, so the limits hold for the whole server with
         // `--threads` too; the lingering connections closed to make room are this loop's.
-        let mut reclaim = Reclaim {
-            connections: &mut self.connections,
-            lingering: &mut self.lingering,
-            closed: &mut self.closed,
-            stats: &mut self.scratch.stats,
-            now: self.now,
-        };
-        let admitted = self
-            .admission
-            .admit_or_reclaim(counted, |refusal| reclaim.oldest(refusal, counted));
+        let admission = Arc::clone(&self.admission);
+        let mut served = self.served();
+        let admitted =
+            admission.admit_or_reclaim(counted, |refusal| served.reclaim_oldest(refusal, counted));
         let permit = match admitted {
             Ok(permit) => permit,
             Err(refusal) => {
@@ -465,63 +458,28 @@ impl<S: Transport> EventLoop<S> {
             log::debug!("{peer} failed before its greeting was written");
             return;
         };
-        let entry = self.connections.vacant_entry();
-        let token = Token(entry.key());
         let serial = self.next_serial;
         self.next_serial += 1;
-        let slot = entry.insert(Slot {
-            conn,
-            serial,
-            permit: Some(permit),
-            lingering: false,
-            registered,
-            scheduled: None,
-            queued: false,
-            accounted: 0,
-            scheduled_at_change: 0,
-        });
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(slot.conn.stream(), token, registered)
-        {
-            log::warn!("cannot register {peer}: {e}");
-            self.connections.remove(token.0);
-            return;
-        }
-        slot.schedule(token.0, &mut self.timers, &self.config);
+        let token = match self.served().insert(conn, Some(permit), serial, registered) {
+            Ok(token) => token,
+            Err(e) => {
+                log::warn!("cannot register {peer}: {e}");
+                return;
+            }
+        };
         log::debug!("accepted {peer} as {token:?}");
     }
 
     fn serve_connection(&mut self, token: Token, event: &mio::event::Event) {
         let Some(slot) = self.connections.get_mut(token.0) else {
-            // The metrics endpoint's tokens lie far above any slab key, so they land here,
-            // where the slab has already said no: sorting them out costs the connections
-            // nothing (an arm of their own in `turn` costs two instructions per event).
-            if token.0 >= METRICS_CLIENTS {
-                self.serve_metrics(token);
-            }
             return;
         };
         // A slot closed earlier in this batch stays until the sweep; ignore its events.
         match slot.conn.state() {
-            State::Closed => return,
-            State::ProxyHeader => return self.serve_proxy_header(token),
-            _ => {}
+            State::Closed => {}
+            State::ProxyHeader => self.serve_proxy_header(token),
+            _ => self.served().serve(token, Readiness::of(event)),
         }
-        let mut ctx = self
-            .scratch
-            .context(&self.config, &self.greeting, self.now, self.share);
-        if event.is_writable() {
-            let progress = slot.conn.on_writable(&mut ctx);
-            slot.follow(progress, token, &mut self.ready);
-        }
-        if event.is_readable() || event.is_read_closed() || event.is_error() {
-            let drains = SHORT_READ_DRAINS && !event.is_read_closed() && !event.is_error();
-            let progress = slot.conn.on_readable(&mut ctx, drains);
-            slot.follow(progress, token, &mut self.ready);
-        }
-        self.after_io(token);
     }
 
     /// `--proxy-protocol`: the connection reads the header and, once it is whole, the
@@ -580,57 +538,41 @@ impl<S: Transport> EventLoop<S> {
         let Some(mut permit) = self.connections[token.0].permit.take() else {
             return false;
         };
-        let mut reclaim = Reclaim {
-            connections: &mut self.connections,
-            lingering: &mut self.lingering,
-            closed: &mut self.closed,
-            stats: &mut self.scratch.stats,
-            now: self.now,
-        };
+        let mut served = self.served();
         let counted =
-            permit.count_address_or_reclaim(ip, |refusal| reclaim.oldest(refusal, Some(ip)));
+            permit.count_address_or_reclaim(ip, |refusal| served.reclaim_oldest(refusal, Some(ip)));
         self.connections[token.0].permit = Some(permit);
         counted.is_ok()
     }
 
     /// Brings the poll registration, the timers and the close list in line with the
-    /// connection's new state. Re-registers only when the interest changed. A connection
-    /// that has just begun lingering joins the queue of those a new client may displace.
+    /// connection's new state (see [`Served::after_io`]); a connection that has just begun
+    /// lingering joins the queue of those a new client may displace.
     fn after_io(&mut self, token: Token) {
-        let slot = &mut self.connections[token.0];
-        let Some(wanted) = slot.conn.interest() else {
-            self.closed.push(token);
-            return;
-        };
-        if wanted != slot.registered {
-            if let Err(e) = self
-                .poll
-                .registry()
-                .reregister(slot.conn.stream(), token, wanted)
-            {
-                log::debug!("reregister {token:?}: {e}");
-                slot.conn.close_now(self.now);
-                self.closed.push(token);
-                return;
-            }
-            slot.registered = wanted;
-        }
-        slot.account(&self.budget);
-        // Only a change of state (or a line starting) has the deadline asked for again, so
-        // looking for the start of lingering there keeps it off the per-message path.
-        if slot.schedule(token.0, &mut self.timers, &self.config)
-            && slot.conn.state() == State::Lingering
-            && !slot.lingering
-        {
-            slot.lingering = true;
-            let address = slot.permit.as_ref().and_then(Permit::address);
-            self.lingering.push(address, (token.0, slot.serial));
+        self.served().after_io(token);
+    }
+
+    /// The parts of the loop its policy for connections works on, for one step of a turn.
+    fn served(&mut self) -> Served<'_, S, mio::Registry> {
+        Served {
+            connections: &mut self.connections,
+            timers: &mut self.timers,
+            ready: &mut self.ready,
+            closed: &mut self.closed,
+            lingering: &mut self.lingering,
+            scratch: &mut self.scratch,
+            registry: self.poll.registry(),
+            budget: &self.budget,
+            config: &self.config,
+            greeting: &self.greeting,
+            now: self.now,
+            share: self.share,
         }
     }
 
     fn serve_metrics(&mut self, token: Token) {
         if let Some(metrics) = &mut self.metrics {
-            metrics.on_event(token, self.poll.registry(), self.now);
+            metrics.on_event(token, self.poll.registry(), self.now, &mut self.timers);
         }
     }
 
@@ -661,14 +603,9 @@ impl<S: Transport> EventLoop<S> {
     }
 
     /// Serves the sources that stopped before WouldBlock on an earlier turn, at most
-    /// [`READY_PER_TURN`] of them, oldest first.
+    /// [`READY_PER_TURN`](serve::READY_PER_TURN) of them, oldest first.
     fn resume_ready(&mut self) {
-        let batch: Vec<Ready> = if self.ready.len() > READY_PER_TURN {
-            self.ready.drain(..READY_PER_TURN).collect()
-        } else {
-            std::mem::take(&mut self.ready)
-        };
-        for ready in batch {
+        for ready in serve::ready_batch(&mut self.ready) {
             match ready {
                 Ready::Listener => {
                     self.listener_queued = false;
@@ -678,160 +615,64 @@ impl<S: Transport> EventLoop<S> {
                     self.udp_queued = false;
                     self.serve_udp(true, false);
                 }
-                Ready::Connection(token, serial) => {
-                    let Some(slot) = self.connections.get_mut(token.0) else {
-                        continue;
-                    };
-                    if slot.serial != serial {
-                        continue;
-                    }
-                    slot.queued = false;
-                    // No event told us the socket is drained: read until WouldBlock.
-                    let mut ctx =
-                        self.scratch
-                            .context(&self.config, &self.greeting, self.now, self.share);
-                    let progress = slot.conn.on_readable(&mut ctx, false);
-                    slot.follow(progress, token, &mut self.ready);
-                    self.after_io(token);
-                }
+                Ready::Connection(token, serial) => self.served().resume(token, serial),
             }
         }
     }
 
-    /// Lets every connection whose deadline passed act on it (see
-    /// [`Connection::on_deadline`]), and resumes accepting after a backoff.
+    /// Acts on the deadlines that passed: each connection's (see
+    /// [`Connection::on_deadline`], through [`Served::fire_timers`]) and the loop's own.
     fn fire_timers(&mut self) {
-        if self.accept_paused_until.is_some_and(|t| t <= self.now) {
-            self.resume_accepting();
-        }
-        if self.handover.deadline().is_some_and(|t| t <= self.now) {
-            self.check_successor();
-        }
-        if self.drain_deadline.is_some_and(|t| t <= self.now) && self.shutdown_deadline.is_none() {
-            log::info!("drain timeout: shutting down the connections still open");
-            self.begin_shutdown();
-        }
-        let mut fired = 0;
-        while fired < DEADLINES_PER_TURN {
-            let Some(timer) = self.timers.pop_due(self.now) else {
-                break;
-            };
-            fired += 1;
-            let Some(slot) = self.connections.get_mut(timer.key) else {
-                continue;
-            };
-            if slot.serial != timer.serial || slot.scheduled != Some(timer.at) {
-                continue;
+        let mut own = Vec::new();
+        self.served().fire_timers(
+            |slot, before| {
+                if before == State::ProxyHeader && slot.conn.state() == State::Closed {
+                    let peer = slot.conn.peer();
+                    log::info!(
+                        "{}: closed without a greeting: no whole PROXY header within {:?}",
+                        peer.map_or_else(|| "a client gone already".into(), |a| a.to_string()),
+                        crate::proxy::HEADER_TIMEOUT
+                    );
+                }
+            },
+            |timer| own.push(timer),
+        );
+        for timer in own {
+            match timer.due {
+                Due::AcceptBackoff => self.resume_accepting(),
+                Due::Successor => self.check_successor(),
+                Due::Drain if self.timers.get(Due::ShutdownGrace).is_none() => {
+                    log::info!("drain timeout: shutting down the connections still open");
+                    self.begin_shutdown();
+                }
+                // The turn ends the loop once the grace is over (`finished`).
+                Due::Drain | Due::ShutdownGrace => {}
+                Due::MetricsAccept | Due::MetricsClient { .. } => {
+                    if let Some(metrics) = &mut self.metrics {
+                        metrics.on_deadline(timer, self.poll.registry(), &mut self.timers);
+                    }
+                }
+                Due::Connection { .. } => {}
             }
-            slot.scheduled = None;
-            let token = Token(timer.key);
-            let mut ctx = self
-                .scratch
-                .context(&self.config, &self.greeting, self.now, self.share);
-            let awaited_header = slot.conn.state() == State::ProxyHeader;
-            let progress = slot.conn.on_deadline(&mut ctx);
-            if awaited_header && slot.conn.state() == State::Closed {
-                let peer = slot.conn.peer();
-                log::info!(
-                    "{}: closed without a greeting: no whole PROXY header within {:?}",
-                    peer.map_or_else(|| "a client gone already".into(), |a| a.to_string()),
-                    crate::proxy::HEADER_TIMEOUT
-                );
-            }
-            slot.follow(progress, token, &mut self.ready);
-            self.after_io(token);
-        }
-        // Stale entries are skipped when they come due; prune them if they outnumber live
-        // connections, so churn cannot grow the heap without bound.
-        if self.timers.len() > 2 * self.connections.len() + 64 {
-            let connections = &self.connections;
-            self.timers.retain(|timer| {
-                connections
-                    .get(timer.key)
-                    .is_some_and(|s| s.serial == timer.serial && s.scheduled == Some(timer.at))
-            });
         }
     }
 
-    /// Removes the connections that closed this turn. Done after the event batch so that no
-    /// event of this batch can land on a slot reused by a connection accepted meanwhile.
+    /// Removes the connections that closed this turn (see [`Served::sweep`]); their
+    /// permits give back what was counted for them across the loops.
     fn sweep_closed(&mut self) {
         if self.closed.is_empty() {
             return;
         }
-        for token in std::mem::take(&mut self.closed) {
-            if self
-                .connections
-                .get(token.0)
-                .is_some_and(|slot| slot.conn.state() == State::Closed)
-            {
-                // Dropping the stream closes the descriptor, which also removes it from the
-                // epoll set: no deregister call needed.
-                // So does dropping the permit give the connection's places back.
-                let slot = self.connections.remove(token.0);
-                self.budget.change(slot.accounted, 0);
-                self.scratch.stats.messages += slot.conn.messages();
-                log::debug!("closed {token:?}");
-            }
-        }
-        // Entries of connections that stopped lingering by themselves are dropped when met;
-        // prune them if they outnumber the connections, so churn cannot grow the queue.
-        if self.lingering.len() > 2 * self.connections.len() + 64 {
-            let connections = &self.connections;
-            self.lingering.retain(|&(key, serial)| {
-                connections
-                    .get(key)
-                    .is_some_and(|s| s.serial == serial && s.conn.state() == State::Lingering)
-            });
-        }
-        if self.accept_paused_until.is_some() {
+        self.served().sweep();
+        if self.timers.get(Due::AcceptBackoff).is_some() {
             // A descriptor was just freed: accept again now rather than at the deadline.
             self.resume_accepting();
         }
     }
 
     fn resume_accepting(&mut self) {
-        self.accept_paused_until = None;
+        self.timers.set(Due::AcceptBackoff, None);
         self.listener_ready();
-    }
-}
-
-/// What closing a lingering connection to admit a new client needs of the loop: borrowed
-/// apart from the rest of it, since admission (the loop's too) asks for it mid-call.
-struct Reclaim<'a, S> {
-    connections: &'a mut Slab<Slot<S>>,
-    lingering: &'a mut LingeringQueue<(usize, u64)>,
-    closed: &'a mut Vec<Token>,
-    stats: &'a mut Stats,
-    now: Instant,
-}
-
-impl<S: Transport> Reclaim<'_, S> {
-    /// At a limit: closes this loop's oldest lingering connection (from `address`, at the
-    /// per-address limit) and gives its permit back at once, rather than at the sweep, so
-    /// the new client can have its place. False if there is none.
-    fn oldest(&mut self, refusal: Refusal, address: Option<IpAddr>) -> bool {
-        let connections = &mut *self.connections;
-        let Some((key, _)) = self
-            .lingering
-            .take_oldest(refusal, address, |&(key, serial)| {
-                connections
-                    .get(key)
-                    .is_some_and(|s| s.serial == serial && s.conn.state() == State::Lingering)
-            })
-        else {
-            return false;
-        };
-        let slot = &mut connections[key];
-        slot.conn.close_now(self.now);
-        slot.permit = None;
-        self.closed.push(Token(key));
-        match refusal {
-            Refusal::Busy => self.stats.lingering_closed += 1,
-            Refusal::TooManyFromAddress => self.stats.lingering_closed_per_ip += 1,
-        }
-        log::debug!("closed lingering Token({key}) to admit a new client ({refusal:?})");
-        true
     }
 }
 
@@ -848,6 +689,9 @@ fn count_open<S: Transport>(connections: &Slab<Slot<S>>) -> OpenConnections {
     open
 }
 
+mod serve;
+#[cfg(test)]
+mod sim;
 mod slot;
 mod stopping;
 #[cfg(test)]

@@ -367,6 +367,15 @@ impl Session {
         (flow, consumed)
     }
 
+    /// Refuses the unfinished line as too long, as one past `max_line` is: the server
+    /// cannot hold more of it (its share of the memory budget is used up). Appends
+    /// `ERR line too long` to `out` and closes, dropping the line.
+    pub fn refuse_line(&mut self, out: &mut Vec<u8>) -> Flow {
+        out.extend_from_slice(LINE_TOO_LONG);
+        self.close();
+        Flow::Close
+    }
+
     /// The peer half-closed: answer a final unterminated line, if any, then close.
     pub fn on_eof(&mut self, config: &ProtocolConfig, out: &mut Vec<u8>) -> Flow {
         if !self.closed && !self.partial.is_empty() {

@@ -18,7 +18,7 @@ use mio::Waker;
 use crate::admission::Admission;
 use crate::budget::MemoryBudget;
 use crate::config::ServerConfig;
-use crate::event_loop::EventLoop;
+use crate::event_loop::{EventLoop, Shared};
 use crate::metrics::{Hub, LoopMetrics};
 use crate::net;
 use crate::running::Running;
@@ -60,28 +60,18 @@ enum AnyLoop {
 }
 
 impl AnyLoop {
-    // The arguments `EventLoop::new` takes, each shared by the loops or handed once.
-    #[allow(clippy::too_many_arguments)]
     #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
     fn new(
         bound: net::Bound,
-        config: &Arc<ServerConfig>,
-        requested: &Arc<AtomicBool>,
-        admission: &Arc<Admission>,
-        budget: &Arc<MemoryBudget>,
+        shared: &Shared,
         metrics: Option<LoopMetrics>,
         acceptor: &Acceptor,
     ) -> io::Result<AnyLoop> {
-        let (config, requested) = (Arc::clone(config), Arc::clone(requested));
-        let (admission, budget) = (Arc::clone(admission), Arc::clone(budget));
         #[cfg(feature = "tls")]
         if let Some(identity) = acceptor.clone() {
-            return EventLoop::new(
-                bound, config, requested, admission, budget, metrics, identity,
-            )
-            .map(AnyLoop::Tls);
+            return EventLoop::new(bound, shared.clone(), metrics, identity).map(AnyLoop::Tls);
         }
-        EventLoop::new(bound, config, requested, admission, budget, metrics, ()).map(AnyLoop::Plain)
+        EventLoop::new(bound, shared.clone(), metrics, ()).map(AnyLoop::Plain)
     }
 
     fn waker(&self) -> Arc<Waker> {
@@ -161,7 +151,12 @@ impl Server {
             let (admission, budget) = (Arc::clone(&admission), Arc::clone(&budget));
             Hub::new(threads, admission, budget, config.max_buffer_memory)
         });
-        let config = Arc::new(config);
+        let shared = Shared {
+            config: Arc::new(config),
+            stop_requested: Arc::clone(&requested),
+            admission: Arc::clone(&admission),
+            budget,
+        };
         let loops = bound
             .into_iter()
             .enumerate()
@@ -170,9 +165,7 @@ impl Server {
                     .as_ref()
                     .map(|hub| LoopMetrics::new(Arc::clone(hub), i, metrics_listener.take()))
                     .transpose()?;
-                AnyLoop::new(
-                    b, &config, &requested, &admission, &budget, metrics, &acceptor,
-                )
+                AnyLoop::new(b, &shared, metrics, &acceptor)
             })
             .collect::<io::Result<Vec<_>>>()?;
         // The first loop reloads the certificate at SIGHUP, for every loop (they share it).

@@ -415,3 +415,72 @@ fn udp_survives_oversized_replies_and_serves_the_largest_datagram() {
     assert_eq!(udp_roundtrip(&socket, udp, &biggest), biggest);
     server.shutdown().unwrap();
 }
+
+/// Clients whose unfinished line is longer than their share of `--max-buffer-memory` (the
+/// budget divided among the open connections) are told so and closed, like a line longer
+/// than `--max-line`; the loop does not spend itself on them, and a fresh client beside them
+/// is answered at once.
+#[test]
+fn partial_lines_above_their_share_do_not_stall_the_loop() {
+    // 64 KiB among 33 connections: a share of about 2 KiB, far below each client's line.
+    const BUDGET: usize = 64 * 1024;
+    const LONG_LINES: usize = 32;
+    const CEILING: Duration = Duration::from_secs(5);
+    let server = start(reactor::spawn, |c| {
+        c.max_buffer_memory = BUDGET;
+        c.protocol.max_line = 16 << 20;
+        c.udp = None;
+    });
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let (greeted, all_greeted) = mpsc::channel();
+    let senders: Vec<_> = (0..LONG_LINES)
+        .map(|_| {
+            let (stop, greeted, addr) = (stop.clone(), greeted.clone(), server.tcp);
+            std::thread::spawn(move || {
+                let client = Client::greeted(addr);
+                greeted.send(()).unwrap();
+                let stream = client.stream().try_clone().unwrap();
+                stream
+                    .set_write_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                // One line that never ends, sent for as long as the server takes it.
+                let chunk = vec![b'x'; 64 * 1024];
+                while !stop.load(Ordering::Relaxed) {
+                    match (&stream).write(&chunk) {
+                        Ok(_) => {}
+                        Err(e)
+                            if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                        Err(_) => break,
+                    }
+                }
+                client
+            })
+        })
+        .collect();
+    for _ in 0..LONG_LINES {
+        all_greeted
+            .recv_timeout(IO_TIMEOUT)
+            .expect("every client greeted");
+    }
+
+    // A fresh client is greeted and answered; the ceiling turns a stalled loop into a
+    // failure instead of a hang.
+    let (answered, pings) = mpsc::channel();
+    let addr = server.tcp;
+    std::thread::spawn(move || answered.send(worst_ping(addr, 3)));
+    let worst = pings.recv_timeout(CEILING);
+    stop.store(true, Ordering::Relaxed);
+    let worst = worst.unwrap_or_else(|_| {
+        panic!("a fresh client beside {LONG_LINES} long lines was not answered within {CEILING:?}")
+    });
+    println!("worst ping beside {LONG_LINES} lines longer than their share: {worst:?}");
+    for sender in senders {
+        let mut client = sender.join().unwrap();
+        assert_eq!(
+            client.line(),
+            b"ERR line too long\n",
+            "a line longer than its share is refused"
+        );
+    }
+    server.shutdown().unwrap();
+}

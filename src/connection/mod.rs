@@ -70,6 +70,19 @@ pub const READ_BUDGET: usize = 256 * 1024;
 /// smaller.
 pub const REPLY_BUDGET: usize = 16 * 1024;
 
+/// What each read costs of the [`READ_BUDGET`] at least, however few bytes it returned:
+/// the budget bounds the calls an event may make (64), not only the bytes, so a connection
+/// whose share of the memory budget allows only small reads cannot make the loop spend
+/// thousands of calls on it in one turn. 4 KiB is far below an ordinary read under load,
+/// so a client that sends much is read as before.
+pub const READ_COST_FLOOR: usize = 4 * 1024;
+
+/// What each batch of replies to held input costs of the [`REPLY_BUDGET`] at least: a
+/// connection whose share of the memory budget allows only a few replies per batch is
+/// answered in at most 64 such batches (and as many writes) per event, not thousands. An
+/// ordinary batch is larger.
+pub const REPLY_COST_FLOOR: usize = 256;
+
 /// What the loop lends to whichever connection it is serving: one set of buffers per loop,
 /// so an idle connection owns no buffer at all, plus the settings and the time of this turn.
 pub struct Context<'a> {
@@ -117,13 +130,13 @@ pub struct Connection<S> {
     last_progress: Instant,
     /// Stopped at its share of the memory budget, waiting for its output to drain.
     budget_paused: bool,
-    /// Counts the changes that can move the deadline earlier: a change of state, a line
-    /// starting. Every other change (progress) moves it later. The loop asks for the
-    /// deadline again only when this count moved, which keeps that off the per-message path.
-    /// It wraps; the loop looks after every event, and one event makes a handful of
-    /// changes at most, never 256.
-    earlier_deadlines: u8,
 }
+
+/// What can move a connection's [`deadline`](Connection::deadline) earlier: which state it
+/// is in (what each state's deadline counts from is its own) and whether it holds an
+/// unfinished line (the line timeout). Everything else that happens to it, progress or a
+/// line that starts behind one just answered, moves the deadline later or leaves it.
+pub type DeadlineBasis = (std::mem::Discriminant<State>, bool);
 
 impl<S: Stream> Connection<S> {
     /// Takes a freshly accepted stream and writes the greeting at once.
@@ -153,7 +166,6 @@ impl<S: Stream> Connection<S> {
             output: Output::default(),
             last_progress: now,
             budget_paused: false,
-            earlier_deadlines: 0,
         }
     }
 
@@ -237,10 +249,15 @@ impl<S: Stream> Connection<S> {
         }
     }
 
-    /// Changes whenever the deadline may have moved earlier (see `earlier_deadlines`); the
-    /// loop compares it with the value it last scheduled under.
-    pub fn earlier_deadlines(&self) -> u8 {
-        self.earlier_deadlines
+    /// What can move the deadline earlier ([`DeadlineBasis`]): the loop asks for the
+    /// deadline again only when this changed, which keeps that off the per-message path.
+    /// (A change between `Closing` states moves it later: a transition restarts the count.)
+    #[inline]
+    pub fn deadline_basis(&self) -> DeadlineBasis {
+        (
+            std::mem::discriminant(&self.state),
+            self.session.line_started().is_some(),
+        )
     }
 
     fn idle_deadline(&self, config: &ServerConfig) -> Option<Instant> {
@@ -377,10 +394,20 @@ impl<S: Stream> Connection<S> {
             if self.pause_for_budget(ctx) {
                 return Progress::Wait;
             }
-            let held = std::mem::take(&mut self.held);
-            self.answer(ctx, &held, &mut reply_budget);
+            self.answer_held_batch(ctx, &mut reply_budget);
         }
         Progress::Wait
+    }
+
+    /// Answers one batch of the input held back, which costs at least [`REPLY_COST_FLOOR`]
+    /// of the reply budget. (A batch answering a read needs no floor: the read's own
+    /// [`READ_COST_FLOOR`] bounds how many there are.)
+    fn answer_held_batch(&mut self, ctx: &mut Context<'_>, reply_budget: &mut usize) {
+        let before = *reply_budget;
+        let held = std::mem::take(&mut self.held);
+        self.answer(ctx, &held, reply_budget);
+        let spent = before - *reply_budget;
+        *reply_budget = reply_budget.saturating_sub(REPLY_COST_FLOOR.saturating_sub(spent));
     }
 
     /// Server shutdown: like [`close_gracefully`](Self::close_gracefully), except that a
@@ -415,7 +442,6 @@ impl<S: Stream> Connection<S> {
         log::trace!("{:?} --{:?}--> {:?}", self.state, trigger, next);
         self.state = next;
         self.last_progress = now;
-        self.earlier_deadlines = self.earlier_deadlines.wrapping_add(1);
         match next {
             // Our side is done, so the peer reads every reply and then a clean EOF.
             State::Lingering => {
@@ -447,8 +473,7 @@ impl<S: Stream> Connection<S> {
             }
             let allowance = self.allowance(ctx);
             if !self.held.is_empty() {
-                let held = std::mem::take(&mut self.held);
-                self.answer(ctx, &held, &mut reply_budget);
+                self.answer_held_batch(ctx, &mut reply_budget);
                 continue;
             }
             if drained {
@@ -456,6 +481,13 @@ impl<S: Stream> Connection<S> {
             }
             if read_budget == 0 {
                 return Progress::ReadAgain;
+            }
+            if allowance < 2 && self.session.buffered() > 0 {
+                // Owing nothing, its unfinished line holds its whole share: it can neither
+                // finish the line nor be answered, so it is refused, as a line past
+                // `--max-line` is, rather than read a byte at a time or left unread.
+                self.refuse_line(ctx);
+                break;
             }
             let protocol = &ctx.config.protocol;
             // Under the memory budget, read no more than half of what this connection may
@@ -476,7 +508,7 @@ impl<S: Stream> Connection<S> {
                     break;
                 }
                 Ok(n) => {
-                    read_budget -= n;
+                    read_budget = read_budget.saturating_sub(n.max(READ_COST_FLOOR));
                     ctx.stats.bytes_in += n as u64;
                     self.last_progress = ctx.now;
                     drained = n < limit && short_read_drains;
@@ -533,16 +565,23 @@ impl<S: Stream> Connection<S> {
         } else if used < input.len() {
             self.held.extend_from_slice(&input[used..]);
         }
-        self.note_line_start(ctx.now);
+        self.session.note_input(ctx.now);
         self.write(ctx.replies, ctx.stats, ctx.now);
     }
 
-    /// Tells the session's line clock when this input arrived; a line that began now may
-    /// move the deadline earlier.
-    fn note_line_start(&mut self, now: Instant) {
-        if self.session.note_input(now) {
-            self.earlier_deadlines = self.earlier_deadlines.wrapping_add(1);
-        }
+    /// Tells the client its unfinished line is too long for its share of the memory
+    /// budget, and closes politely (its replies so far are delivered, as after any `ERR`).
+    #[cold]
+    fn refuse_line(&mut self, ctx: &mut Context<'_>) {
+        log::debug!(
+            "an unfinished line of {} bytes holds the connection's share ({} bytes): refused",
+            self.session.buffered(),
+            ctx.share
+        );
+        ctx.replies.clear();
+        let _ = self.session.refuse_line(ctx.replies);
+        self.transition(Trigger::InputEnded, ctx.now);
+        self.write(ctx.replies, ctx.stats, ctx.now);
     }
 
     /// The one write path: `fresh` goes behind anything already owed, then as much as the

@@ -10,10 +10,9 @@ use mio::{Interest, Token};
 use crate::admission::Permit;
 use crate::budget::MemoryBudget;
 use crate::config::ServerConfig;
-use crate::connection::{Connection, Context, Progress};
+use crate::connection::{Connection, Context, DeadlineBasis, Progress, Stream};
 use crate::stats::Stats;
-use crate::timers::{Timer, Timers};
-use crate::transport::Transport;
+use crate::timers::{Due, Timer, Timers};
 
 /// A source that stopped before WouldBlock and must be resumed without waiting for an edge.
 #[derive(Clone, Copy, Debug)]
@@ -44,12 +43,12 @@ pub(super) struct Slot<S> {
     pub(super) queued: bool,
     /// What this connection's buffers held when last counted in the memory budget.
     pub(super) accounted: usize,
-    /// The connection's [`earlier_deadlines`](Connection::earlier_deadlines) count when
-    /// `scheduled` was last checked against its deadline.
-    pub(super) scheduled_at_change: u8,
+    /// What could move the connection's deadline earlier when `scheduled` was last
+    /// checked against it (see [`Connection::deadline_basis`]).
+    pub(super) scheduled_basis: DeadlineBasis,
 }
 
-impl<S: Transport> Slot<S> {
+impl<S: Stream> Slot<S> {
     /// Puts the connection on the ready list, unless it is there already.
     pub(super) fn mark_ready(&mut self, token: Token, ready: &mut Vec<Ready>) {
         if !self.queued {
@@ -78,10 +77,11 @@ impl<S: Transport> Slot<S> {
 
     /// Makes sure `timers` holds an entry no later than this connection's deadline. Called
     /// after every event, so it must be cheap: the deadline is asked for only when nothing
-    /// is scheduled or the connection says it may have moved earlier (a change of state, a
-    /// line starting). When it moved later (every message moves the idle deadline), the
-    /// entry already scheduled fires early, finds nothing due, and is scheduled again for
-    /// the new time. Returns whether it asked, which is whenever the state may have changed.
+    /// is scheduled or what can move it earlier changed (a change of state, a line starting
+    /// where none was held; see [`Connection::deadline_basis`]). Everything else moves it
+    /// later (every message moves the idle deadline): then the entry already scheduled
+    /// fires early, finds nothing due, and is scheduled again for the new time. Returns
+    /// whether it asked, which is whenever the state may have changed.
     #[inline]
     pub(super) fn schedule(
         &mut self,
@@ -89,11 +89,11 @@ impl<S: Transport> Slot<S> {
         timers: &mut Timers,
         config: &ServerConfig,
     ) -> bool {
-        let change = self.conn.earlier_deadlines();
-        if self.scheduled.is_some() && change == self.scheduled_at_change {
+        let basis = self.conn.deadline_basis();
+        if self.scheduled.is_some() && basis == self.scheduled_basis {
             return false;
         }
-        self.scheduled_at_change = change;
+        self.scheduled_basis = basis;
         let Some(deadline) = self.conn.deadline(config) else {
             return true;
         };
@@ -101,8 +101,10 @@ impl<S: Transport> Slot<S> {
             self.scheduled = Some(deadline);
             timers.schedule(Timer {
                 at: deadline,
-                key,
-                serial: self.serial,
+                due: Due::Connection {
+                    key,
+                    serial: self.serial,
+                },
             });
         }
         true

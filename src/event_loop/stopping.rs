@@ -7,6 +7,7 @@
 use mio::Token;
 
 use super::{EventLoop, SUCCESSOR};
+use crate::timers::Due;
 use crate::transport::Transport;
 
 impl<S: Transport> EventLoop<S> {
@@ -33,7 +34,7 @@ impl<S: Transport> EventLoop<S> {
                 self.begin_shutdown();
             } else {
                 log::warn!("second signal: closing every connection now");
-                self.shutdown_deadline = Some(self.now);
+                self.timers.set(Due::ShutdownGrace, Some(self.now));
                 self.close_all_now();
             }
         }
@@ -50,15 +51,18 @@ impl<S: Transport> EventLoop<S> {
             SUCCESSOR,
             self.now,
         );
+        self.timers.set(Due::Successor, self.handover.deadline());
     }
 
     /// The successor may be ready, or gone: once it is ready, drain.
     pub(super) fn check_successor(&mut self) {
-        let Some(successor) = self.handover.check(self.poll.registry(), self.now) else {
+        let ready = self.handover.check(self.poll.registry(), self.now);
+        self.timers.set(Due::Successor, self.handover.deadline());
+        let Some(successor) = ready else {
             return;
         };
         let drain = self.handover.drain_timeout();
-        self.drain_deadline = Some(self.now + drain);
+        self.timers.set(Due::Drain, Some(self.now + drain));
         self.stop_accepting();
         log::info!(
             "handed over to pid {successor}; serving {} connections until they close, for at most {drain:?}",
@@ -87,17 +91,19 @@ impl<S: Transport> EventLoop<S> {
     /// Stops accepting, stops reading, delivers what is owed, then closes; the loop ends
     /// when every connection is gone or the grace period is over.
     pub(super) fn begin_shutdown(&mut self) {
-        if self.shutdown_deadline.is_some() {
+        if self.timers.get(Due::ShutdownGrace).is_some() {
             return;
         }
-        self.shutdown_deadline = Some(self.now + self.config.shutdown_grace);
+        let grace = self.now + self.config.shutdown_grace;
+        self.timers.set(Due::ShutdownGrace, Some(grace));
         // A process that handed over is not the service any more: its stop is not the
         // service's, so systemd is not told.
-        if self.config.handle_signals && self.drain_deadline.is_none() {
+        if self.config.handle_signals && self.timers.get(Due::Drain).is_none() {
             // Running as the process's server (the binary): tell systemd, if it asked.
             crate::systemd::notify_stopping();
         }
         self.handover.abandon(self.poll.registry());
+        self.timers.set(Due::Successor, None);
         self.stop_accepting();
         log::info!(
             "shutdown: no longer accepting; {} connections to finish within {:?}",

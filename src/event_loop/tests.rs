@@ -9,16 +9,13 @@ fn event_loop() -> (EventLoop, SocketAddr) {
     let any: SocketAddr = ([127, 0, 0, 1], 0).into();
     let bound = net::bind(any, None, 16, false).unwrap();
     let addr = bound.tcp.local_addr().unwrap();
-    let event_loop = EventLoop::new(
-        bound,
-        Arc::new(ServerConfig::ephemeral()),
-        Arc::new(AtomicBool::new(false)),
-        Admission::new(usize::MAX, 0),
-        Arc::new(MemoryBudget::new(usize::MAX)),
-        None,
-        (),
-    )
-    .unwrap();
+    let shared = Shared {
+        config: Arc::new(ServerConfig::ephemeral()),
+        stop_requested: Arc::new(AtomicBool::new(false)),
+        admission: Admission::new(usize::MAX, 0),
+        budget: Arc::new(MemoryBudget::new(usize::MAX)),
+    };
+    let event_loop = EventLoop::new(bound, shared, None, ()).unwrap();
     (event_loop, addr)
 }
 
@@ -54,16 +51,13 @@ fn at_the_limit_the_oldest_lingering_connection_makes_room_for_a_new_client() {
     let bound = net::bind(any, None, 16, false).unwrap();
     let addr = bound.tcp.local_addr().unwrap();
     let admission = Admission::new(3, 0);
-    let mut lp: EventLoop = EventLoop::new(
-        bound,
-        Arc::new(ServerConfig::ephemeral()),
-        Arc::new(AtomicBool::new(false)),
-        Arc::clone(&admission),
-        Arc::new(MemoryBudget::new(usize::MAX)),
-        None,
-        (),
-    )
-    .unwrap();
+    let shared = Shared {
+        config: Arc::new(ServerConfig::ephemeral()),
+        stop_requested: Arc::new(AtomicBool::new(false)),
+        admission: Arc::clone(&admission),
+        budget: Arc::new(MemoryBudget::new(usize::MAX)),
+    };
+    let mut lp: EventLoop = EventLoop::new(bound, shared, None, ()).unwrap();
     let clients: Vec<_> = (0..3)
         .map(|_| {
             let client = std::net::TcpStream::connect(addr).unwrap();

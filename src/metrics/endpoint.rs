@@ -7,7 +7,9 @@
 //! scrape and answering it, and closing a client at its [`METRICS_DEADLINE`] or once it is
 //! done. It must not read or write a client's bytes (`client.rs`), parse HTTP (`http.rs`)
 //! or write the text (`text.rs`); and it must not block or spin the loop: everything here
-//! is bounded per turn, and what is left waits for [`next_deadline`](Endpoint::next_deadline).
+//! is bounded per turn, and what is left waits for a deadline in the loop's heap
+//! ([`Due::MetricsAccept`], [`Due::MetricsClient`]), which the loop hands back
+//! ([`on_deadline`](Endpoint::on_deadline)).
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,7 +19,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 
 use crate::net::{self, ACCEPT_BACKOFF};
-use crate::timers::{Timer, Timers};
+use crate::timers::{Due, Timer, Timers};
 
 use super::client::{Client, ClientState, Outcome};
 use super::http::{error_response, response, Responses, Status};
@@ -39,11 +41,6 @@ pub(super) struct Endpoint {
     first_client: usize,
     clients: [Option<Client>; MAX_METRICS_CLIENTS],
     next_serial: u64,
-    /// One deadline per client, from its accept: (time, place, serial).
-    deadlines: Timers,
-    /// Accept again at the end of the first turn at or after this: the accept budget ran
-    /// out (then it is now), or accept failed for want of resources.
-    accept_at: Option<Instant>,
     responses: Responses,
 }
 
@@ -55,8 +52,6 @@ impl Endpoint {
             first_client: 0,
             clients: std::array::from_fn(|_| None),
             next_serial: 0,
-            deadlines: Timers::new(),
-            accept_at: None,
             responses: Responses::default(),
         }
     }
@@ -75,9 +70,16 @@ impl Endpoint {
         }
     }
 
-    pub(super) fn on_event(&mut self, token: Token, registry: &Registry, hub: &Hub, now: Instant) {
+    pub(super) fn on_event(
+        &mut self,
+        token: Token,
+        registry: &Registry,
+        hub: &Hub,
+        now: Instant,
+        timers: &mut Timers,
+    ) {
         if token == self.listener_token {
-            return self.accept(registry, now);
+            return self.accept(registry, now, timers);
         }
         let Some(place) = token
             .0
@@ -104,15 +106,39 @@ impl Endpoint {
         }
     }
 
-    /// Accepts until WouldBlock or the budget.
-    fn accept(&mut self, registry: &Registry, now: Instant) {
-        self.accept_at = None;
+    /// A deadline of the endpoint's came due: accept again, or end a client's time.
+    pub(super) fn on_deadline(
+        &mut self,
+        timer: Timer,
+        registry: &Registry,
+        now: Instant,
+        timers: &mut Timers,
+    ) {
+        match timer.due {
+            Due::MetricsAccept => self.accept(registry, now, timers),
+            Due::MetricsClient { place, serial } => {
+                if let Some(client) = &mut self.clients[place] {
+                    if client.serial == serial && client.state != ClientState::Closed {
+                        log::debug!("metrics client: deadline passed while {:?}", client.state);
+                        client.state = ClientState::Closed;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Accepts until WouldBlock or the budget. Accepting again is a deadline in the loop's
+    /// heap ([`Due::MetricsAccept`]): at once when the budget ran out, later when accept
+    /// failed for want of resources.
+    fn accept(&mut self, registry: &Registry, now: Instant, timers: &mut Timers) {
+        timers.set(Due::MetricsAccept, None);
         for _ in 0..ACCEPT_PER_TURN {
             let Some(listener) = &self.listener else {
                 return;
             };
             match listener.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer, registry, now),
+                Ok((stream, peer)) => self.admit(stream, peer, registry, now, timers),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)
                     if matches!(
@@ -126,13 +152,13 @@ impl Endpoint {
                     // Out of descriptors, most likely: retrying at once would spin. The main
                     // listener's own accept logs the episode.
                     log::debug!("metrics accept failed: {e}; retrying in {ACCEPT_BACKOFF:?}");
-                    self.accept_at = Some(now + ACCEPT_BACKOFF);
+                    timers.set(Due::MetricsAccept, Some(now + ACCEPT_BACKOFF));
                     return;
                 }
             }
         }
         // Stopped for the budget: more may wait, and no new edge will say so.
-        self.accept_at = Some(now);
+        timers.set(Due::MetricsAccept, Some(now));
     }
 
     fn admit(
@@ -141,6 +167,7 @@ impl Endpoint {
         peer: SocketAddr,
         registry: &Registry,
         now: Instant,
+        timers: &mut Timers,
     ) {
         let Some(place) = self.clients.iter().position(Option::is_none) else {
             let refusal = error_response(Status::ServiceUnavailable, false);
@@ -161,28 +188,17 @@ impl Endpoint {
         }
         let serial = self.next_serial;
         self.next_serial += 1;
-        self.deadlines.schedule(Timer {
+        timers.schedule(Timer {
             at: now + METRICS_DEADLINE,
-            key: place,
-            serial,
+            due: Due::MetricsClient { place, serial },
         });
         self.clients[place] = Some(Client::new(stream, serial));
         log::debug!("metrics client {peer} as {token:?}");
     }
 
-    pub(super) fn end_of_turn(&mut self, hub: &Hub, registry: &Registry, now: Instant) {
-        if self.accept_at.is_some_and(|at| at <= now) {
-            self.accept(registry, now);
-        }
+    /// Answers the scrapes whose counts are in, and drops the clients that are done.
+    pub(super) fn end_of_turn(&mut self, hub: &Hub) {
         self.answer_scrapes(hub);
-        while let Some(timer) = self.deadlines.pop_due(now) {
-            if let Some(client) = &mut self.clients[timer.key] {
-                if client.serial == timer.serial && client.state != ClientState::Closed {
-                    log::debug!("metrics client: deadline passed while {:?}", client.state);
-                    client.state = ClientState::Closed;
-                }
-            }
-        }
         for place in &mut self.clients {
             if place
                 .as_ref()
@@ -191,16 +207,6 @@ impl Endpoint {
                 // Dropping the stream closes it, which also takes it out of the poll.
                 *place = None;
             }
-        }
-        // Entries of clients that ended early stay until due; prune them if churn piles
-        // them up.
-        if self.deadlines.len() > 2 * MAX_METRICS_CLIENTS + 64 {
-            let clients = &self.clients;
-            self.deadlines.retain(|timer| {
-                clients[timer.key]
-                    .as_ref()
-                    .is_some_and(|client| client.serial == timer.serial)
-            });
         }
     }
 
@@ -237,12 +243,5 @@ impl Endpoint {
                 ));
             }
         }
-    }
-
-    pub(super) fn next_deadline(&self) -> Option<Instant> {
-        [self.deadlines.next(), self.accept_at]
-            .into_iter()
-            .flatten()
-            .min()
     }
 }

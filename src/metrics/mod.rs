@@ -55,6 +55,7 @@ use mio::{Registry, Token};
 
 use crate::net;
 use crate::stats::Stats;
+use crate::timers::{Timer, Timers};
 
 use endpoint::Endpoint;
 pub(crate) use hub::Hub;
@@ -160,23 +161,32 @@ impl LoopMetrics {
         }
     }
 
-    /// An event for the endpoint's listener or one of its clients.
-    pub(crate) fn on_event(&mut self, token: Token, registry: &Registry, now: Instant) {
+    /// An event for the endpoint's listener or one of its clients. Its deadlines go into
+    /// the loop's `timers`.
+    pub(crate) fn on_event(
+        &mut self,
+        token: Token,
+        registry: &Registry,
+        now: Instant,
+        timers: &mut Timers,
+    ) {
         if let Some(endpoint) = &mut self.endpoint {
-            endpoint.on_event(token, registry, &self.hub, now);
+            endpoint.on_event(token, registry, &self.hub, now, timers);
+        }
+    }
+
+    /// One of the endpoint's deadlines ([`Due::MetricsAccept`](crate::timers::Due),
+    /// `Due::MetricsClient`) came due in the loop's `timers`.
+    pub(crate) fn on_deadline(&mut self, timer: Timer, registry: &Registry, timers: &mut Timers) {
+        if let Some(endpoint) = &mut self.endpoint {
+            endpoint.on_deadline(timer, registry, timer.at, timers);
         }
     }
 
     /// The loop's turn is over: publishes its counts if a scrape asked for them (`open`
-    /// walks the slab, so it is called only then), and lets the endpoint answer, time out
-    /// and drop its clients.
-    pub(crate) fn end_of_turn(
-        &mut self,
-        now: Instant,
-        registry: &Registry,
-        stats: &Stats,
-        open: impl FnOnce() -> OpenConnections,
-    ) {
+    /// walks the slab, so it is called only then), and lets the endpoint answer and drop
+    /// its clients.
+    pub(crate) fn end_of_turn(&mut self, stats: &Stats, open: impl FnOnce() -> OpenConnections) {
         let requested = self.hub.requested();
         if requested != self.published {
             let open = open();
@@ -191,7 +201,7 @@ impl LoopMetrics {
             self.published = requested;
         }
         if let Some(endpoint) = &mut self.endpoint {
-            endpoint.end_of_turn(&self.hub, registry, now);
+            endpoint.end_of_turn(&self.hub);
         }
     }
 
@@ -199,12 +209,6 @@ impl LoopMetrics {
     /// (its longest turn), so observing it costs no clock reading of its own.
     pub(crate) fn observe_turn(&mut self, turn: Duration) {
         self.turns.observe(turn);
-    }
-
-    /// When the endpoint next needs a turn if nothing happens: a client's deadline, or
-    /// accepting again.
-    pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.endpoint.as_ref().and_then(Endpoint::next_deadline)
     }
 }
 
