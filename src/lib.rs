@@ -4,7 +4,8 @@
 //!
 //! Reading order (the README's): first `examples/minimal.rs`, the whole idea in one file,
 //! then:
-//! 1. [`protocol`]: the protocol with no I/O at all: framing, replies, `exit`, `--max-line`.
+//! 1. [`protocol`]: the protocol with no I/O at all: framing, replies, `exit`, `--max-line`,
+//!    when an unfinished line began (for `--line-timeout`).
 //! 2. [`connection`]: one TCP connection as an explicit state machine around a socket:
 //!    what comes before the protocol, its bounded output, its deadlines.
 //! 3. [`timers`]: the loop's deadlines, nearest first.

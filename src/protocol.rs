@@ -2,14 +2,17 @@
 //! connection should close.
 //!
 //! This module owns framing (how a byte stream is cut into messages), reply building, the
-//! `exit` command and the `--max-line` limit. Both servers share it, so the reactor and the
+//! `exit` command, the `--max-line` limit and the line clock (when the unfinished line
+//! began, which `--line-timeout` counts from). Both servers share it, so the reactor and the
 //! thread-per-connection baseline cannot disagree about the protocol. It must never touch a
-//! socket, a clock or a log: every test of it drives it with byte slices.
+//! socket, read a clock or log: every test of it drives it with byte slices, and with
+//! instants it is given.
 //!
 //! "Incomplete" is not an error here: a line that has not seen its `\n` yet waits in
 //! [`Session`] for the next read, however TCP happened to split or batch the bytes.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The reply to a message that does not fit in `--max-line`.
 pub const LINE_TOO_LONG: &[u8] = b"ERR line too long\n";
@@ -245,15 +248,34 @@ pub enum Flow {
     Close,
 }
 
-/// The protocol state of one TCP connection: the bytes of a line that has not ended yet.
+/// The protocol state of one TCP connection: the bytes of a line that has not ended yet,
+/// and when it began.
 ///
 /// It holds at most `max_line` bytes, and no allocation at all between lines, so an idle
 /// connection costs nothing here.
+///
+/// The session never reads the clock: a server tells it when input arrived
+/// ([`note_input`](Self::note_input)) and asks it when the unfinished line's time is up
+/// ([`line_deadline`](Self::line_deadline)). So both servers enforce `--line-timeout` by
+/// one rule, and a test drives that rule with instants of its choosing.
 #[derive(Debug, Default)]
 pub struct Session {
     partial: Vec<u8>,
     closed: bool,
     messages: u64,
+    /// When the unfinished line in `partial` began: the first [`note_input`] that found it
+    /// held. `None` when no line is held.
+    ///
+    /// [`note_input`]: Self::note_input
+    line_started: Option<Instant>,
+    /// `messages` when `line_started` was set, in its low 32 bits: if it has changed since,
+    /// the line that was timed has been answered and what is held is a newer line. Kept
+    /// here rather than checked as lines are answered so that a connection whose reads end
+    /// on a line's end, the usual case, pays nothing for the clock but one test per input.
+    /// 32 bits fit beside `closed` in what the struct pads anyway; the low bits could only
+    /// come round to the same value if 2^32 lines were answered between two inputs, and one
+    /// input is one read.
+    line_messages: u32,
 }
 
 impl Session {
@@ -280,6 +302,38 @@ impl Session {
     /// True once [`Flow::Close`] has been returned: input is no longer processed.
     pub fn is_closed(&self) -> bool {
         self.closed
+    }
+
+    /// Tells the session that the input it was last handed arrived at `now`; call it after
+    /// each [`on_input`](Self::on_input) or [`on_input_until`](Self::on_input_until). An
+    /// unfinished line that was not held before (or that follows a line answered since)
+    /// began at `now`; a line still unfinished keeps the time it began, so a client that
+    /// dribbles a byte at a time cannot stretch `--line-timeout`. True when the line clock
+    /// started: the line deadline may have moved earlier.
+    pub fn note_input(&mut self, now: Instant) -> bool {
+        if self.partial.is_empty() {
+            self.line_started = None;
+            return false;
+        }
+        // Truncating on purpose: see `line_messages`.
+        let answered = self.messages as u32;
+        if self.line_started.is_some() && self.line_messages == answered {
+            return false;
+        }
+        self.line_started = Some(now);
+        self.line_messages = answered;
+        true
+    }
+
+    /// When the unfinished line began, if one is held.
+    pub fn line_started(&self) -> Option<Instant> {
+        self.line_started
+    }
+
+    /// When the unfinished line's `timeout` (`--line-timeout`, `None` for none) runs out;
+    /// `None` when no line is held or there is no timeout.
+    pub fn line_deadline(&self, timeout: Option<Duration>) -> Option<Instant> {
+        Some(self.line_started? + timeout?)
     }
 
     /// Processes bytes that arrived (in any chunking), appending every reply owed to `out`.
@@ -336,6 +390,7 @@ impl Session {
         self.closed = true;
         // Release the allocation: nothing will be appended to it again.
         self.partial = Vec::new();
+        self.line_started = None;
     }
 
     fn on_line_input(
@@ -745,5 +800,100 @@ mod tests {
             let expected: String = lines.iter().map(|l| format!("Hello, {l}!\n")).collect();
             prop_assert_eq!(String::from_utf8(out).unwrap(), expected);
         }
+
+        /// The line clock, against a model: after each chunk (chunk `i` arriving `i` seconds
+        /// in), the unfinished line began when the chunk holding its first byte arrived,
+        /// and no line is held exactly when the input so far ends with `\n`.
+        #[test]
+        fn an_unfinished_line_began_when_its_first_byte_arrived(
+            input in proptest::collection::vec(prop_oneof![Just(b'\n'), Just(b'a')], 0..200),
+            cuts in proptest::collection::vec(any::<usize>(), 0..20),
+        ) {
+            let cfg = config(Framing::Line, Mode::Hello, usize::MAX);
+            let zero = Instant::now();
+            let at = |chunk: usize| zero + Duration::from_secs(chunk as u64);
+            let chunks = chunked(&input, &cuts);
+            let mut session = Session::new();
+            let mut out = Vec::new();
+            // Where each chunk begins in `input`.
+            let mut offset = 0;
+            let mut starts = Vec::new();
+            for (i, chunk) in chunks.iter().enumerate() {
+                starts.push(offset);
+                offset += chunk.len();
+                let _ = session.on_input(&cfg, chunk, &mut out);
+                session.note_input(at(i));
+                let seen = &input[..offset];
+                let line_begins = seen.iter().rposition(|&b| b == b'\n').map_or(0, |nl| nl + 1);
+                let expected = (line_begins < offset)
+                    .then(|| at(starts.iter().rposition(|&s| s <= line_begins).unwrap_or(0)));
+                prop_assert_eq!(session.line_started(), expected);
+            }
+        }
+    }
+
+    #[test]
+    fn a_dribbled_line_keeps_the_time_it_began() {
+        let cfg = line_hello();
+        let timeout = Some(Duration::from_secs(30));
+        let zero = Instant::now();
+        let mut session = Session::new();
+        let mut out = Vec::new();
+        assert_eq!(session.line_deadline(timeout), None, "nothing held");
+        let _ = session.on_input(&cfg, b"b", &mut out);
+        assert!(session.note_input(zero), "the line clock starts");
+        for second in 1..5 {
+            let _ = session.on_input(&cfg, b"o", &mut out);
+            assert!(!session.note_input(zero + Duration::from_secs(second)));
+        }
+        assert_eq!(session.line_started(), Some(zero));
+        assert_eq!(
+            session.line_deadline(timeout),
+            Some(zero + Duration::from_secs(30))
+        );
+        assert_eq!(session.line_deadline(None), None, "no --line-timeout");
+    }
+
+    #[test]
+    fn the_line_clock_restarts_with_the_next_line_and_stops_between_lines() {
+        let cfg = line_hello();
+        let zero = Instant::now();
+        let later = zero + Duration::from_secs(7);
+        let mut session = Session::new();
+        let mut out = Vec::new();
+        let _ = session.on_input(&cfg, b"bo", &mut out);
+        session.note_input(zero);
+        // The held line ends and the next begins in the same read: it began then.
+        let _ = session.on_input(&cfg, b"b\nal", &mut out);
+        assert!(session.note_input(later));
+        assert_eq!(session.line_started(), Some(later));
+        // A read that ends on a line's end leaves nothing to time.
+        let _ = session.on_input(&cfg, b"ice\n", &mut out);
+        assert!(!session.note_input(later + Duration::from_secs(1)));
+        assert_eq!(session.line_started(), None);
+        assert_eq!(out, b"Hello, bob!\nHello, alice!\n");
+    }
+
+    #[test]
+    fn a_closed_session_times_no_line() {
+        let cfg = line_hello();
+        let zero = Instant::now();
+        let mut session = Session::new();
+        let mut out = Vec::new();
+        let _ = session.on_input(&cfg, b"half a li", &mut out);
+        session.note_input(zero);
+        assert_eq!(session.on_eof(&cfg, &mut out), Flow::Close);
+        assert_eq!(session.line_started(), None);
+        assert_eq!(session.line_deadline(Some(Duration::from_secs(1))), None);
+    }
+
+    #[test]
+    fn raw_framing_never_holds_a_line_to_time() {
+        let cfg = config(Framing::Raw, Mode::Hello, 100);
+        let mut session = Session::new();
+        let mut out = Vec::new();
+        let _ = session.on_input(&cfg, b"no newline", &mut out);
+        assert!(!session.note_input(Instant::now()));
+        assert_eq!(session.line_started(), None);
     }
 }

@@ -1,5 +1,9 @@
-//! What a server did: counts each loop (or each thread of the baseline) keeps for itself
-//! and adds up at the end, logged as the one-line summary at shutdown. Plain data, no I/O.
+//! What a server did: the one type that counts, in both servers. Each reactor loop, each
+//! connection thread of the baseline, its accept loop and its UDP thread keep a [`Stats`]
+//! of their own (plain integers no other thread touches) and add them up at the end; the
+//! sum is the one-line summary logged at shutdown (its `Display`), what
+//! [`Running::shutdown`](crate::running::Running::shutdown) returns, and, added up at a
+//! scrape, what the reactor's metrics show. Plain data, no I/O.
 
 use std::time::Duration;
 
@@ -29,8 +33,7 @@ pub struct Stats {
     /// `--proxy-protocol`: TCP connections closed without a greeting because their PROXY
     /// header was invalid, or did not arrive whole in time or before the peer closed.
     pub proxy_rejected: u64,
-    /// UDP datagrams received (the reactor only; the threaded server counts them as
-    /// messages alone).
+    /// UDP datagrams received.
     pub udp_datagrams: u64,
     /// `--tls-cert`: TCP connections closed before their TLS handshake completed: not
     /// TLS at all (they were sent an alert), a failed or cut-off handshake, or one not

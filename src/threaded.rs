@@ -27,8 +27,8 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -103,36 +103,10 @@ struct Shared {
     /// Connections in their lingering close, oldest first, by id, each with the permit its
     /// thread handed over when it began to linger; its thread takes it back when done.
     lingering: Mutex<LingeringQueue<(u64, Permit)>>,
-    totals: Totals,
-}
-
-/// What finished connections and the UDP thread did; the accept loop adds its own counts.
-#[derive(Default)]
-struct Totals {
-    messages: AtomicU64,
-    bytes_in: AtomicU64,
-    bytes_out: AtomicU64,
-    udp_dropped: AtomicU64,
-    refused_per_ip: AtomicU64,
-    /// Lingering connections closed to admit a new client, at each limit.
-    lingering_closed: AtomicU64,
-    lingering_closed_per_ip: AtomicU64,
-    /// `--proxy-protocol`: connections closed for want of a valid PROXY header.
-    proxy_rejected: AtomicU64,
-    /// Connections that got a thread but were never greeted (no valid PROXY header, or
-    /// refused for the address in it): not counted as served.
-    not_greeted: AtomicU64,
-    /// `--tls-cert`: connections closed before their handshake was complete. Counted as
-    /// served too, as the reactor counts them.
-    tls_rejected: AtomicU64,
-}
-
-impl Totals {
-    fn add(&self, messages: u64, bytes_in: u64, bytes_out: u64) {
-        self.messages.fetch_add(messages, Ordering::Relaxed);
-        self.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
-        self.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
-    }
+    /// What ended connection threads and the UDP thread did. Each thread counts in a
+    /// [`Stats`] of its own, as a reactor loop does, and adds it here once, when it ends:
+    /// the lock is taken once per connection, never per message.
+    counts: Mutex<Stats>,
 }
 
 impl Shared {
@@ -160,18 +134,45 @@ impl Shared {
         guard.len()
     }
 
+    /// The counts lock. A thread that panicked while holding it was adding whole integers;
+    /// the sum is still worth reporting.
+    fn counts(&self) -> MutexGuard<'_, Stats> {
+        self.counts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds what one thread counted to the server's counts.
+    fn add_counts(&self, counts: &Stats) {
+        self.counts().add(counts);
+    }
+
+    /// What every thread that has ended counted, added up.
+    fn counted(&self) -> Stats {
+        *self.counts()
+    }
+
     /// Admits a client under the limits, closing the oldest lingering connection to make
-    /// room at one (see [`Admission::admit_or_reclaim`]).
-    fn admit(&self, address: Option<std::net::IpAddr>) -> Result<Permit, Refusal> {
+    /// room at one (see [`Admission::admit_or_reclaim`]); such a close is counted in
+    /// `counts`.
+    fn admit(
+        &self,
+        address: Option<std::net::IpAddr>,
+        counts: &mut Stats,
+    ) -> Result<Permit, Refusal> {
         self.admission.admit_or_reclaim(address, |refusal| {
-            self.close_oldest_lingering(refusal, address)
+            self.close_oldest_lingering(refusal, address, counts)
         })
     }
 
     /// At a limit: takes the permit of the oldest lingering connection (from `address`, at
     /// the per-address limit), which gives its place back now, and shuts its socket down,
-    /// which wakes its thread from the lingering read to end. False if none lingers.
-    fn close_oldest_lingering(&self, refusal: Refusal, address: Option<std::net::IpAddr>) -> bool {
+    /// which wakes its thread from the lingering read to end; counts that in `counts`.
+    /// False if none lingers.
+    fn close_oldest_lingering(
+        &self,
+        refusal: Refusal,
+        address: Option<std::net::IpAddr>,
+        counts: &mut Stats,
+    ) -> bool {
         let oldest = self
             .lingering
             .lock()
@@ -184,11 +185,10 @@ impl Shared {
         if let Some(stream) = self.connections().get(&id) {
             let _ = stream.shutdown(Shutdown::Both);
         }
-        let count = match refusal {
-            Refusal::Busy => &self.totals.lingering_closed,
-            Refusal::TooManyFromAddress => &self.totals.lingering_closed_per_ip,
-        };
-        count.fetch_add(1, Ordering::Relaxed);
+        match refusal {
+            Refusal::Busy => counts.lingering_closed += 1,
+            Refusal::TooManyFromAddress => counts.lingering_closed_per_ip += 1,
+        }
         debug!("closed lingering conn-{id} to admit a new client ({refusal:?})");
         true
     }
@@ -295,7 +295,7 @@ impl Server {
             all_closed: Condvar::new(),
             admission: Admission::new(config.max_connections, config.max_connections_per_ip),
             lingering: Mutex::new(LingeringQueue::default()),
-            totals: Totals::default(),
+            counts: Mutex::default(),
         });
         Ok(Server {
             config,
@@ -368,7 +368,7 @@ impl Server {
             None => None,
         };
 
-        let (connections, refused) = self.accept_loop();
+        let mut stats = self.accept_loop();
 
         // Stopping. Threads blocked in read() wake with EOF once their read side is shut
         // down; data already queued is still returned first, so every complete line that
@@ -393,32 +393,17 @@ impl Server {
             watch.close();
         }
 
-        let totals = &self.shared.totals;
-        let stats = Stats {
-            connections: connections - totals.not_greeted.load(Ordering::Relaxed),
-            proxy_rejected: totals.proxy_rejected.load(Ordering::Relaxed),
-            tls_rejected: totals.tls_rejected.load(Ordering::Relaxed),
-            refused,
-            refused_per_ip: totals.refused_per_ip.load(Ordering::Relaxed),
-            lingering_closed: totals.lingering_closed.load(Ordering::Relaxed),
-            lingering_closed_per_ip: totals.lingering_closed_per_ip.load(Ordering::Relaxed),
-            messages: totals.messages.load(Ordering::Relaxed),
-            bytes_in: totals.bytes_in.load(Ordering::Relaxed),
-            bytes_out: totals.bytes_out.load(Ordering::Relaxed),
-            udp_dropped: totals.udp_dropped.load(Ordering::Relaxed),
-            udp_datagrams: 0,
-            longest_turn: Duration::ZERO,
-            peak_buffered: 0,
-        };
+        stats.add(&self.shared.counted());
         info!("{stats}");
         Ok(stats)
     }
 
-    /// Accepts until stopped, starting a thread per connection. Returns the connections
-    /// served and refused.
-    fn accept_loop(&self) -> (u64, u64) {
+    /// Accepts until stopped, starting a thread per connection. Returns what it counted:
+    /// the clients refused, and the lingering connections closed to make room (a
+    /// connection served is counted by its own thread).
+    fn accept_loop(&self) -> Stats {
+        let mut counts = Stats::default();
         let mut next_id: u64 = 0;
-        let (mut served, mut refused) = (0, 0);
         while !self.shared.is_stopping() {
             let (stream, peer) = match self.shared.listener.accept() {
                 Ok(accepted) => accepted,
@@ -441,13 +426,9 @@ impl Server {
                 }
             };
             next_id += 1;
-            match self.start_connection(next_id, stream, peer) {
-                Outcome::Served => served += 1,
-                Outcome::Busy => refused += 1,
-                Outcome::TooManyFromAddress => {}
-            }
+            self.start_connection(next_id, stream, peer, &mut counts);
         }
-        (served, refused)
+        counts
     }
 
     /// What a client turned away at the accept is sent in place of `message`.
@@ -455,13 +436,14 @@ impl Server {
         channel::refusal(self.acceptor.is_some(), message)
     }
 
-    /// Registers the connection and starts its thread, or refuses it.
-    fn start_connection(&self, id: u64, stream: TcpStream, peer: SocketAddr) -> Outcome {
+    /// Registers the connection and starts its thread, or refuses it; a refusal is counted
+    /// in `counts`.
+    fn start_connection(&self, id: u64, stream: TcpStream, peer: SocketAddr, counts: &mut Stats) {
         let stream = Arc::new(stream);
         // Behind a balancer the address to count is in the PROXY header, read by the
         // connection's thread.
         let counted = (!self.config.proxy_protocol).then(|| peer.ip());
-        let permit = match self.shared.admit(counted) {
+        let permit = match self.shared.admit(counted, counts) {
             Ok(permit) => permit,
             Err(Refusal::TooManyFromAddress) => {
                 debug!("refusing {peer}: its address is at --max-connections-per-ip");
@@ -469,11 +451,8 @@ impl Server {
                     socket2::SockRef::from(&*stream),
                     self.refusal(protocol::TOO_MANY_FROM_ADDRESS),
                 );
-                self.shared
-                    .totals
-                    .refused_per_ip
-                    .fetch_add(1, Ordering::Relaxed);
-                return Outcome::TooManyFromAddress;
+                counts.refused_per_ip += 1;
+                return;
             }
             Err(Refusal::Busy) => {
                 debug!(
@@ -484,7 +463,8 @@ impl Server {
                     socket2::SockRef::from(&*stream),
                     self.refusal(protocol::SERVER_BUSY),
                 );
-                return Outcome::Busy;
+                counts.refused += 1;
+                return;
             }
         };
         {
@@ -498,7 +478,8 @@ impl Server {
                     socket2::SockRef::from(&*stream),
                     self.refusal(protocol::SERVER_BUSY),
                 );
-                return Outcome::Busy;
+                counts.refused += 1;
+                return;
             }
             live.insert(id, Arc::clone(&stream));
         }
@@ -533,10 +514,7 @@ impl Server {
                 connection::serve_thread(&shared, &thread_stream, start);
             });
         match spawned {
-            Ok(_detached) => {
-                debug!("{peer}: connected");
-                Outcome::Served
-            }
+            Ok(_detached) => debug!("{peer}: connected"),
             // Out of memory or threads (RLIMIT_NPROC, kernel.threads-max): this client is
             // turned away, the ones already served are not disturbed.
             Err(e) => {
@@ -546,19 +524,10 @@ impl Server {
                     socket2::SockRef::from(&*stream),
                     self.refusal(protocol::SERVER_BUSY),
                 );
-                Outcome::Busy
+                counts.refused += 1;
             }
         }
     }
-}
-
-/// What became of an accepted connection.
-enum Outcome {
-    Served,
-    /// Told `ERR server busy`: at `--max-connections` or out of threads.
-    Busy,
-    /// Told its address is at `--max-connections-per-ip`.
-    TooManyFromAddress,
 }
 
 /// Removes a connection from the registry when its thread ends, however it ends.

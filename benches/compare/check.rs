@@ -5,8 +5,10 @@
 //!
 //! Each case is one TCP connection from greeting to close (replies, `exit`, a line split
 //! across writes, the final unterminated line at EOF, the longest line and one byte more,
-//! a line far too long refused with FIN rather than a reset), or one datagram. All of it
-//! takes well under a second.
+//! a line far too long refused with FIN rather than a reset), or one datagram. Then the
+//! crate's own servers are stopped as a user stops them, and their summary lines (one
+//! `Stats` type, whichever server) must count those connections and messages alike. All of
+//! it takes well under a second.
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -16,8 +18,8 @@ use std::time::Duration;
 
 use evloop::protocol::DEFAULT_MAX_LINE;
 
-use crate::plan::{out_dir, SERVERS};
-use crate::processes::start_server;
+use crate::plan::{out_dir, Program, SERVERS};
+use crate::processes::{start_server, start_server_logging, ServerProcess};
 
 /// A guard against a hung check, not a wait: every read below expects data or EOF soon.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -104,7 +106,13 @@ pub fn run() -> bool {
     let mut passed = true;
     for spec in &SERVERS {
         let log = logs.join(format!("{}-check.server.log", spec.name));
-        let server = match start_server(spec, &log, None, None) {
+        // The crate's servers log their summary line at `info`.
+        let summarised = matches!(spec.program, Program::Reactor | Program::Threaded);
+        let started = match summarised {
+            true => start_server_logging(spec, &log, None, None, "info"),
+            false => start_server(spec, &log, None, None),
+        };
+        let mut server = match started {
             Ok(server) => server,
             Err(e) => {
                 println!("check {}: FAILED to start: {e}", spec.name);
@@ -128,12 +136,23 @@ pub fn run() -> bool {
             }
             None => failures.push("no UDP address in the startup line".into()),
         }
+        if summarised {
+            let expected = (cases.len() as u64, messages(&cases));
+            if let Err(e) = check_summary(&mut server, &log, expected) {
+                failures.push(format!("the summary line: {e}"));
+            }
+        }
         if failures.is_empty() {
             println!(
-                "check {}: ok, {} connections and {} datagrams answered as expected",
+                "check {}: ok, {} connections and {} datagrams answered as expected{}",
                 spec.name,
                 cases.len(),
-                DATAGRAMS.len()
+                DATAGRAMS.len(),
+                if summarised {
+                    ", and counted so in its summary line"
+                } else {
+                    ""
+                }
             );
         } else {
             println!("check {}: FAILED (its log: {})", spec.name, log.display());
@@ -144,6 +163,58 @@ pub fn run() -> bool {
         }
     }
     passed
+}
+
+/// The messages the cases and the datagrams are answered for: every `Hello` reply.
+fn messages(cases: &[Case]) -> u64 {
+    let tcp = cases
+        .iter()
+        .flat_map(|case| case.expect.split(|&b| b == b'\n'))
+        .filter(|line| line.starts_with(b"Hello, "))
+        .count();
+    (tcp + DATAGRAMS.len()) as u64
+}
+
+/// Stops the server with SIGTERM and reads its summary line; `Ok` if it counts
+/// `(connections, messages)`.
+fn check_summary(
+    server: &mut ServerProcess,
+    log: &std::path::Path,
+    (connections, messages): (u64, u64),
+) -> Result<(), String> {
+    if cfg!(not(unix)) {
+        return Ok(());
+    }
+    let status = server
+        .child
+        .terminate(IO_TIMEOUT)
+        .ok_or_else(|| format!("no exit within {IO_TIMEOUT:?} of SIGTERM"))?;
+    if !status.success() {
+        return Err(format!("the server exited with {status} at SIGTERM"));
+    }
+    let text = fs::read_to_string(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let counted = text
+        .lines()
+        .rev()
+        .find_map(summary_counts)
+        .ok_or("no summary line in the log")?;
+    if counted != (connections, messages) {
+        return Err(format!(
+            "(connections, messages) {counted:?} where the check made {:?}",
+            (connections, messages)
+        ));
+    }
+    Ok(())
+}
+
+/// The connections and messages a summary line (`evloop::Stats`'s `Display`, after the log
+/// line's prefix) counts: `served C connections (...), M messages, ...`.
+fn summary_counts(line: &str) -> Option<(u64, u64)> {
+    let (_, rest) = line.split_once("served ")?;
+    let (connections, rest) = rest.split_once(" connections (")?;
+    let (_, rest) = rest.split_once("), ")?;
+    let (messages, _) = rest.split_once(" messages, ")?;
+    Some((connections.parse().ok()?, messages.parse().ok()?))
 }
 
 fn run_case(addr: SocketAddr, case: &Case) -> Result<(), String> {

@@ -59,6 +59,34 @@ impl ChildGuard {
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.0.try_wait().ok().flatten()
     }
+
+    /// Stops the child as a user would, with SIGTERM (a graceful stop for both of the
+    /// crate's servers, which then log their summary line), and waits up to `within` for it
+    /// to exit. `None` if it did not, or where there is no SIGTERM to send.
+    pub fn terminate(&mut self, within: Duration) -> Option<ExitStatus> {
+        #[cfg(unix)]
+        {
+            let pid = libc::pid_t::try_from(self.pid()).ok()?;
+            // SAFETY: kill takes plain integers; the pid is our own unreaped child, so it
+            // cannot name another process.
+            if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+                return None;
+            }
+            let started = Instant::now();
+            while started.elapsed() < within {
+                if let Some(status) = self.exited() {
+                    return Some(status);
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+            None
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = within;
+            None
+        }
+    }
 }
 
 impl Drop for ChildGuard {
@@ -83,6 +111,17 @@ pub fn start_server(
     log: &Path,
     cpus: Option<&[usize]>,
     tls: Option<&Certificate>,
+) -> Result<ServerProcess, String> {
+    start_server_logging(spec, log, cpus, tls, &quiet_logging())
+}
+
+/// As [`start_server`], with `RUST_LOG` set to `rust_log`.
+pub fn start_server_logging(
+    spec: &ServerSpec,
+    log: &Path,
+    cpus: Option<&[usize]>,
+    tls: Option<&Certificate>,
+    rust_log: &str,
 ) -> Result<ServerProcess, String> {
     let mut command = match spec.program {
         Program::Reactor => Command::new(env!("CARGO_BIN_EXE_reactor")),
@@ -116,7 +155,7 @@ pub fn start_server(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(stderr)
-        .env("RUST_LOG", quiet_logging());
+        .env("RUST_LOG", rust_log);
     let mut child = ChildGuard(command.spawn().map_err(|e| format!("spawn: {e}"))?);
 
     // Reading a pipe cannot time out, so a thread reads the startup line and hands it over;

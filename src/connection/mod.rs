@@ -128,8 +128,6 @@ pub struct Connection<S> {
     /// The last time anything moved: bytes read or written, or a change of state. The
     /// deadlines count from here (except lingering's, which reads do not extend).
     last_progress: Instant,
-    /// When the unfinished line held in the session began, if one is held.
-    line_started: Option<Instant>,
     /// Stopped at its share of the memory budget, waiting for its output to drain.
     budget_paused: bool,
 }
@@ -167,7 +165,6 @@ impl<S: Stream> Connection<S> {
             held: Vec::new(),
             output: Output::default(),
             last_progress: now,
-            line_started: None,
             budget_paused: false,
         }
     }
@@ -259,7 +256,7 @@ impl<S: Stream> Connection<S> {
     pub fn deadline_basis(&self) -> DeadlineBasis {
         (
             std::mem::discriminant(&self.state),
-            self.line_started.is_some(),
+            self.session.line_started().is_some(),
         )
     }
 
@@ -268,7 +265,7 @@ impl<S: Stream> Connection<S> {
     }
 
     fn line_deadline(&self, config: &ServerConfig) -> Option<Instant> {
-        Some(self.line_started? + config.line_timeout?)
+        self.session.line_deadline(config.line_timeout)
     }
 
     /// Acts on a deadline that has passed; does nothing if it has not (the loop may call
@@ -559,7 +556,6 @@ impl<S: Stream> Connection<S> {
             .min(self.allowance(ctx) / 2)
             .max(1);
         ctx.replies.clear();
-        let answered = self.session.messages();
         let (flow, used) =
             self.session
                 .on_input_until(&ctx.config.protocol, input, ctx.replies, room);
@@ -569,7 +565,7 @@ impl<S: Stream> Connection<S> {
         } else if used < input.len() {
             self.held.extend_from_slice(&input[used..]);
         }
-        self.note_line_start(answered, ctx.now);
+        self.session.note_input(ctx.now);
         self.write(ctx.replies, ctx.stats, ctx.now);
     }
 
@@ -584,19 +580,8 @@ impl<S: Stream> Connection<S> {
         );
         ctx.replies.clear();
         let _ = self.session.refuse_line(ctx.replies);
-        self.line_started = None;
         self.transition(Trigger::InputEnded, ctx.now);
         self.write(ctx.replies, ctx.stats, ctx.now);
-    }
-
-    /// Keeps `line_started` true to the session after input: a line held unfinished began
-    /// now unless it is the same line as before (no line was answered meanwhile).
-    fn note_line_start(&mut self, answered_before: u64, now: Instant) {
-        if self.session.buffered() == 0 {
-            self.line_started = None;
-        } else if self.line_started.is_none() || self.session.messages() != answered_before {
-            self.line_started = Some(now);
-        }
     }
 
     /// The one write path: `fresh` goes behind anything already owed, then as much as the

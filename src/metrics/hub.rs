@@ -1,5 +1,6 @@
 //! What the loops of one server share for its metrics: the [`Hub`], with a slot per loop
-//! for its latest counts ([`LoopCounts`]), the generation the latest scrape asked for, what
+//! for its latest report ([`LoopReport`]: its [`Stats`] and what only the metrics show), the
+//! generation the latest scrape asked for, what
 //! wakes the loops, and the gauges read when a scrape is answered.
 //!
 //! This module owns the hand-over between loops: a scrape bumps the generation and wakes
@@ -20,9 +21,17 @@ use crate::stats::Stats;
 
 use super::text::TurnHistogram;
 
-/// One loop's counts as of the end of one of its turns, or several loops' added up.
+/// What one loop reports to a scrape as of the end of one of its turns, or several loops'
+/// reports added up.
+///
+/// The counts are the loop's [`Stats`], the type the summary line shows too, so a scrape
+/// and the summary cannot count an event differently. The two fields beside it stay out of
+/// `Stats` on purpose: `paused` is a gauge (how many connections are paused now), not an
+/// event that adds up over a run, and a summary of a run has no use for it; the turn
+/// histogram is the metrics' own buckets, which the summary does not show (it keeps the
+/// longest turn) and which a server without turns, the threaded one, could not fill.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub(crate) struct LoopCounts {
+pub(crate) struct LoopReport {
     /// What the loop counted, the messages on its open connections included.
     pub(super) stats: Stats,
     /// Connections paused by backpressure.
@@ -30,8 +39,8 @@ pub(crate) struct LoopCounts {
     pub(super) turns: TurnHistogram,
 }
 
-impl LoopCounts {
-    fn add(&mut self, other: &LoopCounts) {
+impl LoopReport {
+    fn add(&mut self, other: &LoopReport) {
         self.stats.add(&other.stats);
         self.paused += other.paused;
         self.turns.add(&other.turns);
@@ -45,7 +54,7 @@ struct Snapshot {
     generation: u64,
     /// The loop has ended: these counts are its last and answer every generation.
     finished: bool,
-    counts: LoopCounts,
+    counts: LoopReport,
 }
 
 /// What the loops of one server share for its metrics: a slot per loop for its latest
@@ -124,7 +133,7 @@ impl Hub {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(super) fn publish(&self, index: usize, generation: u64, counts: LoopCounts) {
+    pub(super) fn publish(&self, index: usize, generation: u64, counts: LoopReport) {
         let mut slot = self.slot(index);
         slot.generation = generation;
         slot.counts = counts;
@@ -147,8 +156,8 @@ impl Hub {
     }
 
     /// Every loop's counts added up, once each has answered `generation` (or ended).
-    pub(super) fn gathered(&self, generation: u64) -> Option<LoopCounts> {
-        let mut total = LoopCounts::default();
+    pub(super) fn gathered(&self, generation: u64) -> Option<LoopReport> {
+        let mut total = LoopReport::default();
         for index in 0..self.slots.len() {
             let slot = self.slot(index);
             if !slot.finished && slot.generation < generation {
@@ -164,13 +173,13 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn counts(messages: u64) -> LoopCounts {
-        LoopCounts {
+    fn counts(messages: u64) -> LoopReport {
+        LoopReport {
             stats: Stats {
                 messages,
                 ..Stats::default()
             },
-            ..LoopCounts::default()
+            ..LoopReport::default()
         }
     }
 

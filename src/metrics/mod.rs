@@ -12,7 +12,7 @@
 //! thing:
 //!
 //! - `hub.rs`: what the loops of one server share for a scrape (`Hub`), and each loop's
-//!   counts (`LoopCounts`) in it;
+//!   report (`LoopReport`: its `Stats` and the gauges beside them) in it;
 //! - `endpoint.rs`: the endpoint in the serving loop: its listener, its places for clients,
 //!   their deadlines, and answering a scrape once every loop has published;
 //! - `client.rs`: one metrics client's state machine over its socket;
@@ -59,7 +59,7 @@ use crate::timers::{Timer, Timers};
 
 use endpoint::Endpoint;
 pub(crate) use hub::Hub;
-use hub::LoopCounts;
+use hub::LoopReport;
 use text::TurnHistogram;
 
 /// Metrics clients served at once. A Prometheus server scrapes a target over one
@@ -192,7 +192,7 @@ impl LoopMetrics {
             let open = open();
             let mut stats = *stats;
             stats.messages += open.messages;
-            let counts = LoopCounts {
+            let counts = LoopReport {
                 stats,
                 paused: open.paused,
                 turns: self.turns,

@@ -17,7 +17,7 @@ use std::fmt::{Display, Write as _};
 use std::time::Duration;
 
 use super::http::{Responses, Status};
-use super::hub::LoopCounts;
+use super::hub::LoopReport;
 
 /// The turn-duration buckets: each upper bound in nanoseconds and as its `le` label. From
 /// 50 µs (a turn of a few events) to 1 s (far beyond what the loop's per-turn bounds allow:
@@ -74,7 +74,7 @@ impl TurnHistogram {
 /// answer is written. Plain data, so the rendering is tested without a server.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Scrape {
-    pub(super) counts: LoopCounts,
+    pub(super) counts: LoopReport,
     pub(super) open_connections: usize,
     pub(super) buffered: usize,
     pub(super) buffer_budget: usize,
@@ -310,7 +310,7 @@ mod tests {
         responses.count(Status::Ok);
         responses.count(Status::NotFound);
         Scrape {
-            counts: LoopCounts {
+            counts: LoopReport {
                 stats: Stats {
                     connections: 12,
                     refused: 3,

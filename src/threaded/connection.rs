@@ -5,12 +5,14 @@
 //! header and the admission under `--max-connections-per-ip` of the client it names, the
 //! socket options, the TLS handshake, the greeting, the read-answer-write loop with the idle
 //! and line timeouts (the socket's read timeout), and the lingering close
-//! ([`close_politely`]); then it adds what the connection did to the server's totals. It
-//! must not frame, parse or build replies itself (that is `protocol.rs`), nor accept,
-//! register or refuse connections at `--max-connections` (that is `threaded.rs`, whose
-//! registry wakes this thread at stop by shutting its socket down). It reads and writes
-//! through a [`Channel`], never knowing whether TLS is underneath beyond the steps
-//! `Channel` offers.
+//! ([`close_politely`]); then it adds what the connection did (its own [`Stats`]) to the
+//! server's counts. The line clock that `--line-timeout` reads is the session's
+//! ([`Session::line_deadline`]); this thread only tells it the time and turns what is left
+//! into the socket's read timeout. It must not frame, parse or build replies itself (that
+//! is `protocol.rs`), nor accept, register or refuse connections at `--max-connections`
+//! (that is `threaded.rs`, whose registry wakes this thread at stop by shutting its socket
+//! down). It reads and writes through a [`Channel`], never knowing whether TLS is
+//! underneath beyond the steps `Channel` offers.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -25,6 +27,7 @@ use crate::admission::Permit;
 use crate::net::{self, LINGER_TIMEOUT};
 use crate::protocol::{self, Flow, ProtocolConfig, Session};
 use crate::proxy;
+use crate::stats::Stats;
 
 /// Bytes one `read` may return. 16 KiB takes a burst of pipelined requests in one system
 /// call while keeping a connection's memory at a fraction of its stack reservation.
@@ -65,7 +68,7 @@ pub(super) struct SocketSettings {
 }
 
 /// The body of a connection's thread: serves the connection from its first byte to its
-/// lingering close, and adds what it did to the server's totals. Every way it ends is
+/// lingering close, and adds what it did to the server's counts. Every way it ends is
 /// logged here; none of them ends any other connection.
 pub(super) fn serve_thread(shared: &Shared, socket: &TcpStream, start: Start) {
     let Start {
@@ -82,9 +85,9 @@ pub(super) fn serve_thread(shared: &Shared, socket: &TcpStream, start: Start) {
     let channel = match Channel::open(socket, tls) {
         Ok(channel) => channel,
         // rustls refused a config it accepted at startup: not this client's doing.
+        // Nothing was read or written, and it is not counted as served.
         Err(e) => {
             warn!("cannot serve {peer}: {e}");
-            shared.totals.not_greeted.fetch_add(1, Ordering::Relaxed);
             return;
         }
     };
@@ -95,15 +98,15 @@ pub(super) fn serve_thread(shared: &Shared, socket: &TcpStream, start: Start) {
     let mut handshake_from = accepted;
     if proxied {
         if !connection.admit_proxied(peer, shared, &mut permit, &mut early) {
-            shared.totals.not_greeted.fetch_add(1, Ordering::Relaxed);
-            shared
-                .totals
-                .add(0, connection.bytes_in, connection.bytes_out);
+            // Closed ungreeted: its bytes count, the connection does not count as served.
+            shared.add_counts(&connection.counts);
             return;
         }
         // As in the reactor: the handshake's time counts from the admission.
         handshake_from = Instant::now();
     }
+    // Served from here, as the reactor counts a connection: a failed TLS handshake too.
+    connection.counts.connections = 1;
     // Over TLS, what came behind the header is the start of the ClientHello.
     let early = connection.channel.begin(early);
     if let Err(e) = connection.set_socket_options(settings) {
@@ -112,7 +115,7 @@ pub(super) fn serve_thread(shared: &Shared, socket: &TcpStream, start: Start) {
         .channel
         .handshake(handshake_from, handshake_timeout)
     {
-        shared.totals.tls_rejected.fetch_add(1, Ordering::Relaxed);
+        connection.counts.tls_rejected += 1;
         info!("{peer}: TLS handshake failed, closing: {why}");
     } else if let Err(e) = connection.serve(peer, settings, &shared.stopping, &early) {
         debug!("{peer}: {e}");
@@ -122,11 +125,9 @@ pub(super) fn serve_thread(shared: &Shared, socket: &TcpStream, start: Start) {
     shared.linger(id, permit);
     let lingered = close_politely(socket, &mut connection.read_buffer);
     shared.done_lingering(id);
-    shared.totals.add(
-        connection.session.messages(),
-        connection.bytes_in + lingered,
-        connection.bytes_out,
-    );
+    connection.counts.bytes_in += lingered;
+    connection.counts.messages = connection.session.messages();
+    shared.add_counts(&connection.counts);
     debug!("{peer}: closed");
 }
 
@@ -142,8 +143,8 @@ struct Connection<'a> {
     read_buffer: Vec<u8>,
     /// Replies produced by the last read, written before the next one.
     pending_output: Vec<u8>,
-    bytes_in: u64,
-    bytes_out: u64,
+    /// What this connection did; its messages are the session's, taken at the end.
+    counts: Stats,
 }
 
 impl<'a> Connection<'a> {
@@ -159,8 +160,7 @@ impl<'a> Connection<'a> {
             session: Session::new(),
             read_buffer: vec![0; READ_BUFFER_SIZE],
             pending_output: Vec::new(),
-            bytes_in: 0,
-            bytes_out: 0,
+            counts: Stats::default(),
         }
     }
 
@@ -179,7 +179,7 @@ impl<'a> Connection<'a> {
         let source = match self.read_proxy_header(early) {
             Ok(source) => source,
             Err(why) => {
-                shared.totals.proxy_rejected.fetch_add(1, Ordering::Relaxed);
+                self.counts.proxy_rejected += 1;
                 info!("{balancer}: closed without a greeting: {why}");
                 return false;
             }
@@ -187,8 +187,9 @@ impl<'a> Connection<'a> {
         // No address in the header (LOCAL, a health check): the balancer stands.
         let client = source.unwrap_or(balancer);
         let ip = client.ip();
+        let counts = &mut self.counts;
         let counted = permit.count_address_or_reclaim(ip, |refusal| {
-            shared.close_oldest_lingering(refusal, Some(ip))
+            shared.close_oldest_lingering(refusal, Some(ip), counts)
         });
         if counted.is_err() {
             debug!("refused {client} (via {balancer}): at --max-connections-per-ip");
@@ -196,7 +197,7 @@ impl<'a> Connection<'a> {
                 socket2::SockRef::from(self.socket),
                 self.channel.refusal(protocol::TOO_MANY_FROM_ADDRESS),
             );
-            shared.totals.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+            self.counts.refused_per_ip += 1;
             return false;
         }
         debug!("{client}: connected (PROXY header from {balancer})");
@@ -230,7 +231,7 @@ impl<'a> Connection<'a> {
             match read {
                 Ok(0) => return Err("closed before its PROXY header was whole".into()),
                 Ok(n) => {
-                    self.bytes_in += n as u64;
+                    self.counts.bytes_in += n as u64;
                     input.extend_from_slice(&self.read_buffer[..n]);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -288,26 +289,25 @@ impl<'a> Connection<'a> {
         if flow == Flow::Close {
             return Ok(());
         }
-        // When the unfinished line held in the session began. While one is held, the read
-        // timeout is what is left of `--line-timeout` (or the idle timeout, if sooner), so a
-        // client dribbling bytes cannot stretch it; a whole line costs no extra syscall.
-        let mut line_started = (self.session.buffered() > 0).then(Instant::now);
+        self.session.note_input(Instant::now());
+        // While the session holds an unfinished line, the read timeout is what is left of
+        // its `--line-timeout` (or the idle timeout, if sooner), so a client dribbling bytes
+        // cannot stretch it; a whole line costs no extra syscall.
         let mut read_timeout = idle_timeout;
         loop {
-            let wanted = match (line_started, settings.line) {
-                (Some(started), Some(line)) => {
-                    let left = line
-                        .saturating_sub(started.elapsed())
+            let wanted = match self.session.line_deadline(settings.line) {
+                Some(deadline) => {
+                    let left = deadline
+                        .saturating_duration_since(Instant::now())
                         .max(Duration::from_millis(1));
                     Some(idle_timeout.map_or(left, |idle| idle.min(left)))
                 }
-                _ => idle_timeout,
+                None => idle_timeout,
             };
             if wanted != read_timeout {
                 self.socket.set_read_timeout(wanted)?;
                 read_timeout = wanted;
             }
-            let answered = self.session.messages();
             let limit = self.protocol.read_limit(self.read_buffer.len());
             let flow = match self.channel.read(&mut self.read_buffer[..limit]) {
                 Ok(0) => {
@@ -324,7 +324,7 @@ impl<'a> Connection<'a> {
                     self.session.on_eof(self.protocol, &mut self.pending_output)
                 }
                 Ok(n) => {
-                    self.bytes_in += n as u64;
+                    self.counts.bytes_in += n as u64;
                     self.session.on_input(
                         self.protocol,
                         &self.read_buffer[..n],
@@ -339,9 +339,10 @@ impl<'a> Connection<'a> {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    let line_over = line_started
-                        .zip(settings.line)
-                        .is_some_and(|(started, line)| started.elapsed() >= line);
+                    let line_over = self
+                        .session
+                        .line_deadline(settings.line)
+                        .is_some_and(|deadline| deadline <= Instant::now());
                     if !line_over {
                         return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
                     }
@@ -352,11 +353,7 @@ impl<'a> Connection<'a> {
                 }
                 Err(e) => return Err(e),
             };
-            if self.session.buffered() == 0 {
-                line_started = None;
-            } else if line_started.is_none() || self.session.messages() != answered {
-                line_started = Some(Instant::now());
-            }
+            self.session.note_input(Instant::now());
             self.flush()?;
             if flow == Flow::Close {
                 return Ok(());
@@ -372,7 +369,7 @@ impl<'a> Connection<'a> {
         self.channel.write_all(&self.pending_output)?;
         // Over TLS, every record out to the socket, or the error that stopped it.
         self.channel.flush()?;
-        self.bytes_out += self.pending_output.len() as u64;
+        self.counts.bytes_out += self.pending_output.len() as u64;
         self.pending_output.clear();
         // One read of empty lines owes up to nine times its size in replies; do not keep
         // that peak allocated for the rest of a long-lived connection.

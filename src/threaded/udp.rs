@@ -3,11 +3,11 @@
 //!
 //! This module owns the UDP thread's loop and its read timeout. It must not frame or build
 //! replies itself (that is `protocol.rs`), nor bind the socket or start the thread
-//! (`threaded.rs` does both); it adds what it did to the server's totals once, when it ends.
+//! (`threaded.rs` does both); it counts in a [`Stats`] of its own and adds it to the
+//! server's counts once, when it ends.
 
 use std::io;
 use std::net::UdpSocket;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use log::{debug, warn};
@@ -15,6 +15,7 @@ use log::{debug, warn};
 use super::Shared;
 use crate::net::MAX_DATAGRAM;
 use crate::protocol;
+use crate::stats::Stats;
 
 /// The UDP thread's read timeout: a backstop that bounds how long it can miss a stop if the
 /// wake-up datagram [`StopHandle::stop`](super::StopHandle::stop) sends is lost (it never is
@@ -29,7 +30,7 @@ pub(super) fn serve_udp(socket: &UdpSocket, mode: &protocol::Mode, shared: &Shar
     }
     let mut datagram = vec![0; MAX_DATAGRAM];
     let mut reply = Vec::new();
-    let (mut messages, mut bytes_in, mut bytes_out, mut dropped) = (0u64, 0u64, 0u64, 0u64);
+    let mut counts = Stats::default();
     while !shared.is_stopping() {
         let (n, peer) = match socket.recv_from(&mut datagram) {
             Ok(received) => received,
@@ -54,21 +55,18 @@ pub(super) fn serve_udp(socket: &UdpSocket, mode: &protocol::Mode, shared: &Shar
         if shared.is_stopping() {
             break;
         }
-        bytes_in += n as u64;
+        counts.udp_datagrams += 1;
+        counts.bytes_in += n as u64;
         reply.clear();
         protocol::udp_reply(mode, &datagram[..n], &mut reply);
-        messages += 1;
+        counts.messages += 1;
         match socket.send_to(&reply, peer) {
-            Ok(sent) => bytes_out += sent as u64,
+            Ok(sent) => counts.bytes_out += sent as u64,
             Err(e) => {
-                dropped += 1;
+                counts.udp_dropped += 1;
                 debug!("udp: reply to {peer} dropped: {e}");
             }
         }
     }
-    shared.totals.add(messages, bytes_in, bytes_out);
-    shared
-        .totals
-        .udp_dropped
-        .fetch_add(dropped, Ordering::Relaxed);
+    shared.add_counts(&counts);
 }
