@@ -16,9 +16,9 @@
 //!
 //! Each thread blocks in `read`, `write` or `accept`. Blocking calls cannot be cancelled, so
 //! stopping works by making the kernel wake them: `shutdown(SHUT_RD)` on a socket makes a
-//! blocked read or accept return at once on Linux (see [`StopHandle`] and [`Server::run`]).
+//! blocked read or accept return at once on Linux (see `Stop` and [`Server::run`]).
 //!
-//! With `--tls-cert` a connection thread reads and writes through a rustls session over its
+//! With `--tls-cert` a connection thread reads and writes through a rustls connection over its
 //! socket instead of the socket itself (a `Channel`, `threaded/channel.rs` and
 //! `threaded/tls.rs`): the handshake before the greeting, within `--handshake-timeout` of
 //! the accept; `close_notify` before the lingering close. Everything between is the plain
@@ -38,7 +38,7 @@ use crate::admission::{Admission, LingeringQueue, Permit, Refusal};
 use crate::config::ServerConfig;
 use crate::net::{self, ACCEPT_BACKOFF};
 use crate::protocol;
-use crate::running::Running;
+use crate::running::{Running, StopHandle};
 use crate::signals::ThreadSignals;
 use crate::stats::Stats;
 
@@ -66,7 +66,7 @@ pub struct Server {
     /// beyond `--max-connections` only by threads of connections closed to make room that
     /// have not ended yet.
     thread_limit: usize,
-    /// What connections' TLS sessions begin with; SIGHUP reloads it for the next accept.
+    /// What connections' TLS connections begin with; SIGHUP reloads it for the next accept.
     acceptor: Acceptor,
     shared: Arc<Shared>,
     udp: Option<UdpSocket>,
@@ -77,17 +77,18 @@ pub struct Server {
     signals: Option<ThreadSignals>,
 }
 
-/// Stops a [`Server`] gracefully from any thread, any number of times, before or during
-/// [`Server::run`]. Cheap to clone.
+/// What stops a [`Server`] gracefully from any thread, any number of times, before or
+/// during [`Server::run`]: [`Server::stop_handle`] wraps it in the
+/// [`StopHandle`](crate::running::StopHandle) both servers hand out.
 #[derive(Clone)]
-pub struct StopHandle {
+struct Stop {
     shared: Arc<Shared>,
 }
 
-/// State the accept loop, the connection threads, the UDP thread and [`StopHandle`] share.
+/// State the accept loop, the connection threads, the UDP thread and [`Stop`] share.
 struct Shared {
     stopping: AtomicBool,
-    /// Held here rather than by `run` so that [`StopHandle::stop`] can never shut down a
+    /// Held here rather than by `run` so that [`Stop::stop`] can never shut down a
     /// descriptor number that has been closed and reused for something else.
     listener: TcpListener,
     /// Where to send the datagram that wakes the UDP thread.
@@ -223,10 +224,10 @@ impl Shared {
     }
 }
 
-impl StopHandle {
+impl Stop {
     /// Begins a graceful stop: no new connections, replies already owed are delivered, then
     /// [`Server::run`] returns. Does not wait for that; later calls do nothing.
-    pub fn stop(&self) {
+    fn stop(&self) {
         if self.shared.stopping.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -321,7 +322,12 @@ impl Server {
 
     /// A handle that stops this server gracefully; take it before calling [`Server::run`].
     pub fn stop_handle(&self) -> StopHandle {
-        StopHandle {
+        let stop = self.stopper();
+        StopHandle::new(move || stop.stop())
+    }
+
+    fn stopper(&self) -> Stop {
+        Stop {
             shared: Arc::clone(&self.shared),
         }
     }
@@ -344,7 +350,7 @@ impl Server {
         #[cfg_attr(not(feature = "tls"), allow(clippy::clone_on_copy))]
         let acceptor = self.acceptor.clone();
         let signal_watch = match self.signals.take() {
-            Some(signals) => Some(watch_signals(signals, self.stop_handle(), acceptor)?),
+            Some(signals) => Some(watch_signals(signals, self.stopper(), acceptor)?),
             None => None,
         };
         let udp_thread = match self.udp.take() {
@@ -357,7 +363,7 @@ impl Server {
                 match spawned {
                     Ok(thread) => Some(thread),
                     Err(e) => {
-                        self.stop_handle().stop();
+                        self.stopper().stop();
                         return Err(io::Error::new(
                             e.kind(),
                             format!("cannot start the UDP thread: {e}"),
@@ -550,7 +556,7 @@ impl Drop for Registration<'_> {
 /// stop and a second one into an immediate exit.
 fn watch_signals(
     signals: ThreadSignals,
-    stop: StopHandle,
+    stop: Stop,
     acceptor: Acceptor,
 ) -> io::Result<crate::signals::Watch> {
     signals.watch(

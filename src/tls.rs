@@ -1,5 +1,5 @@
 //! TLS for the reactor's TCP connections, with rustls (`--tls-cert`, `--tls-key`): the
-//! certificate and key ([`Identity`]), and [`TlsStream`], a TLS session over a non-blocking
+//! certificate and key ([`Identity`]), and [`TlsStream`], a TLS connection over a non-blocking
 //! socket that a [`Connection`](crate::connection::Connection) drives as it drives a socket.
 //!
 //! rustls does no I/O of its own: every byte moves because this module moved it, in this
@@ -15,7 +15,7 @@
 //!    bound does that).
 //!
 //! This module owns that order, what rustls holds and how much ([`Stream::unsent`],
-//! [`Stream::unread`]), the session's beginning (with the bytes that came behind a PROXY
+//! [`Stream::unread`]), the TLS connection's beginning (with the bytes that came behind a PROXY
 //! header, read from the socket beneath it) and its end (`close_notify`), and what a TLS
 //! client is refused with ([`REFUSAL`]). The connection's state
 //! machine owns when: `Handshaking` before the greeting, `close_notify` after the last
@@ -71,7 +71,7 @@ pub const REFUSAL: [u8; 7] = [21, 3, 3, 0, 2, 2, 80];
 pub struct Identity {
     cert: PathBuf,
     key: PathBuf,
-    /// Replaced whole by a reload. A session keeps the `Arc` it was made with, so an
+    /// Replaced whole by a reload. A TLS connection keeps the `Arc` it was made with, so an
     /// established connection goes on with the certificate it was accepted with. Read once
     /// per accepted connection: an uncontended read lock and a reference count, beside a
     /// handshake's hundreds of microseconds.
@@ -159,18 +159,18 @@ impl Identity {
         Ok(())
     }
 
-    /// What rustls serves new sessions with, as of now.
+    /// What rustls serves new TLS connections with, as of now.
     pub fn config(&self) -> Arc<rustls::ServerConfig> {
         Arc::clone(&self.served.read().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
-/// A TLS session over a non-blocking socket: plaintext in and out through `Read` and
+/// A TLS connection over a non-blocking socket: plaintext in and out through `Read` and
 /// `Write`, ciphertext moved to and from the socket on the way, in the order the module
 /// documentation gives.
 pub struct TlsStream {
     socket: TcpStream,
-    session: ServerConnection,
+    rustls: ServerConnection,
     /// Ciphertext rustls holds for the socket: exact after each processing, counted up by
     /// what each write adds (at most [`RECORD_OVERHEAD`] over), zero when rustls says it has
     /// nothing to write.
@@ -180,13 +180,13 @@ pub struct TlsStream {
 }
 
 impl TlsStream {
-    /// A server session, its handshake not begun, over a freshly accepted socket.
+    /// A server-side TLS connection, its handshake not begun, over a freshly accepted socket.
     pub fn new(socket: TcpStream, identity: &Identity) -> io::Result<TlsStream> {
-        let mut session = ServerConnection::new(identity.config()).map_err(io::Error::other)?;
-        session.set_buffer_limit(Some(SEND_LIMIT));
+        let mut rustls = ServerConnection::new(identity.config()).map_err(io::Error::other)?;
+        rustls.set_buffer_limit(Some(SEND_LIMIT));
         Ok(TlsStream {
             socket,
-            session,
+            rustls,
             unsent: 0,
             unread: 0,
         })
@@ -203,7 +203,7 @@ impl TlsStream {
     /// an answer to a key update) is sent at once, as far as the socket takes it. A TLS error
     /// comes back as `InvalidData`, after its alert was sent.
     fn process(&mut self) -> io::Result<()> {
-        let processed = self.session.process_new_packets();
+        let processed = self.rustls.process_new_packets();
         if let Ok(state) = &processed {
             self.unsent = state.tls_bytes_to_write();
             self.unread = state.plaintext_bytes_to_read();
@@ -219,8 +219,8 @@ impl TlsStream {
     /// ciphertext bytes it took. WouldBlock is not an error here: the records wait.
     fn send(&mut self) -> io::Result<usize> {
         let mut sent = 0;
-        while self.session.wants_write() {
-            match self.session.write_tls(&mut self.socket) {
+        while self.rustls.wants_write() {
+            match self.rustls.write_tls(&mut self.socket) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => sent += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -228,7 +228,7 @@ impl TlsStream {
                 Err(e) => return Err(e),
             }
         }
-        self.unsent = match self.session.wants_write() {
+        self.unsent = match self.rustls.wants_write() {
             true => self.unsent.saturating_sub(sent),
             false => 0,
         };
@@ -238,12 +238,12 @@ impl TlsStream {
 
 impl Read for TlsStream {
     /// Plaintext: what rustls holds decrypted, else one `read_tls` and its processing, again
-    /// until there is plaintext or the socket would block. `Ok(0)` is the end of the session:
+    /// until there is plaintext or the socket would block. `Ok(0)` is the end of the TLS connection:
     /// the peer's `close_notify`, or a TCP EOF without one, which is logged as a truncated
-    /// session (a peer that cut the connection, or an attacker who did, looks the same).
+    /// TLS connection (a peer that cut the connection, or an attacker who did, looks the same).
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            match self.session.reader().read(buf) {
+            match self.rustls.reader().read(buf) {
                 Ok(n) => {
                     self.unread = self.unread.saturating_sub(n);
                     return Ok(n);
@@ -259,7 +259,7 @@ impl Read for TlsStream {
                 Err(e) => return Err(e),
             }
             // Ok(0), the socket's EOF, is noted by rustls; the reader reports it above.
-            self.session.read_tls(&mut self.socket)?;
+            self.rustls.read_tls(&mut self.socket)?;
             self.process()?;
         }
     }
@@ -271,7 +271,7 @@ impl Write for TlsStream {
     /// none of it, this is WouldBlock, as a full socket would be.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.send()?;
-        let accepted = self.session.writer().write(buf)?;
+        let accepted = self.rustls.writer().write(buf)?;
         self.unsent += accepted + accepted.div_ceil(RECORD_PAYLOAD) * RECORD_OVERHEAD;
         self.send()?;
         if accepted == 0 && !buf.is_empty() {
@@ -291,7 +291,7 @@ impl Stream for TlsStream {
     }
 
     /// The socket's write side; `close_notify` went out before (see
-    /// [`end_session`](Stream::end_session)).
+    /// [`queue_close_notify`](Stream::queue_close_notify)).
     fn shutdown_write(&self) -> io::Result<()> {
         self.socket.shutdown(Shutdown::Write)
     }
@@ -301,15 +301,15 @@ impl Stream for TlsStream {
     const SHORT_READ_DRAINS: bool = false;
 
     fn handshaking(&self) -> bool {
-        self.session.is_handshaking()
+        self.rustls.is_handshaking()
     }
 
     /// `read_tls` and `process_new_packets` (which sends each flight) until the handshake is
     /// done or the socket would block. A handshake message may not exceed 64 KiB (rustls's
     /// bound), so this reads a bounded amount.
     fn handshake(&mut self) -> io::Result<bool> {
-        while self.session.is_handshaking() {
-            match self.session.read_tls(&mut self.socket) {
+        while self.rustls.is_handshaking() {
+            match self.rustls.read_tls(&mut self.socket) {
                 Ok(0) => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -343,33 +343,33 @@ impl Stream for TlsStream {
 
     /// Queues `close_notify` behind every record already held (rustls sends it once, and
     /// not at all after a fatal alert); [`send_unsent`](Stream::send_unsent) sends it.
-    fn end_session(&mut self) {
-        self.session.send_close_notify();
-        if self.session.wants_write() {
+    fn queue_close_notify(&mut self) {
+        self.rustls.send_close_notify();
+        if self.rustls.wants_write() {
             self.unsent = self.unsent.max(RECORD_OVERHEAD);
         }
     }
 
-    /// Before the session (a PROXY header), and after `close_notify` or a failed handshake
+    /// Before the TLS connection (a PROXY header), and after `close_notify` or a failed handshake
     /// (lingering drops the socket's bytes without decrypting them): the socket itself.
     fn read_beneath(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         (&self.socket).read(buf)
     }
 
-    /// The bytes that came behind a PROXY header are the first of the session's: each
+    /// The bytes that came behind a PROXY header are the first of the TLS connection's: each
     /// `read_tls` from them is processed as one from the socket would be (an alert is sent
     /// for plaintext). A header is at most `proxy::MAX_HEADER` bytes, so these are fewer,
     /// well within what rustls buffers.
-    fn begin_session(&mut self, early: &[u8]) -> io::Result<()> {
+    fn begin_handshake(&mut self, early: &[u8]) -> io::Result<()> {
         let mut rest = early;
         while !rest.is_empty() {
-            self.session.read_tls(&mut rest)?;
+            self.rustls.read_tls(&mut rest)?;
             self.process()?;
         }
         Ok(())
     }
 
-    /// [`REFUSAL`], beneath the session, which has not begun: a TLS client reads it where
+    /// [`REFUSAL`], beneath the TLS connection, which has not begun: a TLS client reads it where
     /// it expects the server's first record.
     fn refuse(&mut self, _message: &[u8]) -> io::Result<usize> {
         (&self.socket).write(&REFUSAL)

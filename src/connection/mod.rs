@@ -10,7 +10,7 @@
 //! It must not know about the poll, tokens or other connections: the loop registers the
 //! socket with the [`interest`](Connection::interest) the state asks for and calls back in.
 //! It is generic over [`Stream`] so its tests (`connection/tests.rs`) drive it with an
-//! in-memory socket and a clock they move by hand, and so that a TLS session
+//! in-memory socket and a clock they move by hand, and so that a TLS connection
 //! ([`tls`](crate::tls)) is driven by the same code as a socket, while a socket, whose
 //! TLS-only steps are defaults that do nothing, is compiled without them.
 //!
@@ -614,9 +614,9 @@ impl<S: Stream> Connection<S> {
             if self.state == State::Reading {
                 return;
             }
-            // Everything owed is out: a TLS session ends with close_notify, which must be
+            // Everything owed is out: a TLS connection ends with close_notify, which must be
             // out too before the close. (Nothing for a socket: this folds away.)
-            if matches!(self.state, State::Closing { .. }) && !self.finish_session() {
+            if matches!(self.state, State::Closing { .. }) && !self.send_close_notify() {
                 return;
             }
             Trigger::Flushed
@@ -634,10 +634,10 @@ impl<S: Stream> Connection<S> {
         self.transition(level, now);
     }
 
-    /// Queues the session's end behind everything written and sends it: `true` once it is
+    /// Queues the TLS connection's end behind everything written and sends it: `true` once it is
     /// in the socket.
-    fn finish_session(&mut self) -> bool {
-        self.stream.end_session();
+    fn send_close_notify(&mut self) -> bool {
+        self.stream.queue_close_notify();
         if let Err(e) = self.stream.send_unsent() {
             self.fail("write", e);
             return false;

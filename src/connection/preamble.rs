@@ -1,6 +1,6 @@
 //! What happens before a connection is greeted, in order on the raw socket, each step a
 //! state of its own: the PROXY header a load balancer sends (`--proxy-protocol`), read from
-//! the socket beneath any session; the admission of the client it names, which the loop
+//! the socket beneath any TLS; the admission of the client it names, which the loop
 //! decides ([`Connection::admitted`] or [`Connection::refuse`]); the TLS handshake
 //! (`--tls-cert`), which reads first what came behind the header; then the greeting, after
 //! which the connection is served as any other. This file must not know about the loop.
@@ -17,7 +17,7 @@ pub enum HeaderRead {
     Waiting,
     /// A whole header, with the client's address (`None`: the header carries none, so the
     /// socket's peer stands). Bytes that came behind it are kept for the next step: the
-    /// client's first input after the greeting, or over TLS the session's first bytes.
+    /// client's first input after the greeting, or over TLS the TLS connection's first bytes.
     /// The loop now calls [`Connection::admitted`], or [`Connection::refuse`].
     Received(Option<std::net::SocketAddr>),
     /// No valid header (the reason says why), or the peer closed first: the connection
@@ -73,7 +73,7 @@ impl<S: Stream> Connection<S> {
 
     /// After a PROXY header whose client the loop admitted: the next step. Over TLS the
     /// handshake begins, and what came behind the header, the start of the ClientHello, is
-    /// the session's first input; anything more the socket holds is read at once, since no
+    /// the TLS connection's first input; anything more the socket holds is read at once, since no
     /// edge will announce bytes that already arrived. Otherwise the client is greeted, and
     /// what came behind the header is answered on the next turn, as a new connection's
     /// input would be.
@@ -83,7 +83,7 @@ impl<S: Stream> Connection<S> {
         }
         self.transition(Trigger::HandshakeBegun, ctx.now);
         let early = std::mem::take(&mut self.held);
-        match self.stream.begin_session(&early) {
+        match self.stream.begin_handshake(&early) {
             Ok(()) => self.handshake(ctx),
             Err(e) => self.handshake_failed(e, ctx),
         }

@@ -1,5 +1,5 @@
 //! What a connection reads and writes through: [`Stream`], a non-blocking byte stream with
-//! the few steps a session layer (TLS) adds, which a plain socket does not have. It owns no
+//! the few steps a TLS layer adds, which a plain socket does not have. It owns no
 //! policy: when to call each step is the connection's.
 
 use std::fmt;
@@ -7,9 +7,9 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 
 /// A byte stream the connection can drive: a non-blocking socket in the reactor, a TLS
-/// session over one ([`TlsStream`](crate::tls::TlsStream)), an in-memory fake in tests.
+/// TLS connection over one ([`TlsStream`](crate::tls::TlsStream)), an in-memory fake in tests.
 ///
-/// Everything past `shutdown_write` is what a session layer adds to a socket. The defaults
+/// Everything past `shutdown_write` is what a TLS layer adds to a socket. The defaults
 /// are a socket's, which has none: they do nothing and compile away, so plain TCP runs the
 /// same instructions as if they were not there.
 pub trait Stream: Read + Write {
@@ -53,25 +53,25 @@ pub trait Stream: Read + Write {
         Ok(0)
     }
 
-    /// Queues the end of the session (TLS `close_notify`) behind everything written.
-    fn end_session(&mut self) {}
+    /// Queues the end of the TLS connection (TLS `close_notify`) behind everything written.
+    fn queue_close_notify(&mut self) {}
 
-    /// Reads the socket beneath any session: the bytes that come before the session begins
+    /// Reads the socket beneath any TLS: the bytes that come before the TLS connection begins
     /// (a PROXY header), and those dropped unread after it ended (lingering).
     fn read_beneath(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.read(buf)
     }
 
-    /// Begins the session with `early`, bytes read from the socket before it (what came
+    /// Begins the TLS connection with `early`, bytes read from the socket before it (what came
     /// behind a PROXY header: the start of a ClientHello), and moves the handshake on as far
     /// as they take it. Called only while [`handshaking`](Stream::handshaking). An error is
     /// the handshake's.
-    fn begin_session(&mut self, _early: &[u8]) -> io::Result<()> {
+    fn begin_handshake(&mut self, _early: &[u8]) -> io::Result<()> {
         Ok(())
     }
 
     /// Turns away a client not served yet (its PROXY header named an address at its
-    /// limit): writes `message` on the socket, or what a client of the session reads in
+    /// limit): writes `message` on the socket, or what a client of the TLS connection reads in
     /// its place (for TLS an alert, [`tls::REFUSAL`](crate::tls)); returns how much the
     /// socket took. A new connection's empty send buffer takes it whole.
     fn refuse(&mut self, message: &[u8]) -> io::Result<usize> {

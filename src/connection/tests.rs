@@ -18,7 +18,7 @@ struct FakeStream {
     written: Vec<u8>,
     accept: usize,
     shut_down: std::cell::Cell<bool>,
-    /// Plays a session layer whose handshake is under way: what `begin_session` was given
+    /// Plays a session layer whose handshake is under way: what `begin_handshake` was given
     /// (`Some` once it was called), and the handshake never completes.
     session: Option<Option<Vec<u8>>>,
 }
@@ -73,7 +73,7 @@ impl Stream for FakeStream {
         Ok(self.session.is_none())
     }
 
-    fn begin_session(&mut self, early: &[u8]) -> io::Result<()> {
+    fn begin_handshake(&mut self, early: &[u8]) -> io::Result<()> {
         self.session = Some(Some(early.to_vec()));
         Ok(())
     }
@@ -706,7 +706,7 @@ fn input_behind_a_header_waits_for_a_greeting_the_socket_did_not_take() {
 }
 
 /// A session stream whose handshake is under way, with `reads` scripted.
-fn session_stream(reads: &[&[u8]]) -> FakeStream {
+fn handshaking_stream(reads: &[&[u8]]) -> FakeStream {
     FakeStream {
         session: Some(None),
         ..stream(reads, 1000)
@@ -717,7 +717,7 @@ fn session_stream(reads: &[&[u8]]) -> FakeStream {
 fn over_tls_the_header_comes_first_then_the_handshake_reads_what_came_behind_it() {
     let mut h = Harness::new();
     let input = [proxy_header(proxy::Version::V2), b"CLIENT HELLO".to_vec()].concat();
-    let mut conn = Connection::accept_proxied(session_stream(&[&input]), h.now);
+    let mut conn = Connection::accept_proxied(handshaking_stream(&[&input]), h.now);
     assert_eq!(conn.state(), State::ProxyHeader);
     assert!(matches!(
         conn.read_proxy_header(&mut h.ctx()),
@@ -748,7 +748,7 @@ fn a_client_refused_after_its_header_is_told_so_then_lingered_on() {
         let mut h = Harness::new();
         let input = [proxy_header(proxy::Version::V1), b"more".to_vec()].concat();
         let fake = match tls {
-            true => session_stream(&[&input]),
+            true => handshaking_stream(&[&input]),
             false => stream(&[&input], 1000),
         };
         let mut conn = Connection::accept_proxied(fake, h.now);

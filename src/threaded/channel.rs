@@ -1,10 +1,10 @@
 //! What a connection thread reads requests from and writes replies to: its socket, or with
-//! `--tls-cert` a rustls session over it (`tls.rs`).
+//! `--tls-cert` a rustls connection over it (`tls.rs`).
 //!
 //! This module owns the choice between the two and the dispatch to either, so the
 //! connection thread (`connection.rs`) has one code path for both; the steps only TLS has
 //! (the handshake, truncation, `close_notify`) do nothing on a plain socket. It must not
-//! frame lines, log or decide what an error means, and it must not drive the TLS session
+//! frame lines, log or decide what an error means, and it must not drive the TLS connection
 //! itself: that is `tls.rs`.
 
 use std::io::{self, Read, Write};
@@ -19,9 +19,9 @@ use crate::config::ServerConfig;
 use super::tls;
 
 /// What a connection thread reads requests from and writes replies to: the socket itself,
-/// or a TLS session over it. The steps only TLS has do nothing on a plain socket.
+/// or a TLS connection over it. The steps only TLS has do nothing on a plain socket.
 // One per connection thread, on its stack: the bytes a plain connection leaves unused are
-// its own, and boxing the session would cost every TLS connection an allocation.
+// its own, and boxing the TLS connection would cost every TLS connection an allocation.
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Channel<'a> {
     Plain(&'a TcpStream),
@@ -30,7 +30,7 @@ pub(super) enum Channel<'a> {
     Tls(tls::TlsChannel<'a>),
 }
 
-/// What the accept loop begins connections' TLS sessions with: with `--tls-cert`, the
+/// What the accept loop begins connections' TLS connections with: with `--tls-cert`, the
 /// certificate, read at bind and read again at SIGHUP; `None` serves plain TCP.
 #[cfg(feature = "tls")]
 pub(super) type Acceptor = Option<crate::tls::Identity>;
@@ -39,7 +39,7 @@ pub(super) type Acceptor = Option<crate::tls::Identity>;
 #[cfg(not(feature = "tls"))]
 pub(super) type Acceptor = Option<std::convert::Infallible>;
 
-/// What a connection thread needs to begin a TLS session: rustls's config as of its
+/// What a connection thread needs to begin a TLS connection: rustls's config as of its
 /// accept, shared by every connection; `None` serves plain TCP.
 #[cfg(feature = "tls")]
 pub(super) type TlsConfig = Option<Arc<rustls::ServerConfig>>;
@@ -63,7 +63,7 @@ pub(super) fn acceptor(config: &ServerConfig) -> io::Result<Acceptor> {
     }
 }
 
-/// The session config for a connection accepted now.
+/// The TLS config for a connection accepted now.
 pub(super) fn tls_config(acceptor: &Acceptor) -> TlsConfig {
     #[cfg(feature = "tls")]
     return acceptor.as_ref().map(crate::tls::Identity::config);
@@ -83,7 +83,7 @@ pub(super) fn refusal(tls: bool, message: &'static [u8]) -> &'static [u8] {
 }
 
 impl<'a> Channel<'a> {
-    /// A TLS session over `socket`, its handshake not begun, if the server has a
+    /// A TLS connection over `socket`, its handshake not begun, if the server has a
     /// certificate; else the socket itself.
     #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
     pub(super) fn open(socket: &'a TcpStream, tls: TlsConfig) -> io::Result<Channel<'a>> {
@@ -94,15 +94,15 @@ impl<'a> Channel<'a> {
         Ok(Channel::Plain(socket))
     }
 
-    /// The socket's bytes that arrived before the session began (behind a PROXY header):
-    /// over TLS they are the start of the ClientHello, which the session reads first, and
+    /// The socket's bytes that arrived before the TLS connection began (behind a PROXY header):
+    /// over TLS they are the start of the ClientHello, which the TLS connection reads first, and
     /// nothing is left; on a plain socket they are the client's first input, returned.
     pub(super) fn begin(&mut self, early: Vec<u8>) -> Vec<u8> {
         match self {
             Channel::Plain(_) => early,
             #[cfg(feature = "tls")]
-            Channel::Tls(session) => {
-                session.begin(early);
+            Channel::Tls(tls) => {
+                tls.begin(early);
                 Vec::new()
             }
         }
@@ -120,25 +120,25 @@ impl<'a> Channel<'a> {
         match self {
             Channel::Plain(_) => Ok(()),
             #[cfg(feature = "tls")]
-            Channel::Tls(session) => session.handshake(accepted, timeout),
+            Channel::Tls(tls) => tls.handshake(accepted, timeout),
         }
     }
 
-    /// TLS: the session ended with a TCP EOF and no `close_notify` before it.
+    /// TLS: the TLS connection ended with a TCP EOF and no `close_notify` before it.
     pub(super) fn truncated(&self) -> bool {
         match self {
             Channel::Plain(_) => false,
             #[cfg(feature = "tls")]
-            Channel::Tls(session) => session.truncated(),
+            Channel::Tls(tls) => tls.truncated(),
         }
     }
 
     /// TLS: sends `close_notify`, after the last reply and before the lingering close.
-    pub(super) fn end_session(&mut self) {
+    pub(super) fn send_close_notify(&mut self) {
         match self {
             Channel::Plain(_) => {}
             #[cfg(feature = "tls")]
-            Channel::Tls(session) => session.end_session(),
+            Channel::Tls(tls) => tls.send_close_notify(),
         }
     }
 }
@@ -148,7 +148,7 @@ impl Read for Channel<'_> {
         match self {
             Channel::Plain(socket) => socket.read(buf),
             #[cfg(feature = "tls")]
-            Channel::Tls(session) => session.read(buf),
+            Channel::Tls(tls) => tls.read(buf),
         }
     }
 }
@@ -158,7 +158,7 @@ impl Write for Channel<'_> {
         match self {
             Channel::Plain(socket) => socket.write(buf),
             #[cfg(feature = "tls")]
-            Channel::Tls(session) => session.write(buf),
+            Channel::Tls(tls) => tls.write(buf),
         }
     }
 
@@ -166,7 +166,7 @@ impl Write for Channel<'_> {
         match self {
             Channel::Plain(socket) => socket.flush(),
             #[cfg(feature = "tls")]
-            Channel::Tls(session) => session.flush(),
+            Channel::Tls(tls) => tls.flush(),
         }
     }
 }

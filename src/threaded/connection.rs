@@ -120,7 +120,7 @@ pub(super) fn serve_thread(shared: &Shared, socket: &TcpStream, start: Start) {
     } else if let Err(e) = connection.serve(peer, settings, &shared.stopping, &early) {
         debug!("{peer}: {e}");
     }
-    connection.channel.end_session();
+    connection.channel.send_close_notify();
     // Everything owed is out: from here a new client may take this one's place.
     shared.linger(id, permit);
     let lingered = close_politely(socket, &mut connection.read_buffer);

@@ -7,11 +7,11 @@
 //! socket has taken its records. So the thread's own timeouts are the socket's timeouts,
 //! as over plain TCP, and no plaintext waits inside rustls without the thread knowing. What
 //! this module adds is what a server needs beyond it: a deadline for the handshake, bytes
-//! that came before the session (behind a PROXY header), a TCP EOF without `close_notify`
+//! that came before the TLS connection (behind a PROXY header), a TCP EOF without `close_notify`
 //! told apart from a clean end, and `close_notify` sent before the lingering close.
 //!
 //! It must not frame lines or log: the connection thread decides what an error or a
-//! truncated session means.
+//! truncated TLS connection means.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -22,14 +22,14 @@ use rustls::{ServerConnection, StreamOwned};
 
 use crate::net::LINGER_TIMEOUT;
 
-/// A TLS session, server side, over a connection's blocking socket.
+/// A TLS connection, server side, over a connection's blocking socket.
 pub(super) struct TlsChannel<'a> {
     stream: StreamOwned<ServerConnection, Beneath<'a>>,
-    /// The session ended with a TCP EOF and no `close_notify` before it.
+    /// The TLS connection ended with a TCP EOF and no `close_notify` before it.
     truncated: bool,
 }
 
-/// The socket as the session reads it: first the bytes that arrived before the session
+/// The socket as the TLS connection reads it: first the bytes that arrived before the TLS connection
 /// began (the start of a ClientHello, read with the PROXY header in front of it), then the
 /// socket itself. Writes go straight to the socket.
 ///
@@ -82,25 +82,25 @@ impl Write for Beneath<'_> {
 }
 
 impl<'a> TlsChannel<'a> {
-    /// A session whose handshake has not begun, over a freshly accepted socket.
+    /// A TLS connection whose handshake has not begun, over a freshly accepted socket.
     pub(super) fn new(
         socket: &'a TcpStream,
         config: Arc<rustls::ServerConfig>,
     ) -> io::Result<TlsChannel<'a>> {
-        let session = ServerConnection::new(config).map_err(io::Error::other)?;
+        let rustls = ServerConnection::new(config).map_err(io::Error::other)?;
         let beneath = Beneath {
             early: Vec::new(),
             socket,
             deadline: None,
         };
         Ok(TlsChannel {
-            stream: StreamOwned::new(session, beneath),
+            stream: StreamOwned::new(rustls, beneath),
             truncated: false,
         })
     }
 
-    /// Bytes read from the socket before the session began (what came behind a PROXY
-    /// header): the session reads them first.
+    /// Bytes read from the socket before the TLS connection began (what came behind a PROXY
+    /// header): the TLS connection reads them first.
     pub(super) fn begin(&mut self, early: Vec<u8>) {
         self.stream.sock.early = early;
     }
@@ -157,7 +157,7 @@ impl<'a> TlsChannel<'a> {
     /// rustls sends nothing after a fatal alert). A client that has stopped reading must not
     /// hold the thread for another write timeout: this write waits [`LINGER_TIMEOUT`] at
     /// most, and a `close_notify` that cannot go out is only a less polite close.
-    pub(super) fn end_session(&mut self) {
+    pub(super) fn send_close_notify(&mut self) {
         if self.stream.conn.is_handshaking() {
             return;
         }
@@ -173,7 +173,7 @@ impl<'a> TlsChannel<'a> {
         }
     }
 
-    /// Whether the session ended with a TCP EOF that no `close_notify` came before.
+    /// Whether the TLS connection ended with a TCP EOF that no `close_notify` came before.
     pub(super) fn truncated(&self) -> bool {
         self.truncated
     }
@@ -181,7 +181,7 @@ impl<'a> TlsChannel<'a> {
 
 impl Read for TlsChannel<'_> {
     /// Plaintext, as `StreamOwned` reads it (waiting up to the socket's read timeout, whose
-    /// WouldBlock it returns). `Ok(0)` ends the session: the client's `close_notify`, or a
+    /// WouldBlock it returns). `Ok(0)` ends the TLS connection: the client's `close_notify`, or a
     /// TCP EOF without one, which rustls reports as `UnexpectedEof` and
     /// [`truncated`](TlsChannel::truncated) then says.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {

@@ -18,7 +18,7 @@ use crate::protocol;
 use crate::stats::Stats;
 
 /// The UDP thread's read timeout: a backstop that bounds how long it can miss a stop if the
-/// wake-up datagram [`StopHandle::stop`](super::StopHandle::stop) sends is lost (it never is
+/// wake-up datagram `Stop::stop` sends is lost (it never is
 /// on loopback, but UDP promises nothing).
 pub(super) const UDP_STOP_CHECK: Duration = Duration::from_secs(1);
 
