@@ -657,7 +657,12 @@ impl<S: Stream> Connection<S> {
                     self.transition(Trigger::PeerEof, ctx.now);
                     return Progress::Wait;
                 }
-                Ok(n) => budget = budget.saturating_sub(n),
+                // Counted as read, as the threaded baseline counts it: both servers' `bytes
+                // in` is what their clients sent.
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    ctx.stats.bytes_in += n as u64;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Progress::Wait,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
