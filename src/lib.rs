@@ -26,8 +26,8 @@
 //! free of I/O as [`protocol`]), `tls` (TLS with rustls: the certificate, and the TLS state
 //! over a socket that a connection drives as it drives a socket), `transport` (a socket, or
 //! a socket with TLS: what the loop is generic over), `signals`, [`systemd`], [`restart`] (a
-//! successor on the same sockets at SIGUSR2), `cli` (the binaries' flags, with the default
-//! feature `cli`) and [`running`] are the plumbing the binaries share.
+//! successor on the same sockets at SIGUSR2) and [`running`] are the plumbing the binaries
+//! share. The binaries' flags are theirs (`src/bin/common/cli.rs`), not the library's.
 //!
 //! Layering: each numbered module uses only those above it, [`metrics`] and the plumbing;
 //! the plumbing uses nothing but itself and [`protocol`].
@@ -36,8 +36,6 @@
 
 pub mod admission;
 pub mod budget;
-#[cfg(feature = "cli")]
-pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod event_loop;

@@ -16,8 +16,14 @@ use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
 
 use clap::Parser;
+use cli::ServerArgs;
 use common::{udp_roundtrip, IO_TIMEOUT};
-use evloop::{cli::ServerArgs, Running, ServerConfig};
+use evloop::{Running, ServerConfig};
+
+// The servers' flags, as their binaries parse them: each tutorial's command line must parse.
+#[allow(dead_code)]
+#[path = "../src/bin/common/cli.rs"]
+mod cli;
 
 /// The flags that make the servers behave as each tutorial's server: (tutorial, flags).
 const TUTORIALS: [(&str, &str); 5] = [

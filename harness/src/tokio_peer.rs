@@ -37,7 +37,9 @@ const READ_BUFFER: usize = 8 * 1024;
 /// Binds TCP and UDP on `listen` (port 0: a free port, shared by both), prints the startup
 /// line every server prints, and serves until killed.
 pub fn serve(listen: SocketAddr) -> io::Result<()> {
-    evloop::cli::init_logging();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
     // The idle test holds 10,000 connections open; the default soft limit is often 1,024.
     evloop::net::raise_fd_limit()?;
     // The crate's socket setup gives the same backlog and the same TCP/UDP port sharing as

@@ -11,9 +11,15 @@ use std::time::Duration;
 
 use clap::builder::TypedValueParser;
 use clap::Parser;
+
+// The binaries' flag helpers, the same file the server binaries include (the server
+// crate's library has no flag parser); loadgen uses a part of it.
+#[allow(dead_code)]
+#[path = "../../src/bin/common/cli.rs"]
+mod cli;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use evloop::cli::{fail, init_logging, parse_addr, parse_from_or_exit, ModeArg};
+use cli::{fail, init_logging, parse_addr, parse_from_or_exit, ModeArg};
 use evloop::protocol::Mode;
 
 use crate::{self as loadgen, Hostile, Options, Progress, SocketKind};

@@ -1,10 +1,15 @@
 //! `reactor`: the single-threaded mio event-loop server. See `evloop::reactor`.
 
+// The flags both servers take (and helpers loadgen uses too): each binary uses a part.
+#[allow(dead_code)]
+#[path = "common/cli.rs"]
+mod cli;
+
 use std::io::Write;
 use std::time::Duration;
 
 use clap::Parser;
-use evloop::cli::{self, ServerArgs};
+use cli::ServerArgs;
 use evloop::restart::{self, Restart};
 use evloop::{net, reactor};
 

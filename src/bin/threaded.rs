@@ -1,9 +1,14 @@
 //! `threaded`: the thread-per-connection baseline server. See `evloop::threaded`.
 
+// The flags both servers take (and helpers loadgen uses too): each binary uses a part.
+#[allow(dead_code)]
+#[path = "common/cli.rs"]
+mod cli;
+
 use std::io::Write;
 
 use clap::Parser;
-use evloop::{cli, net, threaded};
+use evloop::{net, threaded};
 
 /// The baseline for `cargo bench`: blocking std::net I/O with one OS thread per TCP
 /// connection and one for UDP, speaking the same protocol as `reactor`.

@@ -3,6 +3,10 @@
 //!
 //! This module owns turning arguments into a [`ServerConfig`]; it must not bind sockets or
 //! start anything, so a library user can build the same config without a command line.
+//! It lives with the binaries, not in the library: an embedder gets no flag parser and no
+//! function that exits the process. The `reactor` and `threaded` binaries, loadgen's
+//! command and the tutorials' test include this one file (`#[path]`), each using the part
+//! it needs.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -11,8 +15,8 @@ use std::time::Duration;
 use clap::builder::TypedValueParser;
 use clap::{Args, Parser, ValueEnum};
 
-use crate::config::{self, ServerConfig};
-use crate::protocol::{self, Framing, Mode, ProtocolConfig};
+use evloop::config::{self, ServerConfig};
+use evloop::protocol::{self, Framing, Mode, ProtocolConfig};
 
 /// `--framing`
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -231,12 +235,12 @@ impl ServerArgs {
     /// `--tls-cert` and `--tls-key`, both or neither. The server reads and checks the files
     /// when it binds, and says there, in one line, what is wrong with them.
     #[cfg(feature = "tls")]
-    fn tls(&self) -> Result<Option<crate::config::TlsFiles>, String> {
+    fn tls(&self) -> Result<Option<evloop::config::TlsFiles>, String> {
         match (&self.tls_cert, &self.tls_key) {
             (None, None) => Ok(None),
             (Some(_), None) => Err("--tls-cert needs --tls-key (both or neither)".into()),
             (None, Some(_)) => Err("--tls-key needs --tls-cert (both or neither)".into()),
-            (Some(cert), Some(key)) => Ok(Some(crate::config::TlsFiles {
+            (Some(cert), Some(key)) => Ok(Some(evloop::config::TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
             })),
