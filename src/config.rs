@@ -1,5 +1,6 @@
 //! Server settings shared by the reactor and the thread-per-connection baseline, with the
-//! defaults the README gives. Plain data: parsing flags is `cli.rs`'s job.
+//! defaults docs/reference.md gives. Plain data: parsing flags is the binaries' job
+//! (`src/bin/common/cli.rs`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

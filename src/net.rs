@@ -133,7 +133,7 @@ pub struct Bound {
 const SHARED_PORT_ATTEMPTS: usize = 16;
 
 /// Binds the TCP listener and, if asked, the UDP socket. A UDP address with port 0 takes the
-/// port number TCP was given, so the two share it as the README promises. Under systemd
+/// port number TCP was given, so the two share it as docs/reference.md promises. Under systemd
 /// socket activation the sockets it passed are used instead (see [`crate::systemd`]); a
 /// UDP socket it did not pass is bound as asked.
 pub fn bind(

@@ -237,7 +237,7 @@ impl Balancer {
     }
 }
 
-/// HAProxy in front of two reactors, as the README's snippet configures it, driven by
+/// HAProxy in front of two reactors, as docs/proxy.md's snippet configures it, driven by
 /// loadgen from three loopback addresses with 10 connections each. Each reactor allows 10
 /// connections per address: without the headers all 30 would come from HAProxy's one
 /// address and most would be refused.

@@ -1,4 +1,4 @@
-//! Restarting the reactor without dropping a client (the README's "Restarting without
+//! Restarting the reactor without dropping a client (docs/systemd.md, "Restarting without
 //! dropping a client"): SIGUSR2 hands the listening sockets to a successor, the old process
 //! drains, and loadgen, opening connection after connection all the while, sees no error.
 //! Then what goes wrong: a successor that fails to start, `--threads 2`, SIGTERM during a

@@ -1,5 +1,5 @@
 //! The arithmetic behind the bench's figures, with no processes, sockets or clock, so that
-//! `cargo test` checks what the README's tables are computed from: medians over rounds,
+//! `cargo test` checks what the README's and docs/bench.md's tables are computed from: medians over rounds,
 //! each round's ratio to the baseline server, CPU time per message and memory per idle
 //! connection, the limits the reactor is held to under attack, and reading what the bench
 //! is handed (loadgen's `--json` report, CPU lists such as `0-3,5`, the CPU counters of

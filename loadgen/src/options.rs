@@ -72,7 +72,7 @@ pub struct Options {
 }
 
 impl Default for Options {
-    /// The defaults the README gives the `loadgen` flags.
+    /// The defaults docs/loadgen.md gives the `loadgen` flags.
     fn default() -> Self {
         Options {
             addr: ([127, 0, 0, 1], 9999).into(),

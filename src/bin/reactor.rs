@@ -20,7 +20,7 @@ use evloop::{net, reactor};
 /// reply datagram. SIGINT/SIGTERM stop accepting, deliver the replies owed and exit 0; a
 /// second signal closes everything at once. SIGUSR2 (Unix) starts this executable again on
 /// the same sockets and, once it is ready, stops accepting and lets its own connections
-/// finish (the README's "Restarting without dropping a client"). SIGHUP (Unix) reads the
+/// finish (docs/systemd.md, "Restarting without dropping a client"). SIGHUP (Unix) reads the
 /// TLS certificate and key again for new connections. Logs go to stderr (RUST_LOG=debug
 /// for more).
 #[derive(Parser)]
