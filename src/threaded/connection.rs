@@ -290,6 +290,8 @@ impl<'a> Connection<'a> {
             return Ok(());
         }
         self.session.note_input(Instant::now());
+        // When the client last sent something, for the idle timeout.
+        let mut last_input = Instant::now();
         // While the session holds an unfinished line, the read timeout is what is left of
         // its `--line-timeout` (or the idle timeout, if sooner), so a client dribbling bytes
         // cannot stretch it; a whole line costs no extra syscall.
@@ -339,12 +341,18 @@ impl<'a> Connection<'a> {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    let line_over = self
-                        .session
-                        .line_deadline(settings.line)
-                        .is_some_and(|deadline| deadline <= Instant::now());
-                    if !line_over {
-                        return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
+                    match self.session.line_deadline(settings.line) {
+                        Some(deadline) if deadline <= Instant::now() => {}
+                        // The read waited for the line's deadline, not the idle one, and
+                        // ended before it: the kernel counts a read timeout in its clock
+                        // ticks and may end it up to a tick early. Read again, for what is
+                        // left of the line's time.
+                        Some(deadline)
+                            if idle_timeout.is_none_or(|idle| last_input + idle > deadline) =>
+                        {
+                            continue
+                        }
+                        _ => return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
                     }
                     debug!("a line unfinished for {:?}: closing", settings.line);
                     self.pending_output
@@ -353,7 +361,8 @@ impl<'a> Connection<'a> {
                 }
                 Err(e) => return Err(e),
             };
-            self.session.note_input(Instant::now());
+            last_input = Instant::now();
+            self.session.note_input(last_input);
             self.flush()?;
             if flow == Flow::Close {
                 return Ok(());
