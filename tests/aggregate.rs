@@ -169,11 +169,12 @@ fn turns_stay_short_while_hundreds_of_clients_flood() {
     );
     // Wall-clock bounds, so they have room for a debug build on a shared 2-core machine
     // running the other tests beside this one: a quiet run here takes 0.12 to 0.18 s per
-    // turn, the busiest seen 1.2 s. Without the read and reply budgets one turn would
-    // answer everything 300 flooders sent, many seconds' worth.
-    assert!(worst < Duration::from_secs(4), "{worst:?}");
+    // turn, the busiest seen 1.2 s (and 4.4 s for a fresh client and a ping). Without the
+    // read and reply budgets one turn would answer everything 300 flooders sent, many
+    // seconds' worth.
+    assert!(worst < Duration::from_secs(8), "{worst:?}");
     assert!(
-        stats.longest_turn < Duration::from_secs(2),
+        stats.longest_turn < Duration::from_secs(3),
         "{:?}",
         stats.longest_turn
     );
