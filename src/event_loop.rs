@@ -410,10 +410,7 @@ impl<S: Transport> EventLoop<S> {
         // The counts are shared by every loop, so the limits hold for the whole server with
         // `--threads` too; the lingering connections closed to make room are this loop's.
         let admission = Arc::clone(&self.admission);
-        let mut served = self.served();
-        let admitted =
-            admission.admit_or_reclaim(counted, |refusal| served.reclaim_oldest(refusal, counted));
-        let permit = match admitted {
+        let permit = match self.served().admit(&admission, counted) {
             Ok(permit) => permit,
             Err(refusal) => {
                 net::refuse(

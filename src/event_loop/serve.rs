@@ -11,13 +11,14 @@
 
 use std::io;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use mio::{Interest, Token};
 use slab::Slab;
 
 use super::slot::{Ready, Scratch, Slot};
-use crate::admission::{LingeringQueue, Permit, Refusal};
+use crate::admission::{Admission, LingeringQueue, Permit, Refusal};
 use crate::budget::MemoryBudget;
 use crate::config::ServerConfig;
 use crate::connection::{Connection, State, Stream};
@@ -134,6 +135,18 @@ impl<S: Stream, R: Register<S> + ?Sized> Served<'_, S, R> {
         }
         slot.schedule(token.0, self.timers, self.config);
         Ok(token)
+    }
+
+    /// Admits a new client (counted under `address`, if known) or, at a limit, closes the
+    /// oldest lingering connection to make room for it (see [`reclaim_oldest`]).
+    ///
+    /// [`reclaim_oldest`]: Self::reclaim_oldest
+    pub(super) fn admit(
+        &mut self,
+        admission: &Arc<Admission>,
+        address: Option<IpAddr>,
+    ) -> Result<Permit, Refusal> {
+        admission.admit_or_reclaim(address, |refusal| self.reclaim_oldest(refusal, address))
     }
 
     /// At a limit: closes the oldest lingering connection (from `address`, at the
