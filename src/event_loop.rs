@@ -19,6 +19,7 @@
 //! loop keeps beside each connection; `event_loop/stopping.rs`, signals, the hand-over and
 //! shutdown; `event_loop/tests.rs`.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,8 +64,9 @@ const METRICS_CLIENTS: usize = METRICS.0 - MAX_METRICS_CLIENTS;
 const READ_BUFFER: usize = 64 * 1024;
 const _: () = assert!(READ_BUFFER >= net::MAX_DATAGRAM);
 
-/// Events taken from the kernel per `poll` call. With [`READY_PER_TURN`] this bounds the
-/// work of one turn: each event gets at most `READ_BUDGET` bytes read and `REPLY_BUDGET`
+/// Events taken from the kernel per `poll` call. With
+/// [`READY_TIME_PER_TURN`](serve::READY_TIME_PER_TURN) this bounds
+/// the work of one turn: each event gets at most `READ_BUDGET` bytes read and `REPLY_BUDGET`
 /// bytes of replies, so a turn under any load takes milliseconds, and the listener, the UDP
 /// socket and the signals are looked at again between turns. Events the kernel did not
 /// hand over wait in epoll's ready list for the next `poll`; nothing is lost. Fewer events
@@ -107,7 +109,7 @@ pub(crate) struct EventLoop<S: Transport = TcpStream> {
     next_serial: u64,
     /// Every deadline the loop keeps, nearest first: each connection's and the loop's own.
     timers: Timers,
-    ready: Vec<Ready>,
+    ready: VecDeque<Ready>,
     /// Connections closed during this turn, removed from the slab after the event batch.
     closed: Vec<Token>,
     /// Set when accept fails for want of resources, until the backlog is drained again:
@@ -123,8 +125,9 @@ pub(crate) struct EventLoop<S: Transport = TcpStream> {
     budget: Arc<MemoryBudget>,
     /// This turn's equal share of the memory budget among the open connections.
     share: usize,
-    /// The listener, and the UDP socket, are on the ready list already: each goes there
-    /// at most once, however many times it used up its budget.
+    /// The listener, and the UDP socket, stopped at their budget before WouldBlock: each is
+    /// tried again next turn, before the connections on the ready list, which may wait
+    /// several turns (see [`READY_TIME_PER_TURN`](serve::READY_TIME_PER_TURN)).
     listener_queued: bool,
     udp_queued: bool,
     /// Restarting: SIGUSR2 starts a successor on this loop's sockets (first loop only).
@@ -200,7 +203,7 @@ impl<S: Transport> EventLoop<S> {
             acceptor,
             next_serial: 0,
             timers: Timers::new(),
-            ready: Vec::new(),
+            ready: VecDeque::new(),
             closed: Vec::new(),
             accept_starved: false,
             admission,
@@ -321,18 +324,14 @@ impl<S: Transport> EventLoop<S> {
         self.serve_udp(true, false);
     }
 
-    /// Puts the listener on the ready list, unless it is there already.
+    /// Has the listener tried again next turn.
     fn listener_ready(&mut self) {
-        if !std::mem::replace(&mut self.listener_queued, true) {
-            self.ready.push(Ready::Listener);
-        }
+        self.listener_queued = true;
     }
 
-    /// Puts the UDP socket on the ready list, unless it is there already.
+    /// Has the UDP socket tried again next turn.
     fn udp_ready(&mut self) {
-        if !std::mem::replace(&mut self.udp_queued, true) {
-            self.ready.push(Ready::Udp);
-        }
+        self.udp_queued = true;
     }
 
     fn check_stop_request(&mut self) {
@@ -343,7 +342,7 @@ impl<S: Transport> EventLoop<S> {
 
     /// Block until the nearest deadline; not at all if a source still has work.
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.ready.is_empty() {
+        if !self.ready.is_empty() || self.listener_queued || self.udp_queued {
             return Some(Duration::ZERO);
         }
         self.timers
@@ -437,6 +436,7 @@ impl<S: Transport> EventLoop<S> {
             log::debug!("set_nodelay for {peer}: {e}");
         }
         let socket = socket2::SockRef::from(&stream);
+        net::limit_unsent(&socket);
         net::set_buffer_sizes(socket, self.config.send_buffer, self.config.recv_buffer);
         let stream = match S::accept(stream, &self.acceptor) {
             Ok(stream) => stream,
@@ -599,22 +599,28 @@ impl<S: Transport> EventLoop<S> {
         }
     }
 
-    /// Serves the sources that stopped before WouldBlock on an earlier turn, at most
-    /// [`READY_PER_TURN`](serve::READY_PER_TURN) of them, oldest first.
+    /// Serves the sources that stopped before WouldBlock on an earlier turn: the listener
+    /// and the UDP socket, then the ready list's connections, oldest first, for
+    /// [`READY_TIME_PER_TURN`](serve::READY_TIME_PER_TURN). Connections that ask for another
+    /// turn now go behind those still waiting.
     fn resume_ready(&mut self) {
-        for ready in serve::ready_batch(&mut self.ready) {
-            match ready {
-                Ready::Listener => {
-                    self.listener_queued = false;
-                    self.accept();
-                }
-                Ready::Udp => {
-                    self.udp_queued = false;
-                    self.serve_udp(true, false);
-                }
-                Ready::Connection(token, serial) => self.served().resume(token, serial),
-            }
+        if std::mem::take(&mut self.listener_queued) {
+            self.accept();
         }
+        if std::mem::take(&mut self.udp_queued) {
+            self.serve_udp(true, false);
+        }
+        if self.ready.is_empty() {
+            return;
+        }
+        let mut waiting = std::mem::take(&mut self.ready);
+        let started = Instant::now();
+        serve::serve_ready(&mut waiting, |ready| {
+            self.served().resume(ready);
+            started.elapsed()
+        });
+        waiting.append(&mut self.ready);
+        self.ready = waiting;
     }
 
     /// Acts on the deadlines that passed: each connection's (see

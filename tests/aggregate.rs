@@ -180,10 +180,14 @@ fn turns_stay_short_while_hundreds_of_clients_flood() {
     );
 }
 
-/// The server's end of the connection from `client`, among this process's descriptors
-/// (the server runs on a thread of this test).
+/// Reads `option` of the server's end of the connection from `client`, found among this
+/// process's descriptors (the server runs on a thread of this test).
 #[cfg(target_os = "linux")]
-fn server_side_send_buffer(server: SocketAddr, client: &TcpStream) -> usize {
+fn server_side<T>(
+    server: SocketAddr,
+    client: &TcpStream,
+    option: impl Fn(&socket2::SockRef<'_>) -> std::io::Result<T>,
+) -> T {
     use std::os::fd::BorrowedFd;
     let peer = client.local_addr().unwrap();
     for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
@@ -197,7 +201,7 @@ fn server_side_send_buffer(server: SocketAddr, client: &TcpStream) -> usize {
         let local = socket.local_addr().ok().and_then(|a| a.as_socket());
         let remote = socket.peer_addr().ok().and_then(|a| a.as_socket());
         if local == Some(server) && remote == Some(peer) {
-            return socket.send_buffer_size().unwrap();
+            return option(&socket).unwrap();
         }
     }
     panic!("no server-side socket for {peer}");
@@ -209,10 +213,34 @@ fn send_buffer_sets_the_accepted_sockets_so_sndbuf_in_proc() {
     let wanted = 100 * 1024;
     let server = start(reactor::spawn, |c| c.send_buffer = Some(wanted));
     let client = Client::greeted(server.tcp);
-    let size = server_side_send_buffer(server.tcp, client.stream());
+    let size = server_side(server.tcp, client.stream(), |s| s.send_buffer_size());
     eprintln!("--send-buffer {wanted}: the kernel reports {size}");
     // Linux reports twice the size asked for (room for its own bookkeeping).
     assert!(size >= wanted, "SO_SNDBUF {size}");
     drop(client);
     server.shutdown().unwrap();
+}
+
+#[cfg(target_os = "linux")]
+fn the_accepted_socket_caps_its_unsent_output(spawn: common::Spawn) {
+    let server = start(spawn, |_| {});
+    let client = Client::greeted(server.tcp);
+    let unsent = server_side(server.tcp, client.stream(), |s| s.tcp_notsent_lowat());
+    assert_eq!(unsent, evloop::net::UNSENT_LIMIT);
+    drop(client);
+    server.shutdown().unwrap();
+}
+
+/// A client that never reads gets `UNSENT_LIMIT` of replies queued in the kernel, not the
+/// megabytes Linux grows a send buffer to (see `net::UNSENT_LIMIT`).
+#[cfg(target_os = "linux")]
+#[test]
+fn the_accepted_socket_caps_its_unsent_output_reactor() {
+    the_accepted_socket_caps_its_unsent_output(reactor::spawn);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_accepted_socket_caps_its_unsent_output_threaded() {
+    the_accepted_socket_caps_its_unsent_output(evloop::threaded::spawn);
 }

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use mio::Token;
 use slab::Slab;
 
-use super::serve::{ready_batch, Served};
+use super::serve::{serve_ready, Served};
 use super::slot::{Ready, Scratch, Slot};
 use super::{ACCEPT_BUDGET, READ_BUFFER};
 use crate::admission::{Admission, LingeringQueue};
@@ -122,7 +122,7 @@ struct Sim {
     poll: SimPoll,
     connections: Slab<Slot<SimStream>>,
     timers: Timers,
-    ready: Vec<Ready>,
+    ready: VecDeque<Ready>,
     closed: Vec<Token>,
     scratch: Scratch,
     budget: MemoryBudget,
@@ -208,7 +208,7 @@ impl Sim {
             poll: SimPoll::default(),
             connections: Slab::new(),
             timers: Timers::new(),
-            ready: Vec::new(),
+            ready: VecDeque::new(),
             closed: Vec::new(),
             scratch: Scratch {
                 read_buf: vec![0; READ_BUFFER],
@@ -575,12 +575,24 @@ impl Sim {
             served.serve(token, readiness);
         }
         let accepted = self.accept();
+        // The ready list's part of the turn, timed as the turn is: by the calls it makes.
+        let mut waiting = std::mem::take(&mut self.ready);
         let mut served = self.served();
-        for ready in ready_batch(served.ready) {
-            if let Ready::Connection(token, serial) = ready {
-                served.resume(token, serial);
-            }
-        }
+        let mut spent = Duration::ZERO;
+        serve_ready(&mut waiting, |ready| {
+            let calls = |served: &mut Served<'_, SimStream, SimPoll>| {
+                served
+                    .connections
+                    .get_mut(ready.0 .0)
+                    .map_or(0, |slot| slot.conn.stream().0.borrow().calls)
+            };
+            let before = calls(&mut served);
+            served.resume(ready);
+            spent += CALL_COST * calls(&mut served).saturating_sub(before);
+            spent
+        });
+        waiting.append(served.ready);
+        *served.ready = waiting;
         served.fire_timers(
             |_, _| {},
             |timer| unreachable!("{timer:?}: the simulation sets none"),
@@ -622,16 +634,14 @@ impl Sim {
         let spins = !woken && !moved;
         if spins && self.idle_spin {
             let mut queued = String::new();
-            for ready in &self.ready {
-                if let Ready::Connection(token, _) = ready {
-                    if let Some(slot) = self.connections.get(token.0) {
-                        let _ = write!(
-                            queued,
-                            "{token:?} {:?} holds {}; ",
-                            slot.conn.state(),
-                            slot.conn.holds()
-                        );
-                    }
+            for Ready(token, _) in &self.ready {
+                if let Some(slot) = self.connections.get(token.0) {
+                    let _ = write!(
+                        queued,
+                        "{token:?} {:?} holds {}; ",
+                        slot.conn.state(),
+                        slot.conn.holds()
+                    );
                 }
             }
             self.fail(format!(

@@ -3,6 +3,7 @@
 //! ([`Scratch`]), and the entries of its ready list ([`Ready`]). Bookkeeping only: no
 //! socket is read or written here, and nothing decides what a connection does.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use mio::{Interest, Token};
@@ -14,13 +15,11 @@ use crate::connection::{Connection, Context, DeadlineBasis, Progress, Stream};
 use crate::stats::Stats;
 use crate::timers::{Due, Timer, Timers};
 
-/// A source that stopped before WouldBlock and must be resumed without waiting for an edge.
+/// A connection that stopped before WouldBlock and must be resumed without waiting for an
+/// edge: its token and its serial (an entry whose serial is not the slot's any more is
+/// stale, and skipped).
 #[derive(Clone, Copy, Debug)]
-pub(super) enum Ready {
-    Listener,
-    Udp,
-    Connection(Token, u64),
-}
+pub(super) struct Ready(pub(super) Token, pub(super) u64);
 
 /// A connection and what the loop keeps about it.
 pub(super) struct Slot<S> {
@@ -50,15 +49,15 @@ pub(super) struct Slot<S> {
 
 impl<S: Stream> Slot<S> {
     /// Puts the connection on the ready list, unless it is there already.
-    pub(super) fn mark_ready(&mut self, token: Token, ready: &mut Vec<Ready>) {
+    pub(super) fn mark_ready(&mut self, token: Token, ready: &mut VecDeque<Ready>) {
         if !self.queued {
             self.queued = true;
-            ready.push(Ready::Connection(token, self.serial));
+            ready.push_back(Ready(token, self.serial));
         }
     }
 
     /// Remembers what the connection asked for after a call: nothing, or another turn.
-    pub(super) fn follow(&mut self, progress: Progress, token: Token, ready: &mut Vec<Ready>) {
+    pub(super) fn follow(&mut self, progress: Progress, token: Token, ready: &mut VecDeque<Ready>) {
         if progress == Progress::ReadAgain {
             self.mark_ready(token, ready);
         }

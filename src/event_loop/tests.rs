@@ -36,11 +36,11 @@ fn a_late_entry_for_a_closed_connection_never_reaches_the_one_that_reused_its_ke
     assert_eq!(lp.connections[0].serial, old_serial + 1, "key 0 reused");
 
     // An entry left on the ready list by the closed connection is skipped...
-    lp.ready.push(Ready::Connection(Token(0), old_serial));
+    lp.ready.push_back(Ready(Token(0), old_serial));
     lp.resume_ready();
     assert_eq!(lp.scratch.stats.bytes_in, 0, "the stale entry read nothing");
     // ...while one for the connection that holds the key now is served.
-    lp.ready.push(Ready::Connection(Token(0), old_serial + 1));
+    lp.ready.push_back(Ready(Token(0), old_serial + 1));
     lp.resume_ready();
     assert_eq!(lp.scratch.stats.bytes_in, 3);
 }
@@ -88,4 +88,33 @@ fn at_the_limit_the_oldest_lingering_connection_makes_room_for_a_new_client() {
     lp.sweep_closed();
     assert_eq!(lp.connections.len(), 3);
     drop(clients);
+}
+
+#[test]
+fn the_ready_list_gets_its_time_a_turn_oldest_first_and_always_moves() {
+    use serve::{serve_ready, READY_PER_TURN, READY_TIME_PER_TURN};
+    let entries = |n: usize| (0..n).map(|k| Ready(Token(k), 0)).collect::<VecDeque<_>>();
+
+    // Each service takes half of the turn's time: two are served, the rest wait in order.
+    let mut waiting = entries(10);
+    let mut served = Vec::new();
+    let mut spent = Duration::ZERO;
+    serve_ready(&mut waiting, |Ready(token, _)| {
+        served.push(token.0);
+        spent += READY_TIME_PER_TURN / 2;
+        spent
+    });
+    assert_eq!(served, [0, 1]);
+    assert_eq!(waiting.front().map(|r| r.0), Some(Token(2)));
+    assert_eq!(waiting.len(), 8);
+
+    // One service longer than the whole time: it is still served, so the list moves.
+    let mut waiting = entries(3);
+    serve_ready(&mut waiting, |_| 10 * READY_TIME_PER_TURN);
+    assert_eq!(waiting.len(), 2);
+
+    // Services that cost nothing: at most READY_PER_TURN a turn.
+    let mut waiting = entries(READY_PER_TURN + 5);
+    serve_ready(&mut waiting, |_| Duration::ZERO);
+    assert_eq!(waiting.len(), 5);
 }

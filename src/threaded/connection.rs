@@ -253,6 +253,7 @@ impl<'a> Connection<'a> {
         // batch back until the previous one is acknowledged, which with delayed ACKs on the
         // client costs up to 40 ms per pipelined round trip.
         self.socket.set_nodelay(true)?;
+        net::limit_unsent(&socket2::SockRef::from(self.socket));
         net::set_buffer_sizes(
             socket2::SockRef::from(self.socket),
             settings.send_buffer,
