@@ -5,6 +5,7 @@
 use std::fs;
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -113,7 +114,40 @@ pub fn run_row(
     }
 }
 
-/// Starts a fresh server, runs loadgen against it and reads the server's costs.
+/// How far above its level at the bench's start the host's TCP memory may be when a run
+/// starts: 10 MiB of 4 KiB pages.
+const SETTLED_PAGES: u64 = 2_560;
+
+/// The longest a run waits for the previous one's TCP memory to be freed.
+const SETTLE_CEILING: Duration = Duration::from_secs(60);
+
+/// Waits until the host's TCP memory is back near its level when the bench started (Linux;
+/// elsewhere there is nothing to read and nothing to wait for). An attack row leaves the
+/// kernel freeing a gigabyte of socket buffers for a while after its server exits; the next
+/// server to start meanwhile met the host's `tcp_mem` pressure, where the kernel drops
+/// segments for every socket, and its honest clients timed out for what the previous row
+/// did.
+fn settle_tcp_memory() {
+    static AT_START: OnceLock<Option<u64>> = OnceLock::new();
+    let Some(at_start) = *AT_START.get_or_init(|| procfs::tcp_memory().ok().map(|(mem, _)| mem))
+    else {
+        return;
+    };
+    let started = Instant::now();
+    while let Ok((mem, orphans)) = procfs::tcp_memory() {
+        if mem <= at_start + SETTLED_PAGES && orphans == 0 {
+            return;
+        }
+        if started.elapsed() > SETTLE_CEILING {
+            eprintln!("the host's TCP memory is still at {mem} pages ({orphans} orphaned sockets) after {SETTLE_CEILING:?}; running anyway");
+            return;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts a fresh server, once the previous run's TCP memory is freed, runs loadgen against
+/// it and reads the server's costs.
 fn measure(
     spec: &ServerSpec,
     workload: &Workload,
@@ -128,6 +162,7 @@ fn measure(
     );
     let server_log = settings.logs().join(format!("{stem}.server.log"));
     let tls = settings.certificate.as_ref().filter(|_| workload.tls);
+    settle_tcp_memory();
     let mut server = start_server(spec, &server_log, settings.server_cpus(), tls)
         .map_err(|e| format!("server: {e}"))?;
     let pid = server.child.pid();

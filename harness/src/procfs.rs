@@ -1,5 +1,5 @@
 //! Reads what a process costs from Linux's `/proc`: CPU time, resident memory, open
-//! descriptors and threads. The benches and the fault tests measure servers with it; the
+//! descriptors and threads; and the host's TCP memory. The benches and the fault tests measure servers with it; the
 //! servers themselves never call it. It compiles everywhere; where there is no `/proc`
 //! (macOS, the BSDs by default, Windows) every reading is an error saying which file is
 //! missing, and the callers say what they could not measure.
@@ -80,6 +80,25 @@ pub fn open_fds(pid: u32) -> io::Result<usize> {
     Ok(fs::read_dir(format!("/proc/{pid}/fd"))?.count())
 }
 
+/// The host's TCP memory in pages (what `tcp_mem` is counted against) and the orphaned
+/// sockets (closed by their process, still holding data), from `/proc/net/sockstat`.
+pub fn tcp_memory() -> io::Result<(u64, u64)> {
+    let sockstat = fs::read_to_string("/proc/net/sockstat")?;
+    let tcp = sockstat
+        .lines()
+        .find_map(|l| l.strip_prefix("TCP:"))
+        .ok_or_else(|| io::Error::other("no TCP line in /proc/net/sockstat"))?;
+    let fields: Vec<&str> = tcp.split_whitespace().collect();
+    let field = |name: &str| {
+        fields
+            .iter()
+            .position(|&f| f == name)
+            .and_then(|i| fields.get(i + 1)?.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("no TCP {name} in /proc/net/sockstat")))
+    };
+    Ok((field("mem")?, field("orphan")?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +110,7 @@ mod tests {
         assert!(peak_rss(me).unwrap() >= rss(me).unwrap() / 2);
         assert!(threads(me).unwrap() >= 1);
         assert!(open_fds(me).unwrap() >= 3);
+        tcp_memory().unwrap();
         // Spins until the CPU time read moves (it counts in clock ticks), within a ceiling;
         // `black_box` keeps an optimised build from folding the loop away.
         let before = cpu_time(me).unwrap();
