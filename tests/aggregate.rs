@@ -88,7 +88,8 @@ fn the_memory_budget_holds_for_the_whole_server_and_loses_nothing() {
         c.udp = None;
     });
     let addr = server.tcp;
-    // Forty slow readers would hold 40 times the high-water mark, 10 MiB, without it.
+    // Forty slow readers would hold 40 times the high-water mark and a read each, 5 MiB,
+    // without it.
     let floods: Vec<TcpStream> = (0..40)
         .map(|_| std::thread::spawn(move || flood_until_blocked(addr)))
         .collect::<Vec<_>>()

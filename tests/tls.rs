@@ -402,9 +402,9 @@ fn a_blocked_write_tls_does_not_stop_the_server_reading() {
     socket.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     socket.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
     let mut client = tls_client_over(socket, &cert);
-    // 128 KiB of lines: far more than the socket buffers hold, while their replies stay
-    // under the output bound (`OUTPUT_HIGH_WATER`, 256 KiB), so the server reads it all.
-    let lines = 1024;
+    // 48 KiB of lines: far more than the socket buffers hold, while their replies stay
+    // under the output bound (`OUTPUT_HIGH_WATER`, 64 KiB), so the server reads it all.
+    let lines = 384;
     let mut input = Vec::new();
     for i in 0..lines {
         input.extend_from_slice(format!("{i:0>127}\n").as_bytes());
