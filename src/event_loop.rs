@@ -12,8 +12,8 @@
 //!
 //! One turn of the loop (`EventLoop::turn`): wait for events (or the nearest deadline, or
 //! not at all if some source still has work), dispatch each event, resume sources that
-//! stopped before WouldBlock, act on the deadlines that passed, then drop connections that
-//! closed.
+//! stopped before WouldBlock (the ready list, for a bounded time: the events come first),
+//! act on the deadlines that passed, then drop connections that closed.
 //!
 //! Its files: this one, the turn and what it dispatches to; `event_loop/slot.rs`, what the
 //! loop keeps beside each connection; `event_loop/stopping.rs`, signals, the hand-over and
