@@ -40,8 +40,8 @@ pub fn attack_table(summaries: &[Summary]) -> Table {
         match s.measured().last() {
             Some(last) => line.extend([
                 rounded(s.median(msgs_per_sec)),
-                rounded(s.median(|m| Some(m.report.p50_us))),
-                rounded(s.median(|m| Some(m.report.p99_us))),
+                rounded(s.median(|m| (m.report.messages > 0.0).then_some(m.report.p50_us))),
+                rounded(honest_p99(s)),
                 thousands(s.errors()),
                 s.max(|m| m.peak_rss)
                     .map_or("-".into(), |b| format!("{:.1}", b as f64 / MIB)),
