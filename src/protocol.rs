@@ -308,21 +308,19 @@ impl Session {
     /// each [`on_input`](Self::on_input) or [`on_input_until`](Self::on_input_until). An
     /// unfinished line that was not held before (or that follows a line answered since)
     /// began at `now`; a line still unfinished keeps the time it began, so a client that
-    /// dribbles a byte at a time cannot stretch `--line-timeout`. True when the line clock
-    /// started: the line deadline may have moved earlier.
-    pub fn note_input(&mut self, now: Instant) -> bool {
+    /// dribbles a byte at a time cannot stretch `--line-timeout`.
+    pub fn note_input(&mut self, now: Instant) {
         if self.partial.is_empty() {
             self.line_started = None;
-            return false;
+            return;
         }
         // Truncating on purpose: see `line_messages`.
         let answered = self.messages as u32;
         if self.line_started.is_some() && self.line_messages == answered {
-            return false;
+            return;
         }
         self.line_started = Some(now);
         self.line_messages = answered;
-        true
     }
 
     /// When the unfinished line began, if one is held.

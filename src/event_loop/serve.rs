@@ -37,7 +37,10 @@ use crate::timers::{Due, Timer, Timers};
 /// cheap ones as fit.
 pub(super) const READY_TIME_PER_TURN: Duration = Duration::from_micros(20);
 
-/// Entries resumed per turn at most, however cheap each one is.
+/// Entries resumed per turn at most, however cheap each one is: as many as a turn's
+/// events, so thousands of cheap resumes (reading resumed after a greeting or backpressure)
+/// take a handful of turns, and a turn's fixed cost (the `poll`, the timers, the sweep) is
+/// shared by many.
 pub(super) const READY_PER_TURN: usize = 256;
 
 /// Deadlines acted on per turn (15,000 dribblers cut off at once would otherwise be one
